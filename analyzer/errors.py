@@ -1,0 +1,23 @@
+"""The project's exception hierarchy; the CLI turns each into one line and an exit status.
+
+Errors say whose fault it was (h11's LocalProtocolError/RemoteProtocolError are the model):
+the capture file is unusable, the user asked for something impossible, or the machine lacks
+something (a tool, a privilege, a broker). Damage *inside* an otherwise readable capture is
+never an exception: it becomes a warning or an event.
+"""
+
+
+class AmqpHbError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class CaptureFileError(AmqpHbError):
+    """The input is not a readable pcap/pcapng file (wrong magic, empty, header cut)."""
+
+
+class UsageError(AmqpHbError):
+    """The user asked for something that cannot be done (bad argument, unknown connection id)."""
+
+
+class EnvironmentProblem(AmqpHbError):
+    """Something the machine must provide is missing: a tool, a privilege, a reachable broker."""
