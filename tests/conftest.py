@@ -1,0 +1,12 @@
+"""Shared fixtures. Broker fixtures live in tests/fixtures_broker.py (a throwaway RabbitMQ node)."""
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CAPTURES = REPO / "captures"
+
+
+@pytest.fixture(scope="session")
+def captures_dir() -> pathlib.Path:
+    return CAPTURES
