@@ -1,0 +1,262 @@
+"""Sans-IO AMQP 0-9-1 frame decoder for one direction of one connection.
+
+Shape of h11's Connection: `feed(data, timestamp, packet)` and `gap(...)` return events
+(Frame, ProtocolHeader, DecodeError); no file, socket or clock inside. Fuzz invariant: bad
+bytes become DecodeError events and decoding resumes; any exception escaping is a bug.
+
+Framing (spec 4.2.3): type (1) channel (2) size (4) payload (size) frame-end 0xCE.
+- Method and header frames are buffered whole (they are small; capped at MAX_BUFFERED_FRAME).
+- Body frames are counted through, never buffered: only their first `payload_bytes` bytes are
+  kept. A capture gap inside a body does not lose sync, since the body's end is known.
+- After a gap, a decode error, or when the capture starts mid-stream, the decoder scans for
+  a frame it can verify completely (known type, plausible size, 0xCE at the right place, known
+  class/method ids): a lone 8-byte heartbeat frame is the ideal anchor.
+"""
+from __future__ import annotations
+
+import re
+import struct
+
+from analyzer.amqp.spec import CLASS_NAMES, METHOD_NAMES
+from analyzer.records import (
+    FRAME_BODY,
+    FRAME_HEADER,
+    FRAME_HEARTBEAT,
+    FRAME_HEARTBEAT_OLD,
+    FRAME_METHOD,
+    ConnectionInfo,
+    DecodeError,
+    Frame,
+    ProtocolHeader,
+)
+
+FRAME_END = 0xCE
+FRAME_TYPES = frozenset((FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT, FRAME_HEARTBEAT_OLD))
+# RabbitMQ refuses messages above 512 MiB (max_message_size's hard limit, rabbit.app), and with
+# frame_max=0 a body frame can be a whole message: anything larger is not a frame size.
+MAX_FRAME_SIZE = 512 << 20
+# Method and content-header frames are held whole to decode their ids. RabbitMQ's default
+# frame_max is 128 KiB (deps/rabbit/Makefile); 1 MiB leaves room for a raised frame_max while a
+# corrupt 4 GiB size costs nothing: it is rejected when the frame header arrives.
+MAX_BUFFERED_FRAME = 1 << 20
+# A resync anchor must be verifiable without holding much: small frames only.
+MAX_ANCHOR_SIZE = 64 * 1024
+
+PROTOCOL_HEADERS = {
+    b"AMQP\x00\x00\x09\x01": "amqp-0-9-1",
+    b"AMQP\x01\x01\x00\x09": "amqp-0-9-1",  # the 0-9 style header some old clients send
+    b"AMQP\x00\x01\x00\x00": "amqp-1.0",
+    b"AMQP\x03\x01\x00\x00": "amqp-1.0-sasl",
+    b"AMQP\x02\x01\x00\x00": "amqp-1.0-tls",
+    b"AMQP\x01\x01\x00\x0a": "amqp-0-10",
+}
+
+_HEADER = struct.Struct("!BHI")
+_IDS = struct.Struct("!HH")
+_ANCHOR_START = re.compile(rb"[\x01\x02\x08]")
+
+# Decoder modes.
+_START = 0  # stream offset 0: a protocol header or a first frame
+_FRAMES = 1
+_BODY = 2  # counting through a body frame's payload
+_RESYNC = 3
+_STOPPED = 4  # not AMQP 0-9-1: nothing more to decode
+
+
+class FrameDecoder:
+    """Decodes one direction. `synced=False` when the stream's start was not captured."""
+
+    def __init__(self, connection: ConnectionInfo, direction: str, *, synced: bool = True, payload_bytes: int = 0) -> None:
+        self.connection = connection
+        self.direction = direction
+        self.payload_bytes = payload_bytes
+        self.mode = _START if synced else _RESYNC
+        self.buf = bytearray()
+        self.base = 0  # stream offset of buf[0]
+        self.resync_from = 0  # stream offset where the current resync scan started
+        # The body frame being counted through (mode _BODY).
+        self.body: Frame | None = None
+        self.body_left = 0  # payload bytes still to come, then one frame-end byte
+
+    # ---- input ----------------------------------------------------------------------------------
+
+    def feed(self, data: bytes, timestamp: float, packet: int) -> list:
+        out: list = []
+        if self.mode == _STOPPED or not data:
+            return out
+        if self.mode == _BODY:
+            data = self._count_body(data, timestamp, packet, out)
+            if not data:
+                return out
+        self.buf += data
+        self._parse(timestamp, packet, out)
+        return out
+
+    def gap(self, missing: int, timestamp: float, packet: int) -> list:
+        """`missing` bytes of this direction were not captured."""
+        out: list = []
+        if self.mode == _STOPPED:
+            return out
+        if self.mode == _BODY and missing <= self.body_left:
+            # The lost bytes fall inside a body whose end we know: still in sync.
+            self.body_left -= missing
+            self.base += missing
+            return out
+        if self.mode == _BODY:
+            missing -= self.body_left
+            self.base += self.body_left
+            self.body = None
+        self.base += len(self.buf) + missing
+        self.buf.clear()
+        self.mode = _RESYNC
+        self.resync_from = self.base
+        return out
+
+    # ---- framing --------------------------------------------------------------------------------
+
+    def _parse(self, timestamp: float, packet: int, out: list) -> None:
+        buf = self.buf
+        pos = 0
+        while True:
+            mode = self.mode
+            if mode == _RESYNC:
+                pos = self._resync(pos, out, timestamp, packet)
+                if self.mode == _RESYNC:
+                    break
+                continue
+            if mode == _START:
+                if len(buf) - pos < 8 and buf[pos : pos + 4] in (b"AMQP"[: len(buf) - pos], b"AMQP"):
+                    break  # maybe a protocol header: wait for all 8 bytes
+                pos = self._start(pos, out, timestamp, packet)
+                if self.mode != _FRAMES:
+                    break
+                continue
+            avail = len(buf) - pos
+            if avail < 7:
+                break
+            frame_type, channel, size = _HEADER.unpack_from(buf, pos)
+            if frame_type not in FRAME_TYPES:
+                pos = self._error(pos, f"unknown frame type {frame_type}", out, timestamp, packet)
+                continue
+            if size > MAX_FRAME_SIZE or (size > MAX_BUFFERED_FRAME and frame_type != FRAME_BODY):
+                pos = self._error(pos, f"impossible frame size {size} for a {frame_type} frame", out, timestamp, packet)
+                continue
+            end = pos + 7 + size
+            if end >= len(buf):
+                if frame_type == FRAME_BODY:
+                    self._start_body(pos, channel, size, timestamp, packet)
+                    pos = len(buf)
+                    break
+                break
+            if buf[end] != FRAME_END:
+                pos = self._error(pos, f"bad frame-end 0x{buf[end]:02x} after a {size}-byte frame", out, timestamp, packet)
+                continue
+            frame = self._frame(pos, frame_type, channel, size, timestamp, packet)
+            if frame_type == FRAME_METHOD:
+                if size < 4:
+                    pos = self._error(pos, f"method frame of {size} bytes has no class/method ids", out, timestamp, packet)
+                    continue
+                frame.class_id, frame.method_id = _IDS.unpack_from(buf, pos + 7)
+            out.append(frame)
+            pos = end + 1
+        self._consume(pos)
+
+    def _frame(self, pos: int, frame_type: int, channel: int, size: int, timestamp: float, packet: int) -> Frame:
+        keep = size if frame_type == FRAME_METHOD or frame_type == FRAME_HEADER else min(size, self.payload_bytes)
+        payload = bytes(self.buf[pos + 7 : pos + 7 + keep])
+        return Frame(self.connection, self.direction, timestamp, packet, self.base + pos, frame_type, channel, size, payload)
+
+    def _start(self, pos: int, out: list, timestamp: float, packet: int) -> int:
+        """Stream offset 0: a protocol header, TLS, or straight into frames."""
+        head = bytes(self.buf[pos : pos + 8])
+        if head[:4] == b"AMQP":
+            protocol = PROTOCOL_HEADERS.get(head, "amqp-other")
+            out.append(ProtocolHeader(self.connection, self.direction, timestamp, packet, self.base + pos, head, protocol))
+            self.mode = _FRAMES if protocol == "amqp-0-9-1" else _STOPPED
+            return pos + 8
+        if head[:1] == b"\x16" and head[1:2] == b"\x03":
+            out.append(ProtocolHeader(self.connection, self.direction, timestamp, packet, self.base + pos, head, "tls"))
+            self.mode = _STOPPED
+            return len(self.buf)
+        self.mode = _FRAMES
+        return pos
+
+    def _error(self, pos: int, reason: str, out: list, timestamp: float, packet: int) -> int:
+        out.append(DecodeError(self.connection, self.direction, timestamp, packet, self.base + pos, reason))
+        self.mode = _RESYNC
+        self.resync_from = self.base + pos + 1
+        return pos + 1
+
+    # ---- bodies ---------------------------------------------------------------------------------
+
+    def _start_body(self, pos: int, channel: int, size: int, timestamp: float, packet: int) -> None:
+        have = len(self.buf) - pos - 7
+        kept = bytes(self.buf[pos + 7 : pos + 7 + min(have, self.payload_bytes)])
+        self.body = Frame(self.connection, self.direction, timestamp, packet, self.base + pos, FRAME_BODY, channel, size, kept)
+        self.body_left = size - have
+        self.mode = _BODY
+
+    def _count_body(self, data: bytes, timestamp: float, packet: int, out: list) -> bytes:
+        """Consume body bytes from `data`; returns what follows the body's frame-end."""
+        body = self.body
+        take = min(len(data), self.body_left)
+        if len(body.payload) < self.payload_bytes:
+            body.payload += data[: min(take, self.payload_bytes - len(body.payload))]
+        self.body_left -= take
+        self.base += take
+        if self.body_left or take == len(data):
+            return b""
+        end_byte = data[take]
+        self.base += 1
+        self.body = None
+        if end_byte != FRAME_END:
+            out.append(DecodeError(self.connection, self.direction, timestamp, packet, self.base - 1,
+                                   f"bad frame-end 0x{end_byte:02x} after a {body.size}-byte body frame"))
+            self.mode = _RESYNC
+            self.resync_from = self.base
+        else:
+            body.timestamp, body.packet = timestamp, packet
+            out.append(body)
+            self.mode = _FRAMES
+        return data[take + 1 :]
+
+    # ---- resynchronisation ----------------------------------------------------------------------
+
+    def _resync(self, pos: int, out: list, timestamp: float, packet: int) -> int:
+        """Scan for a verifiable frame; on success switch to _FRAMES at it."""
+        buf = self.buf
+        while True:
+            match = _ANCHOR_START.search(buf, pos)
+            if match is None:
+                return len(buf)
+            pos = match.start()
+            if len(buf) - pos < 8:
+                return pos
+            frame_type, channel, size = _HEADER.unpack_from(buf, pos)
+            if size > MAX_ANCHOR_SIZE:
+                pos += 1
+                continue
+            end = pos + 7 + size
+            if end >= len(buf):
+                return pos  # might be an anchor: wait for the rest of it
+            if buf[end] == FRAME_END and self._is_anchor(frame_type, channel, size, pos):
+                skipped = self.base + pos - self.resync_from
+                if skipped:
+                    out.append(DecodeError(self.connection, self.direction, timestamp, packet, self.resync_from,
+                                           f"resynchronised after skipping {skipped} bytes", skipped))
+                self.mode = _FRAMES
+                return pos
+            pos += 1
+
+    def _is_anchor(self, frame_type: int, channel: int, size: int, pos: int) -> bool:
+        if frame_type == FRAME_HEARTBEAT:
+            return channel == 0 and size == 0
+        if frame_type == FRAME_METHOD:
+            return size >= 4 and _IDS.unpack_from(self.buf, pos + 7) in METHOD_NAMES
+        # A content header: class id (2), weight 0 (2), body size (8), property flags (2).
+        return size >= 14 and _IDS.unpack_from(self.buf, pos + 7)[0] in CLASS_NAMES and self.buf[pos + 9 : pos + 11] == b"\x00\x00"
+
+    def _consume(self, pos: int) -> None:
+        if pos:
+            del self.buf[:pos]
+            self.base += pos

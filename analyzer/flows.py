@@ -1,0 +1,213 @@
+"""One TCP connection's two directions: reassembly, AMQP detection, client/server roles.
+
+A Flow is fed Segments and returns events (SegmentEvent, Frame, ProtocolHeader, DecodeError,
+Gap). Flows on a configured AMQP port decode at once. Any other flow is *probed*: its events
+are held (bounded) until the bytes prove it is AMQP 0-9-1 — a protocol header, a method frame
+with known ids at the stream start, or two verified frames mid-stream — or until PROBE_LIMIT
+bytes prove it is not. Roles are told apart, in order of trust, by the SYN, the configured
+port, the protocol header, the methods each side sends, and lastly the lower port.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+from analyzer.amqp.framing import FrameDecoder
+from analyzer.records import (
+    ACK,
+    C2S,
+    FIN,
+    RST,
+    S2C,
+    SYN,
+    ConnectionInfo,
+    DecodeError,
+    Endpoint,
+    Frame,
+    Gap,
+    ProtocolHeader,
+    Segment,
+    SegmentEvent,
+)
+from analyzer.tcp import HalfStream, StreamData
+
+# Bytes per direction (and events per flow) a flow on an unknown port may show before we give
+# up on it: connection.start is about 500 bytes, so 8 KiB is many frames of evidence.
+PROBE_LIMIT = 8192
+PROBE_MAX_EVENTS = 512
+
+# Methods only a server sends, and only a client sends (AMQP 0-9-1 spec, "chassis" attributes).
+SERVER_METHODS = frozenset({(10, 10), (10, 20), (10, 30), (10, 41), (60, 60), (60, 71), (60, 50)})
+CLIENT_METHODS = frozenset({(10, 11), (10, 21), (10, 31), (10, 40), (60, 40), (60, 70), (60, 80)})
+
+PROBING, AMQP, OTHER = "probing", "amqp", "other"
+# How far each way of telling client from server is trusted; better evidence overrides worse.
+ROLE_TRUST = {"guess": 0, "methods": 1, "connection.start": 2, "protocol-header": 3, "port": 4, "syn": 5}
+
+
+def format_ip(packed: bytes) -> str:
+    return str(ipaddress.ip_address(packed))
+
+
+class Flow:
+    """Both directions of one TCP connection. Side 0 sent the first segment we saw."""
+
+    __slots__ = ("info", "state", "sides", "streams", "decoders", "client_side", "deferred",
+                 "probe_bytes", "probe_frames", "fin", "rst", "payload_bytes", "ids_in_use")
+
+    def __init__(self, seg: Segment, *, server_port_side: int | None, payload_bytes: int) -> None:
+        self.sides = ((seg.src, seg.sport), (seg.dst, seg.dport))
+        self.streams = (HalfStream(), HalfStream())
+        self.payload_bytes = payload_bytes
+        self.fin = [False, False]
+        self.rst = False
+        self.deferred: list = []
+        self.probe_bytes = [0, 0]
+        self.probe_frames = 0
+        syn_only = seg.flags & (SYN | ACK) == SYN
+        role_source = "guess"
+        if syn_only:
+            self.client_side, role_source = 0, "syn"
+        elif seg.flags & (SYN | ACK) == SYN | ACK:
+            self.client_side, role_source = 1, "syn"
+        elif server_port_side is not None:
+            self.client_side, role_source = 1 - server_port_side, "port"
+        else:
+            self.client_side = 0 if seg.sport > seg.dport else 1
+        self.info = self._make_info(seg.timestamp, role_source, syn_only or bool(seg.flags & SYN))
+        self.state = AMQP if server_port_side is not None else PROBING
+        synced = bool(seg.flags & SYN)  # the capture holds both streams' first bytes
+        self.decoders = [FrameDecoder(self.info, self._direction(side), synced=synced, payload_bytes=payload_bytes)
+                         for side in (0, 1)]
+
+    def _make_info(self, timestamp: float, role_source: str, syn_seen: bool) -> ConnectionInfo:
+        client = Endpoint(format_ip(self.sides[self.client_side][0]), self.sides[self.client_side][1])
+        server = Endpoint(format_ip(self.sides[1 - self.client_side][0]), self.sides[1 - self.client_side][1])
+        return ConnectionInfo(f"{client}->{server}", client, server, timestamp, role_source, syn_seen)
+
+    def _direction(self, side: int) -> str:
+        return C2S if side == self.client_side else S2C
+
+    @property
+    def closed(self) -> bool:
+        return self.rst or (self.fin[0] and self.fin[1])
+
+    # ---- feeding --------------------------------------------------------------------------------
+
+    def feed(self, seg: Segment, side: int) -> list:
+        """Process one segment sent by `side`; returns the events ready for the caller."""
+        out: list = []
+        if self.state == OTHER:
+            return out
+        stream = self.streams[side]
+        flags = seg.flags
+        chunks: list = []
+        if flags & SYN:
+            stream.syn(seg.seq)
+        retransmission = False
+        if seg.payload_len:
+            retransmission = stream.segment(seg.seq, seg.payload, seg.payload_len, seg.timestamp, seg.index, chunks)
+        if flags & FIN:
+            stream.fin(seg.seq, seg.payload_len)
+            self.fin[side] = True
+        if flags & RST:
+            self.rst = True
+        direction = self._direction(side)
+        out.append(SegmentEvent(self.info, direction, seg.timestamp, seg.index, flags, seg.seq, seg.ack,
+                                seg.payload_len, retransmission, seg.payload_len - len(seg.payload)))
+        self._decode(side, chunks, out)
+        if flags & ACK:
+            other_chunks: list = []
+            self.streams[1 - side].peer_ack(seg.ack, seg.timestamp, seg.index, other_chunks)
+            self._decode(1 - side, other_chunks, out)
+        if self.closed or (flags & FIN and self.fin[side]):
+            tail: list = []
+            stream.flush(seg.timestamp, seg.index, tail)
+            self._decode(side, tail, out)
+        if self.state == PROBING:
+            return self._probe(side, out)
+        return out
+
+    def finish(self, timestamp: float, packet: int) -> list:
+        """End of capture: holes still open become gaps."""
+        out: list = []
+        if self.state == OTHER:
+            return out
+        for side in (0, 1):
+            chunks: list = []
+            self.streams[side].flush(timestamp, packet, chunks)
+            self._decode(side, chunks, out)
+        if self.state == PROBING:
+            self.state = OTHER  # never proved to be AMQP
+            self.deferred = []
+            return []
+        return out
+
+    def _decode(self, side: int, chunks: list, out: list) -> None:
+        decoder = self.decoders[side]
+        for chunk in chunks:
+            if type(chunk) is StreamData:
+                out.extend(decoder.feed(chunk.data, chunk.timestamp, chunk.packet))
+            else:
+                out.append(Gap(self.info, decoder.direction, chunk.timestamp, chunk.packet, chunk.offset,
+                               chunk.missing, chunk.reason))
+                out.extend(decoder.gap(chunk.missing, chunk.timestamp, chunk.packet))
+
+    # ---- detection ------------------------------------------------------------------------------
+
+    def _probe(self, side: int, out: list) -> list:
+        """Hold events until the flow is shown to be AMQP (release them) or not (drop it)."""
+        self.deferred.extend(out)
+        evidence_side = None
+        for event in out:
+            if isinstance(event, ProtocolHeader):
+                if event.protocol == "tls":
+                    return self._give_up()
+                evidence_side = self._side_of(event)
+                self._set_client(evidence_side, "protocol-header")
+            elif isinstance(event, Frame):
+                self.probe_frames += 1
+                ids = (event.class_id, event.method_id)
+                if ids in SERVER_METHODS:
+                    self._set_client(1 - self._side_of(event), "connection.start" if ids == (10, 10) else "methods")
+                elif ids in CLIENT_METHODS:
+                    self._set_client(self._side_of(event), "methods")
+                if event.class_id is not None or self.probe_frames >= 2:
+                    evidence_side = self._side_of(event)
+            elif isinstance(event, DecodeError) and not event.skipped:
+                return self._give_up()
+        if evidence_side is not None:
+            return self._release()
+        self.probe_bytes[side] += sum(e.payload_len for e in out if type(e) is SegmentEvent)
+        if self.probe_bytes[side] > PROBE_LIMIT or len(self.deferred) > PROBE_MAX_EVENTS:
+            return self._give_up()
+        return []
+
+    def _side_of(self, event) -> int:
+        return 0 if (event.direction == C2S) == (self.client_side == 0) else 1
+
+    def _set_client(self, side: int, source: str) -> None:
+        """Adopt `side` as the client when `source` is better evidence than what decided so far."""
+        if ROLE_TRUST[source] <= ROLE_TRUST[self.info.role_source]:
+            return
+        self.info.role_source = source
+        if side == self.client_side:
+            return
+        self.client_side = side
+        # Re-point what was already produced: directions and the connection's endpoints.
+        fresh = self._make_info(self.info.first_seen, source, self.info.syn_seen)
+        self.info.id, self.info.client, self.info.server = fresh.id, fresh.client, fresh.server
+        for event in self.deferred:
+            event.direction = S2C if event.direction == C2S else C2S
+        for s in (0, 1):
+            self.decoders[s].direction = self._direction(s)
+
+    def _release(self) -> list:
+        self.state = AMQP
+        released, self.deferred = self.deferred, []
+        return released
+
+    def _give_up(self) -> list:
+        self.state = OTHER
+        self.deferred = []
+        self.decoders = [None, None]
+        return []

@@ -1,0 +1,144 @@
+"""TCP reassembly for one direction of one connection: ordered bytes and explicit gaps.
+
+Sans-IO: fed segment fields, it appends StreamData / StreamGap records to the caller's list.
+Sequence numbers are compared modulo 2**32 (RFC 9293 §3.4). Retransmitted and overlapping bytes
+are delivered once; out-of-order segments wait in a bounded buffer. Bytes the capture lost
+become a StreamGap with their count: never zero-filled, never skipped silently. A hole is
+declared lost when
+  - the peer acknowledges bytes past it (the receiver got them; the capture did not),
+  - the out-of-order buffer exceeds MAX_PENDING_BYTES,
+  - the stream ends (FIN/RST or end of capture), or
+  - the snap length cut the payload (the missing tail of that segment).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SEQ_MOD = 1 << 32
+SEQ_HALF = 1 << 31
+# Twice Linux's default initial receive window (64 KiB) times 4: a capture that reorders more
+# than this is lossy, not reordered.
+MAX_PENDING_BYTES = 512 * 1024
+
+
+@dataclass(slots=True)
+class StreamData:
+    offset: int  # stream offset of data[0] (bytes since the first byte seen in this direction)
+    data: bytes
+    timestamp: float
+    packet: int
+
+
+@dataclass(slots=True)
+class StreamGap:
+    offset: int
+    missing: int
+    timestamp: float
+    packet: int
+    reason: str  # "sequence-hole", "snapped", "acked-unseen"
+
+
+class HalfStream:
+    """Reassembles one direction. `next_seq` is None until the first SYN or payload byte."""
+
+    __slots__ = ("next_seq", "offset", "pending", "pending_bytes", "fin_seq", "started_at_syn")
+
+    def __init__(self) -> None:
+        self.next_seq: int | None = None
+        self.offset = 0
+        self.pending: dict[int, tuple[bytes, int, float, int]] = {}
+        self.pending_bytes = 0
+        self.fin_seq: int | None = None
+        self.started_at_syn = False
+
+    def syn(self, seq: int) -> None:
+        if self.next_seq is None:
+            self.next_seq = (seq + 1) % SEQ_MOD
+            self.started_at_syn = True
+
+    def fin(self, seq: int, payload_len: int) -> None:
+        self.fin_seq = (seq + payload_len) % SEQ_MOD
+
+    def segment(self, seq: int, payload: bytes, payload_len: int, timestamp: float, packet: int, out: list) -> bool:
+        """Feed one segment with payload; returns True when all of it was seen before."""
+        next_seq = self.next_seq
+        if next_seq is None:
+            next_seq = self.next_seq = seq
+        ahead = (seq - next_seq) % SEQ_MOD
+        if ahead >= SEQ_HALF:
+            behind = SEQ_MOD - ahead
+            if behind >= payload_len:
+                return True
+            payload = payload[behind:]
+            payload_len -= behind
+            ahead = 0
+        if ahead == 0:
+            self._deliver(payload, payload_len, timestamp, packet, out)
+            if self.pending:
+                self._drain(out)
+            return False
+        held = self.pending.get(seq)
+        if held is not None and held[1] >= payload_len:
+            return True
+        self.pending[seq] = (payload, payload_len, timestamp, packet)
+        self.pending_bytes += payload_len
+        if self.pending_bytes > MAX_PENDING_BYTES:
+            self._skip_to(min(self.pending, key=self._distance), timestamp, packet, "sequence-hole", out)
+        return False
+
+    def peer_ack(self, ack: int, timestamp: float, packet: int, out: list) -> None:
+        """The other side acknowledged `ack`: bytes before it that we never saw were lost by the capture."""
+        if self.next_seq is None:
+            return
+        ahead = (ack - self.next_seq) % SEQ_MOD
+        if ahead == 0 or ahead >= SEQ_HALF:
+            return
+        if self.fin_seq is not None and self.next_seq == self.fin_seq and ahead == 1:
+            return  # the ACK of our FIN, which takes one sequence number and no byte
+        if self.pending:
+            first = min(self.pending, key=self._distance)
+            if self._distance(first) < ahead:
+                self._skip_to(first, timestamp, packet, "acked-unseen", out)
+                return
+        self._skip_to(ack, timestamp, packet, "acked-unseen", out)
+
+    def flush(self, timestamp: float, packet: int, out: list) -> None:
+        """End of stream: whatever still waits behind a hole is delivered after an explicit gap."""
+        while self.pending:
+            self._skip_to(min(self.pending, key=self._distance), timestamp, packet, "sequence-hole", out)
+
+    def _distance(self, seq: int) -> int:
+        return (seq - self.next_seq) % SEQ_MOD
+
+    def _deliver(self, payload: bytes, payload_len: int, timestamp: float, packet: int, out: list) -> None:
+        if payload:
+            out.append(StreamData(self.offset, payload, timestamp, packet))
+        if len(payload) < payload_len:
+            out.append(StreamGap(self.offset + len(payload), payload_len - len(payload), timestamp, packet, "snapped"))
+        self.offset += payload_len
+        self.next_seq = (self.next_seq + payload_len) % SEQ_MOD
+
+    def _drain(self, out: list) -> None:
+        """Deliver pending segments that now start at or before next_seq."""
+        while self.pending:
+            progressed = False
+            for seq in list(self.pending):
+                ahead = self._distance(seq)
+                if ahead != 0 and ahead < SEQ_HALF:
+                    continue
+                payload, payload_len, timestamp, packet = self.pending.pop(seq)
+                self.pending_bytes -= payload_len
+                behind = 0 if ahead == 0 else SEQ_MOD - ahead
+                if behind < payload_len:
+                    self._deliver(payload[behind:], payload_len - behind, timestamp, packet, out)
+                progressed = True
+            if not progressed:
+                return
+
+    def _skip_to(self, seq: int, timestamp: float, packet: int, reason: str, out: list) -> None:
+        missing = self._distance(seq)
+        if missing and missing < SEQ_HALF:
+            out.append(StreamGap(self.offset, missing, timestamp, packet, reason))
+            self.offset += missing
+            self.next_seq = seq
+        self._drain(out)
