@@ -1,0 +1,311 @@
+"""Live capture (edge: I/O): record TCP traffic on one interface to a pcap file while other code runs.
+
+Strategy: one context manager, three backends. tcpdump and dumpcap (preferred when installed: they
+keep up with high packet rates and report kernel drops) run as child processes in their own
+session; __enter__ returns only once they announce they are capturing ("listening on" /
+"Capturing on" on stderr), and __exit__ waits a short settle delay so the last packets reach the
+file, interrupts them (SIGINT, as Ctrl-C would) and parses their exit statistics. scapy's
+AsyncSniffer is the pure-Python fallback; it writes each packet through a synced PcapWriter. Every
+backend writes incrementally, so a crash leaves a readable file. The file is classic pcap
+(microsecond timestamps) whatever the backend, so tools that only read pcap can open it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+
+from analyzer.broker import die_with_parent
+from analyzer.errors import EnvironmentProblem, UsageError
+
+BACKENDS = ("tcpdump", "dumpcap", "scapy")
+# How long a tool may take to open the interface before we give up (a cold libpcap start is ~50 ms).
+START_TIMEOUT = 10.0
+# Delay before stopping so packets still in the kernel ring reach the file. tcpdump runs in
+# --immediate-mode and dumpcap flushes every 100 ms (its default --update-interval), so 0.5 s is ample.
+SETTLE = 0.5
+STOP_TIMEOUT = 10.0
+CAP_NET_RAW = 13  # linux/capability.h
+PRIVILEGE_HINT = "capturing needs root or CAP_NET_RAW (try sudo, or setcap cap_net_raw+eip on the tool)"
+
+
+@dataclass
+class CaptureStats:
+    """What a finished capture reports; `dropped` is None when the backend cannot tell."""
+
+    backend: str
+    path: str
+    interface: str
+    filter: str
+    packets: int = 0
+    dropped: int | None = None
+    received: int | None = None  # packets the kernel filter passed (tcpdump/dumpcap)
+
+    def as_dict(self) -> dict:
+        return {"backend": self.backend, "file": os.path.basename(self.path), "interface": self.interface,
+                "filter": self.filter, "packets": self.packets, "dropped": self.dropped,
+                "received": self.received}
+
+
+def has_capture_privilege() -> bool:
+    if os.geteuid() == 0:
+        return True
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_NET_RAW & 1)
+    return False
+
+
+def available_backends() -> list[str]:
+    found = [name for name in ("tcpdump", "dumpcap") if shutil.which(name)]
+    with contextlib.suppress(ImportError):
+        import scapy  # noqa: F401  (presence check only; importing scapy.all is slow)
+        found.append("scapy")
+    return found
+
+
+def choose_backend(name: str = "auto") -> str:
+    """The backend to use: `name` if installed, or for "auto" the first of tcpdump, dumpcap, scapy."""
+    found = available_backends()
+    if name == "auto":
+        if not found:
+            raise EnvironmentProblem("no capture tool: run `apt-get install tcpdump` or `pip install scapy`")
+        return found[0]
+    if name not in BACKENDS:
+        raise UsageError(f"unknown capture backend {name!r}; choose one of {', '.join(BACKENDS)} or auto")
+    if name not in found:
+        hint = "pip install scapy" if name == "scapy" else f"apt-get install {'tshark' if name == 'dumpcap' else name}"
+        raise EnvironmentProblem(f"capture backend {name} is not installed: run `{hint}`")
+    return name
+
+
+def is_loopback(iface: str) -> bool:
+    """ARPHRD_LOOPBACK (772, linux/if_arp.h) per sysfs."""
+    with contextlib.suppress(OSError), open(f"/sys/class/net/{iface}/type") as f:
+        return f.read().strip() == "772"
+    return iface == "lo"
+
+
+def bpf_filter(ports) -> str:
+    ports = sorted(set(int(p) for p in ports or ()))
+    if not ports:
+        return "tcp"
+    return "tcp and (" + " or ".join(f"port {p}" for p in ports) + ")"
+
+
+def count_pcap_records(path: str) -> int:
+    """Records in a classic pcap file, counted from the headers (a cut last record is not counted)."""
+    n = 0
+    with open(path, "rb") as f:
+        head = f.read(24)
+        if len(head) < 24:
+            return 0
+        endian = "<" if head[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+        rec = struct.Struct(endian + "IIII")  # ts_sec, ts_frac, incl_len, orig_len (pcap file format)
+        size = os.fstat(f.fileno()).st_size
+        pos = 24
+        while pos + 16 <= size:
+            f.seek(pos)
+            incl = rec.unpack(f.read(16))[2]
+            if pos + 16 + incl > size:
+                break
+            n += 1
+            pos += 16 + incl
+    return n
+
+
+class LiveCapture:
+    """`with LiveCapture("out.pcap", iface="lo", ports=[5672]) as cap: ...` then `cap.stats`."""
+
+    def __init__(self, path: str, *, iface: str = "lo", ports=(5672,), backend: str = "auto",
+                 settle: float = SETTLE):
+        self.path = os.path.abspath(path)
+        self.iface = iface
+        self.filter = bpf_filter(ports)
+        self.backend = choose_backend(backend)
+        self.settle = settle
+        self.stats = CaptureStats(self.backend, self.path, iface, self.filter)
+        self._proc: subprocess.Popen | None = None
+        self._stderr: list[str] = []
+        self._ready = threading.Event()
+        self._reader: threading.Thread | None = None
+        self._sniffer = None
+        self._writer = None
+        self._count = 0
+        self.started = False
+
+    # ---- context manager -----------------------------------------------------------------------
+
+    def __enter__(self) -> LiveCapture:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if not has_capture_privilege():
+            raise EnvironmentProblem(PRIVILEGE_HINT)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        try:
+            if self.backend == "scapy":
+                self._start_scapy()
+            else:
+                self._start_tool()
+        except BaseException:
+            self.stop(settle=False)
+            raise
+        self.started = True
+
+    def stop(self, settle: bool = True) -> CaptureStats:
+        """Flush and stop; safe to call twice and after a failed start."""
+        if settle and self.started and self.settle:
+            time.sleep(self.settle)
+        self.started = False
+        if self._proc is not None:
+            self._stop_tool()
+        if self._sniffer is not None:
+            self._stop_scapy()
+        return self.stats
+
+    # ---- tcpdump / dumpcap ---------------------------------------------------------------------
+
+    def _command(self) -> list[str]:
+        if self.backend == "tcpdump":
+            # -U: write each packet as it arrives; --immediate-mode: no libpcap buffering delay;
+            # -Z root: keep root (Debian's tcpdump would drop to user tcpdump, who may not write here).
+            extra = ["-Z", "root"] if os.geteuid() == 0 else []
+            return ["tcpdump", "-i", self.iface, "-U", "--immediate-mode", "-n", "-s", "0", *extra,
+                    "-w", self.path, self.filter]
+        # -P: classic pcap, not pcapng; -q would hide the "Packets captured" summary we parse.
+        return ["dumpcap", "-i", self.iface, "-P", "-s", "0", "-f", self.filter, "-w", self.path]
+
+    def _start_tool(self) -> None:
+        ready = "listening on" if self.backend == "tcpdump" else "File:"  # dumpcap: printed once the file is open
+        self._proc = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, start_new_session=True,
+                                      preexec_fn=die_with_parent)
+        self._reader = threading.Thread(target=self._read_stderr, args=(ready,), daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._ready.wait(0.05):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self._reader.join(1)
+                raise self._tool_error()
+
+    def _read_stderr(self, ready: str) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        for raw in self._proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self._stderr.append(line)
+            if ready in line:
+                self._ready.set()
+
+    def _tool_error(self) -> EnvironmentProblem:
+        text = " ".join(self._stderr)
+        if re.search(r"permission|not permitted|privilege", text, re.I):
+            return EnvironmentProblem(PRIVILEGE_HINT)
+        lines = [ln for ln in self._stderr if ln.strip() and "dangerous" not in ln]
+        detail = lines[-1] if lines else "no output"
+        return EnvironmentProblem(f"{self.backend} could not capture on {self.iface}: {detail}")
+
+    def _stop_tool(self) -> None:
+        proc = self._proc
+        assert proc is not None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)  # both tools write their statistics on SIGINT
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if self._reader is not None:
+            self._reader.join(2)
+        self._proc = None
+        self._parse_stats("\n".join(self._stderr))
+        if os.path.exists(self.path):
+            recorded = count_pcap_records(self.path)
+            if not self.stats.packets or recorded < self.stats.packets:
+                self.stats.packets = recorded  # what is really in the file
+
+    def _parse_stats(self, text: str) -> None:
+        if self.backend == "tcpdump":
+            # "12 packets captured" / "12 packets received by filter" / "0 packets dropped by kernel"
+            for key, attr in (("captured", "packets"), ("received by filter", "received"),
+                              ("dropped by kernel", "dropped")):
+                m = re.search(rf"(\d+) packets? {key}", text)
+                if m:
+                    setattr(self.stats, attr, int(m.group(1)))
+        else:
+            # "Packets captured: 12" and "Packets received/dropped on interface 'lo': 12/0 (...)"
+            m = re.search(r"Packets captured: (\d+)", text)
+            if m:
+                self.stats.packets = int(m.group(1))
+            m = re.search(r"received/dropped on interface .*?: (\d+)/(\d+)", text)
+            if m:
+                self.stats.received, self.stats.dropped = int(m.group(1)), int(m.group(2))
+
+    # ---- scapy -----------------------------------------------------------------------------------
+
+    def _start_scapy(self) -> None:
+        try:
+            from scapy.sendrecv import AsyncSniffer
+            from scapy.utils import PcapWriter
+        except ImportError as exc:
+            raise EnvironmentProblem("scapy is not installed: run `pip install scapy`") from exc
+        # sync: flush after every packet; linktype 1 (Ethernet, what Linux gives for lo too) so that
+        # an empty capture still gets a valid header.
+        self._writer = PcapWriter(self.path, sync=True, linktype=1)
+        started = threading.Event()
+        kwargs = {}
+        if is_loopback(self.iface):
+            # Linux hands a packet socket each loopback packet twice (outgoing and incoming); libpcap
+            # drops the outgoing copy on loopback devices, and so does scapy's L2Socket (not L2listen).
+            from scapy.config import conf
+            kwargs["L2socket"] = conf.L2socket
+        self._sniffer = AsyncSniffer(iface=self.iface, filter=self.filter, store=False, prn=self._write,
+                                     started_callback=started.set, **kwargs)
+        try:
+            self._sniffer.start()
+        except PermissionError as exc:
+            raise EnvironmentProblem(PRIVILEGE_HINT) from exc
+        if not started.wait(START_TIMEOUT):
+            err = getattr(self._sniffer, "exception", None)
+            raise EnvironmentProblem(f"scapy could not capture on {self.iface}: {err or 'timed out'}")
+
+    def _write(self, pkt) -> None:
+        assert self._writer is not None
+        self._writer.write(pkt)
+        self._count += 1
+
+    def _stop_scapy(self) -> None:
+        sniffer, self._sniffer = self._sniffer, None
+        with contextlib.suppress(Exception):  # scapy raises if the thread already died
+            if sniffer.running:
+                sniffer.stop()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        elif not os.path.exists(self.path):
+            open(self.path, "wb").close()
+        self.stats.packets = self._count
+        self.stats.dropped = None  # AsyncSniffer does not read the socket's drop counter
+
+
+def run_capture(path: str, iface: str, ports, duration: float | None, backend: str = "auto",
+                stop: threading.Event | None = None) -> CaptureStats:
+    """Capture until `duration` seconds pass or `stop` is set (the CLI's Ctrl-C/SIGTERM)."""
+    stop = stop or threading.Event()
+    with LiveCapture(path, iface=iface, ports=ports, backend=backend, settle=0) as cap:
+        stop.wait(duration)
+    return cap.stats
