@@ -1,3 +1,7 @@
 """amqp-hb: explain AMQP 0-9-1 heartbeat timeouts and connection teardowns from packet captures."""
 
 __version__ = "0.1.0"
+
+from analyzer.api import FileAnalysis, FrameRecord, analyze_file, read_frames  # noqa: E402
+
+__all__ = ["FileAnalysis", "FrameRecord", "analyze_file", "read_frames", "__version__"]

@@ -1,0 +1,301 @@
+"""ConnectionTimeline → Diagnosis: negotiation, how it ended, verdict, prediction and findings.
+
+All times in a Diagnosis are seconds since the first packet of the file (`t0`). The verdict
+comes from the peers' real timing models (analyzer.models), never from a bare threshold: a
+teardown is blamed on missed heartbeats only when it falls where the model says it would.
+The plain-language explanation is written by analyzer.explain from the Diagnosis.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from analyzer.models import pika as pika_model
+from analyzer.models import rabbitmq as rabbitmq_model
+from analyzer.models.common import Prediction
+from analyzer.records import C2S
+from analyzer.timeline import ConnectionTimeline, Direction
+
+# Verdicts (the exact strings of the JSON contract).
+MISSED_CLIENT = "missed-client-heartbeats"
+MISSED_SERVER = "missed-server-heartbeats"
+GRACEFUL = "graceful"
+CLOSED_WITH_ERROR = "closed-with-error"
+RESET = "reset"
+OPEN = "open"
+UNKNOWN = "unknown"
+
+# How far outside the model's window an observed teardown may fall and still be the model's doing:
+# capture timestamps and socket teardown add a few ms on loopback; a capture taken on another host
+# adds the path delay. Beyond this the teardown "does not fit" and we say so.
+WINDOW_EARLY_TOLERANCE = 0.05
+WINDOW_LATE_TOLERANCE = 0.5
+# RabbitMQ's reply code for a normal close (AMQP 0-9-1 spec, reply-success).
+REPLY_SUCCESS = 200
+PRECONDITION_FAILED = 406
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    time: float
+    kind: str
+    channel: int | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    server_proposed: int | None
+    client_requested: int | None
+    effective: float | None
+    source: str  # negotiated, inferred, unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    time: float | None
+    initiator: str | None  # client, server
+    how: str  # connection.close, fin, rst, open
+    reply_code: int | None = None
+    reply_text: str | None = None
+    benign_rst: float | None = None  # RabbitMQ's linger-0 RST after a clean close handshake
+
+
+@dataclass(slots=True)
+class Diagnosis:
+    timeline: ConnectionTimeline
+    t0: float
+    heartbeat: Heartbeat
+    close: Close
+    verdict: str = UNKNOWN
+    silence: float | None = None
+    prediction: Prediction | None = None
+    prediction_fits: bool | None = None
+    alternative: Prediction | None = None  # the other phase when the grid was inferred
+    misfit: str | None = None  # why the observed teardown does not fit the model
+    findings: list[Finding] = field(default_factory=list)
+    explanation: str = ""
+
+    def rel(self, t: float | None) -> float | None:
+        return None if t is None else t - self.t0
+
+    @property
+    def last_client_byte(self) -> float | None:
+        return self.rel(self.timeline.c2s.last_payload)
+
+    @property
+    def last_server_byte(self) -> float | None:
+        return self.rel(self.timeline.s2c.last_payload)
+
+
+def diagnose(timeline: ConnectionTimeline, t0: float) -> Diagnosis:
+    from analyzer.explain import explain
+
+    d = Diagnosis(timeline, t0, _heartbeat(timeline), _close(timeline, t0))
+    _verdict(d)
+    d.findings = sorted(_findings(d), key=lambda f: f.time)
+    d.explanation = explain(d)
+    return d
+
+
+# ---- negotiation ----------------------------------------------------------------------------------
+
+
+def _heartbeat(tl: ConnectionTimeline) -> Heartbeat:
+    proposed = tl.tune.args.get("heartbeat") if tl.tune else None
+    requested = tl.tune_ok.args.get("heartbeat") if tl.tune_ok else None
+    if requested is not None:
+        # rabbit_reader.erl handle_method0(tune_ok) takes the client's value verbatim (heartbeat-model.md).
+        return Heartbeat(proposed, requested, requested, "negotiated")
+    inferred = rabbitmq_model.infer_timeout_from_heartbeats(tl.s2c.heartbeat_times())
+    if inferred is not None:
+        return Heartbeat(proposed, None, inferred, "inferred")
+    return Heartbeat(proposed, None, None, "unknown")
+
+
+# ---- teardown -------------------------------------------------------------------------------------
+
+
+def _close(tl: ConnectionTimeline, t0: float) -> Close:
+    first_rst = _first(tl.c2s.rst, tl.s2c.rst)
+    if tl.connection_close is not None:
+        close = tl.connection_close
+        benign = None
+        if first_rst is not None and first_rst[0] >= close.time:
+            benign = first_rst[0] - t0
+        return Close(close.time - t0, "client" if close.direction == C2S else "server", "connection.close",
+                     close.args.get("reply_code"), close.args.get("reply_text"), benign)
+    first_fin = _first(tl.c2s.fin, tl.s2c.fin)
+    ends = [(first[0], how, first[1]) for how, first in (("rst", first_rst), ("fin", first_fin)) if first]
+    if not ends:
+        return Close(None, None, "open")
+    t, how, who = min(ends)
+    return Close(t - t0, who, how)
+
+
+def _first(client_time: float | None, server_time: float | None) -> tuple[float, str] | None:
+    candidates = [(t, who) for t, who in ((client_time, "client"), (server_time, "server")) if t is not None]
+    return min(candidates) if candidates else None
+
+
+# ---- verdict --------------------------------------------------------------------------------------
+
+
+def _verdict(d: Diagnosis) -> None:
+    close, tl = d.close, d.timeline
+    if close.how == "open":
+        d.verdict = OPEN
+        return
+    if close.how == "connection.close":
+        d.verdict = GRACEFUL if close.reply_code in (None, REPLY_SUCCESS) else CLOSED_WITH_ERROR
+        return
+    timeout = d.heartbeat.effective
+    silent_side = tl.c2s if close.initiator == "server" else tl.s2c
+    if silent_side.last_payload is not None:
+        d.silence = close.time - d.rel(silent_side.last_payload)
+    if not timeout or silent_side.last_payload is None:
+        d.verdict = RESET
+        if not timeout and d.heartbeat.source != "unknown":
+            d.misfit = "heartbeats were disabled, so no heartbeat timer closed it"
+        return
+    prediction = _broker_prediction(d) if close.initiator == "server" else _client_prediction(d)
+    if prediction is None:
+        d.verdict = RESET
+        return
+    d.prediction = prediction
+    lo, hi = prediction.window
+    observed = close.time
+    fits = lo - WINDOW_EARLY_TOLERANCE <= observed < hi + WINDOW_LATE_TOLERANCE + prediction.lateness_allowance
+    if prediction.model == "pika" and observed >= lo - WINDOW_EARLY_TOLERANCE:
+        # pika's timers run only inside its I/O loop (BlockingConnection): it may detect late, never early.
+        fits = True
+    d.prediction_fits = fits
+    if fits:
+        d.verdict = MISSED_CLIENT if close.initiator == "server" else MISSED_SERVER
+        if close.initiator == "server" and close.how == "fin":
+            d.misfit = ("the broker side closed with a FIN, not the RST RabbitMQ sends (linger 0): a proxy or "
+                        "load balancer sits between client and broker, or tcp_listen_options were customised")
+        return
+    d.verdict = RESET
+    who = "RabbitMQ" if prediction.model == "rabbitmq" else "pika"
+    if observed < lo:
+        d.misfit = (f"the teardown at {observed:.3f} s came {lo - observed:.3f} s before {who}'s earliest heartbeat "
+                    f"timeout ({lo:.3f} s): something else closed it (a process killed, a firewall or proxy idle "
+                    "timeout, an operator closing the connection)")
+    else:
+        d.misfit = (f"the teardown at {observed:.3f} s came {observed - hi:.3f} s after {who}'s latest heartbeat "
+                    f"timeout ({hi:.3f} s): a longer effective timeout (customised tcp_listen_options, a proxy), "
+                    "a capture taken far from the broker, or a teardown with another cause")
+
+
+def _broker_prediction(d: Diagnosis) -> Prediction | None:
+    tl = d.timeline
+    last_client = d.rel(tl.c2s.last_payload)
+    timeout = d.heartbeat.effective
+    if tl.tune_ok is not None:
+        tune_ok = d.rel(tl.tune_ok.time)
+        periods = _blocked_periods(d)
+        anchor = rabbitmq_model.monitor_anchor(tune_ok, periods, at=d.close.time)
+        if anchor is None:
+            return None  # the monitor was paused when the connection died: not a heartbeat timeout
+        return rabbitmq_model.predict_missed_client_heartbeats(
+            last_client, tune_ok, timeout, monitor_anchor=anchor if anchor != tune_ok else None)
+    phase = rabbitmq_model.infer_tick_anchor([t - d.t0 for t in tl.s2c.heartbeat_times()], timeout)
+    if phase is None:
+        return None
+    first, second = rabbitmq_model.predict_from_tick_phase(last_client, phase)
+    # The broker's heartbeats fix the grid only up to T/2: keep the candidate the teardown matches.
+    best, other = sorted((first, second), key=lambda p: abs(p.error(d.close.time)))
+    d.alternative = other
+    return best
+
+
+def _client_prediction(d: Diagnosis) -> Prediction | None:
+    tl = d.timeline
+    start = tl.tune_ok or tl.tune
+    if start is None:
+        return None
+    return pika_model.predict_missed_server_heartbeats(d.rel(tl.s2c.last_payload), d.rel(start.time),
+                                                       d.heartbeat.effective)
+
+
+def _blocked_periods(d: Diagnosis) -> list[tuple[float, float | None]]:
+    periods: list[tuple[float, float | None]] = []
+    for t, what in d.timeline.blocked:
+        if what == "blocked":
+            periods.append((t - d.t0, None))
+        elif periods and periods[-1][1] is None:
+            periods[-1] = (periods[-1][0], t - d.t0)
+    return periods
+
+
+# ---- findings -------------------------------------------------------------------------------------
+
+
+def _findings(d: Diagnosis):
+    tl, hb = d.timeline, d.heartbeat
+    end = d.close.time if d.close.time is not None else d.rel(tl.last_seen)
+    timeout = hb.effective
+    if hb.effective == 0:
+        yield Finding(d.rel(tl.tune_ok.time) if tl.tune_ok else 0.0, "heartbeat-disabled", None,
+                      "heartbeat 0 in connection.tune-ok: neither peer will ever detect a dead connection")
+    if hb.client_requested and hb.server_proposed is not None and hb.client_requested > hb.server_proposed:
+        yield Finding(d.rel(tl.tune_ok.time), "heartbeat-above-proposal", None,
+                      f"the client asked for {hb.client_requested} s, more than the broker's {hb.server_proposed} s; "
+                      "RabbitMQ accepts it as is (pika's int heartbeat always overrides the broker)")
+    if timeout:
+        for side, peer, kind in ((tl.c2s, tl.s2c, "client"), (tl.s2c, tl.c2s, "broker")):
+            yield from _silence_findings(d, side, peer, kind, end, timeout)
+    for direction, side in ((C2S, tl.c2s), ("s2c", tl.s2c)):
+        for gap in side.gaps:
+            yield Finding(d.rel(gap.timestamp), "capture-gap", None,
+                          f"{gap.missing} bytes {direction} missing from the capture ({gap.reason}) at stream offset "
+                          f"{gap.offset}: whatever they carried, the capture cannot show")
+        if side.gap_count > len(side.gaps):
+            yield Finding(d.rel(side.gaps[-1].timestamp), "capture-gap", None,
+                          f"{side.gap_count - len(side.gaps)} more gaps {direction} not listed")
+        for error in side.decode_errors:
+            yield Finding(d.rel(error.timestamp), "decode-error", None, f"{direction} offset {error.offset}: {error.reason}")
+        if side.nonstandard_heartbeats:
+            yield Finding(d.rel(side.first_nonstandard_heartbeat), "nonstandard-heartbeat-frame", 0,
+                          f"{side.nonstandard_heartbeats} heartbeat frames {direction} with type 4, a payload or a "
+                          "non-zero channel (accepted, but not what the 0-9-1 spec says)")
+    for close in tl.channel_closes:
+        code, text = close.args.get("reply_code"), close.args.get("reply_text") or ""
+        if code == REPLY_SUCCESS:
+            continue
+        who = "broker" if close.direction != C2S else "client"
+        if code == PRECONDITION_FAILED and "delivery acknowledgement" in text:
+            yield Finding(d.rel(close.time), "consumer-timeout", close.channel,
+                          f"the broker closed channel {close.channel}: {text} (the connection stays open; "
+                          "ack sooner or raise consumer_timeout)")
+        else:
+            yield Finding(d.rel(close.time), "channel-error", close.channel, f"{who} closed channel {close.channel}: {code} {text}")
+    for t, what in tl.blocked:
+        yield Finding(d.rel(t), "connection-blocked", None,
+                      "broker sent connection.blocked (resource alarm): it pauses its heartbeat monitor"
+                      if what == "blocked" else "broker sent connection.unblocked: its heartbeat monitor restarts now")
+    if tl.protocol != "amqp-0-9-1":
+        yield Finding(d.rel(tl.protocol_header or tl.first_seen), "not-amqp-0-9-1", None,
+                      f"this connection speaks {tl.protocol}, not AMQP 0-9-1: its frames are not decoded")
+
+
+def _silence_findings(d: Diagnosis, side: Direction, peer: Direction, kind: str, end: float, timeout: float):
+    """The silent side's kernel ACKs or does not: app blocked, or peer unreachable."""
+    if side.last_payload is None:
+        return
+    last = d.rel(side.last_payload)
+    silence = end - last
+    if silence <= timeout:
+        return
+    peer_sent = peer.last_payload is not None and peer.last_payload > side.last_payload
+    if side.ack_only_since_payload:
+        name = "client-app-blocked" if kind == "client" else "broker-app-blocked"
+        other = "broker" if kind == "client" else "client"
+        loop = "pika's I/O loop (a long callback?)" if kind == "client" else "its Erlang processes (SIGSTOP, GC, overload?)"
+        yield Finding(last, name, None,
+                      f"the {kind} sent no AMQP bytes for {silence:.3f} s after {last:.3f} s while its kernel ACKed "
+                      f"{side.ack_only_since_payload} {other} segments: the process was alive but not running {loop}")
+    elif peer_sent:
+        yield Finding(last, "peer-unreachable", None,
+                      f"the {kind} sent nothing, not even TCP ACKs, for {silence:.3f} s after {last:.3f} s while its "
+                      "peer kept sending: host down, network path broken, or capture missing that direction")

@@ -1,0 +1,132 @@
+"""FileAnalysis → the `amqp-hb/analysis/1` JSON document (schema documented in README.md)."""
+from __future__ import annotations
+
+from analyzer.api import FileAnalysis
+from analyzer.diagnose import Diagnosis
+
+SCHEMA = "amqp-hb/analysis/1"
+
+
+def _r(value: float | None) -> float | None:
+    """Times to the microsecond: what a classic pcap can resolve."""
+    return None if value is None else round(value, 6)
+
+
+def analysis_document(analysis: FileAnalysis) -> dict:
+    summary = analysis.summary
+    return {
+        "schema": SCHEMA,
+        "file": analysis.path,
+        "format": summary.format,
+        "packets": summary.packets,
+        "start_epoch": summary.start_epoch,
+        "duration": _r(summary.duration),
+        "warnings": list(summary.warnings),
+        "connections": [connection_document(d) for d in analysis.connections],
+    }
+
+
+def connection_document(d: Diagnosis) -> dict:
+    tl, hb, close, info = d.timeline, d.heartbeat, d.close, d.timeline.info
+    prediction = None
+    if d.prediction is not None:
+        p = d.prediction
+        prediction = {
+            "model": p.model,
+            "window": [_r(p.window[0]), _r(p.window[1])],
+            "predicted": _r(p.predicted),
+            "error": _r(p.error(close.time)),
+            "fits": d.prediction_fits,
+            "anchor": _r(p.anchor),
+            "anchor_kind": p.anchor_kind,
+            "checks": [{"time": _r(c.time), "saw_activity": c.saw_activity} for c in p.checks],
+            "explanation": p.explain(),
+        }
+        if d.alternative is not None:
+            prediction["alternative_predicted"] = _r(d.alternative.predicted)
+    return {
+        "id": info.id,
+        "client": {"ip": info.client.ip, "port": info.client.port},
+        "server": {"ip": info.server.ip, "port": info.server.port},
+        "role_source": info.role_source,
+        "protocol": tl.protocol,
+        "start": _r(d.rel(tl.first_seen)),
+        "end": _r(d.rel(tl.last_seen)),
+        "handshake_seen": tl.handshake_seen,
+        "server_properties": tl.start.args.get("server_properties") if tl.start else None,
+        "client_properties": tl.start_ok.args.get("client_properties") if tl.start_ok else None,
+        "heartbeat": {
+            "server_proposed": hb.server_proposed,
+            "client_requested": hb.client_requested,
+            "effective": hb.effective,
+            "source": hb.source,
+        },
+        "tune_ok_time": _r(d.rel(tl.tune_ok.time)) if tl.tune_ok else None,
+        "last_client_byte": _r(d.last_client_byte),
+        "last_server_byte": _r(d.last_server_byte),
+        "close": {
+            "time": _r(close.time),
+            "initiator": close.initiator,
+            "how": close.how,
+            "reply_code": close.reply_code,
+            "reply_text": close.reply_text,
+            "benign_rst": _r(close.benign_rst),
+        },
+        "verdict": d.verdict,
+        "silence": _r(d.silence),
+        "prediction": prediction,
+        "misfit": d.misfit,
+        "activity": {name: _direction(side, d) for name, side in (("c2s", tl.c2s), ("s2c", tl.s2c))},
+        "findings": [{"time": _r(f.time), "kind": f.kind, "channel": f.channel, "detail": f.detail} for f in d.findings],
+        "explanation": d.explanation,
+    }
+
+
+def _direction(side, d: Diagnosis) -> dict:
+    return {
+        "frames": side.frames,
+        "heartbeats": side.heartbeats,
+        "payload_bytes": side.payload_bytes,
+        "segments": side.segments,
+        "ack_only": side.ack_only,
+        "retransmissions": side.retransmissions,
+        "gaps": side.gap_count,
+        "missing_bytes": side.missing_bytes,
+        "decode_errors": side.decode_error_count,
+        "first_payload": _r(d.rel(side.first_payload)),
+        "last_payload": _r(d.rel(side.last_payload)),
+        "fin": _r(d.rel(side.fin)),
+        "rst": _r(d.rel(side.rst)),
+    }
+
+
+CSV_COLUMNS = [
+    "file", "id", "client_ip", "client_port", "server_ip", "server_port", "start", "end", "handshake_seen",
+    "heartbeat_server_proposed", "heartbeat_client_requested", "heartbeat_effective", "heartbeat_source",
+    "last_client_byte", "last_server_byte", "close_time", "close_initiator", "close_how", "close_reply_code",
+    "close_reply_text", "verdict", "silence", "prediction_model", "prediction_window_start",
+    "prediction_window_end", "prediction_predicted", "prediction_error", "findings",
+]
+
+
+def connection_row(path: str, d: Diagnosis) -> dict:
+    """The scalar fields of one connection, flattened for CSV (and DataFrames)."""
+    doc = connection_document(d)
+    hb, close, pred = doc["heartbeat"], doc["close"], doc["prediction"] or {}
+    window = pred.get("window") or [None, None]
+    return {
+        "file": path, "id": doc["id"],
+        "client_ip": doc["client"]["ip"], "client_port": doc["client"]["port"],
+        "server_ip": doc["server"]["ip"], "server_port": doc["server"]["port"],
+        "start": doc["start"], "end": doc["end"], "handshake_seen": doc["handshake_seen"],
+        "heartbeat_server_proposed": hb["server_proposed"], "heartbeat_client_requested": hb["client_requested"],
+        "heartbeat_effective": hb["effective"], "heartbeat_source": hb["source"],
+        "last_client_byte": doc["last_client_byte"], "last_server_byte": doc["last_server_byte"],
+        "close_time": close["time"], "close_initiator": close["initiator"], "close_how": close["how"],
+        "close_reply_code": close["reply_code"], "close_reply_text": close["reply_text"],
+        "verdict": doc["verdict"], "silence": doc["silence"],
+        "prediction_model": pred.get("model"), "prediction_window_start": window[0],
+        "prediction_window_end": window[1], "prediction_predicted": pred.get("predicted"),
+        "prediction_error": pred.get("error"),
+        "findings": ";".join(sorted({f["kind"] for f in doc["findings"]})),
+    }

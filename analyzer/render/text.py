@@ -1,0 +1,97 @@
+"""Human-readable renderings: the `analyze` report and `frames` lines. Colour only on a terminal."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+from analyzer.api import FileAnalysis, FrameRecord
+from analyzer.diagnose import Diagnosis
+
+VERDICT_COLOURS = {
+    "missed-client-heartbeats": "31", "missed-server-heartbeats": "31", "reset": "33",
+    "closed-with-error": "33", "graceful": "32", "open": "36", "unknown": "35",
+}
+
+
+def _paint(text: str, code: str, colour: bool) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m" if colour else text
+
+
+def analysis_report(analysis: FileAnalysis, *, colour: bool = False) -> str:
+    s = analysis.summary
+    lines = [_paint(f"{analysis.path}", "1", colour) + f"  ({s.format}, {s.packets} packets, {s.duration:.3f} s, "
+             f"{len(analysis.connections)} AMQP connection{'s' if len(analysis.connections) != 1 else ''})"]
+    for warning in s.warnings:
+        lines.append(_paint(f"warning: {warning}", "33", colour))
+    if not analysis.connections:
+        lines.append("no AMQP 0-9-1 connection found (try --port N if the broker listens elsewhere)")
+    for d in analysis.connections:
+        lines.append("")
+        lines.extend(connection_report(d, colour=colour))
+    return "\n".join(lines) + "\n"
+
+
+def connection_report(d: Diagnosis, *, colour: bool = False) -> list[str]:
+    tl, hb, close = d.timeline, d.heartbeat, d.close
+    verdict = _paint(d.verdict, VERDICT_COLOURS.get(d.verdict, "0"), colour)
+    out = [_paint(tl.info.id, "1", colour) + f"  verdict: {verdict}"]
+    peers = _peers(d)
+    if peers:
+        out.append(f"  peers      {peers}")
+    if hb.effective is None:
+        out.append("  heartbeat  unknown (no handshake and no broker heartbeat cadence in the capture)")
+    else:
+        origin = hb.source
+        if hb.source == "negotiated":
+            origin = f"negotiated: broker proposed {hb.server_proposed}, client asked {hb.client_requested}"
+        tune_ok = f", tune-ok at {d.rel(tl.tune_ok.time):.3f} s" if tl.tune_ok else ""
+        out.append(f"  heartbeat  {hb.effective:g} s ({origin}){tune_ok}")
+    for name, side in (("client", tl.c2s), ("server", tl.s2c)):
+        last = f"last byte {d.rel(side.last_payload):.3f} s" if side.last_payload is not None else "no payload"
+        extra = f", {side.gap_count} gaps ({side.missing_bytes} bytes lost)" if side.gap_count else ""
+        out.append(f"  {name:<10} {last}; {side.frames} frames ({side.heartbeats} heartbeats), "
+                   f"{side.ack_only} bare ACKs, {side.retransmissions} retransmissions{extra}")
+    out.append(f"  ended      {_ended(d)}")
+    if d.prediction is not None:
+        p = d.prediction
+        out.append(f"  model      {p.model}: window [{p.window[0]:.3f}, {p.window[1]:.3f}), predicted "
+                   f"{p.predicted:.3f} s, observed {close.time:.3f} s ({p.error(close.time) * 1000:+.0f} ms)"
+                   + ("" if d.prediction_fits else "  — does not fit"))
+    for f in d.findings:
+        channel = f" ch{f.channel}" if f.channel else ""
+        out.append(f"  finding    {f.time:9.3f}  {f.kind}{channel}: {f.detail}")
+    out.extend(textwrap.wrap(d.explanation, width=100, initial_indent="  ", subsequent_indent="  "))
+    return out
+
+
+def _peers(d: Diagnosis) -> str:
+    tl = d.timeline
+    parts = []
+    for name, method, key in (("client", tl.start_ok, "client_properties"), ("server", tl.start, "server_properties")):
+        props = (method.args.get(key) if method else None) or {}
+        if props:
+            ident = " ".join(str(props[k]) for k in ("product", "version") if props.get(k))
+            platform = props.get("platform")
+            parts.append(f"{name} {ident}" + (f" ({platform})" if platform else ""))
+    return " · ".join(parts)
+
+
+def _ended(d: Diagnosis) -> str:
+    close = d.close
+    if close.how == "open":
+        return "still open at the end of the capture"
+    if close.how == "connection.close":
+        text = f"connection.close {close.reply_code} {close.reply_text or ''}".rstrip()
+        text += f" from the {close.initiator} at {close.time:.3f} s"
+        if close.benign_rst is not None:
+            text += f" (benign linger-0 RST at {close.benign_rst:.3f} s)"
+        return text
+    silence = f", {d.silence:.3f} s after the peer's last byte" if d.silence is not None else ""
+    return f"{close.how.upper()} from the {close.initiator} at {close.time:.3f} s without connection.close{silence}"
+
+
+def frame_line(frame: FrameRecord) -> str:
+    what = frame.method or frame.type
+    args = "" if not frame.args else " " + json.dumps(frame.args, separators=(",", ":"), ensure_ascii=False)
+    return (f"{frame.t:12.6f}  {frame.connection}  {frame.direction}  ch{frame.channel:<3} "
+            f"{what:<24} {frame.size:>7}{args}")
