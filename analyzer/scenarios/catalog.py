@@ -1,0 +1,89 @@
+"""The scenario catalog: what each scripted run does, its default timings and its ground truth.
+
+Pure data, no I/O. The runner (runner.py) orchestrates a run from these entries; the client
+(client.py) holds the pika code. Defaults reproduce the blog in ../shared/seed/ (heartbeat T=3,
+a 10 s callback); timing facts are from /work/shared/heartbeat-model.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The verdict strings `amqp-hb analyze` uses.
+MISSED_CLIENT = "missed-client-heartbeats"  # broker tore it down: the client was silent
+MISSED_SERVER = "missed-server-heartbeats"  # client tore it down: the broker was silent
+GRACEFUL = "graceful"
+CLOSED_WITH_ERROR = "closed-with-error"
+RESET = "reset"
+OPEN = "open"
+UNKNOWN = "unknown"
+VERDICTS = (MISSED_CLIENT, MISSED_SERVER, GRACEFUL, CLOSED_WITH_ERROR, RESET, OPEN, UNKNOWN)
+
+# Connection roles a run logs; "upstream" is the proxy's own connection to the broker.
+CONSUMER, PUBLISHER, UPSTREAM = "consumer", "publisher", "upstream"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    summary: str  # one line for `scenario list`
+    heartbeat: int  # T requested by the client (0 disables)
+    work: float  # seconds of work per message (meaning per scenario: see work_means)
+    messages: int
+    verdicts: dict  # role -> expected verdict
+    exception: str | None  # class name the client is expected to raise, if any
+    work_means: str = "seconds of work per message"
+    # `rabbit` application settings the broker needs (rabbitmq.conf/advanced.config or runtime).
+    broker_settings: dict = field(default_factory=dict)
+    needs_local_broker: bool = False  # pauses or reconfigures the broker
+    proxy: bool = False
+    hold: bool = False  # the capture stops while the connection is still open
+
+    def describe(self) -> str:
+        params = f"heartbeat={self.heartbeat} work={self.work:g} ({self.work_means}) messages={self.messages}"
+        extra = "".join(f" {k}={v}" for k, v in self.broker_settings.items())
+        return f"{self.summary}\n    {params}{extra}"
+
+
+def _both(consumer: str) -> dict:
+    return {CONSUMER: consumer, PUBLISHER: GRACEFUL}
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
+    Scenario("idle", "a consumer waits with heartbeat T; heartbeats flow both ways (the blog's first capture)",
+             heartbeat=3, work=10, messages=0, verdicts={CONSUMER: OPEN}, exception=None,
+             work_means="seconds of idling recorded", hold=True),
+    Scenario("blocked-callback", "a 10 s time.sleep in the callback with T=3: broker RST, pika StreamLostError",
+             heartbeat=3, work=10, messages=1, verdicts=_both(MISSED_CLIENT), exception="StreamLostError"),
+    Scenario("long-heartbeat", "remedy 1: the same 10 s callback survives with heartbeat=60",
+             heartbeat=60, work=10, messages=1, verdicts=_both(GRACEFUL), exception=None),
+    Scenario("heartbeat-disabled", "remedy 2: heartbeat=0 disables both sides' timers; the callback survives",
+             heartbeat=0, work=10, messages=1, verdicts=_both(GRACEFUL), exception=None),
+    Scenario("threaded-worker", "remedy 3: work in a thread, ack via add_callback_threadsafe; heartbeats continue",
+             heartbeat=3, work=10, messages=1, verdicts=_both(GRACEFUL), exception=None),
+    Scenario("process-data-events", "a process_data_events() loop still dies when the callback itself blocks",
+             heartbeat=3, work=10, messages=1, verdicts=_both(MISSED_CLIENT), exception="StreamLostError"),
+    Scenario("publisher-idle", "a publish-only BlockingConnection never services I/O: broker RST, then killed",
+             heartbeat=3, work=10, messages=1, verdicts={PUBLISHER: MISSED_CLIENT}, exception=None,
+             work_means="seconds before the client is killed (at least 3T+1.5)"),
+    Scenario("broker-paused", "the broker is frozen (SIGSTOP) past pika's window: AMQPHeartbeatTimeout, client FIN",
+             heartbeat=3, work=0, messages=0, verdicts={CONSUMER: MISSED_SERVER}, exception="AMQPHeartbeatTimeout",
+             work_means="longest pause in seconds (0: 2(T+5)+2, pika's worst case plus margin)",
+             needs_local_broker=True),
+    Scenario("consumer-timeout", "a threaded worker acks after consumer_timeout: Channel.Close 406, connection lives",
+             heartbeat=3, work=10, messages=1, verdicts=_both(GRACEFUL), exception="ChannelClosedByBroker",
+             broker_settings={"consumer_timeout": 5000, "channel_tick_interval": 1000},
+             needs_local_broker=True),
+    Scenario("proxy", "blocked-callback through a TCP forwarder: the broker's RST reaches the client as a FIN",
+             heartbeat=3, work=10, messages=1,
+             verdicts={CONSUMER: MISSED_CLIENT, UPSTREAM: MISSED_CLIENT, PUBLISHER: GRACEFUL},
+             exception="StreamLostError", proxy=True),
+]}
+
+
+def get(name: str) -> Scenario:
+    from analyzer.errors import UsageError
+
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise UsageError(f"unknown scenario {name!r}; `amqp-hb scenario list` shows them") from None

@@ -1,0 +1,249 @@
+"""The scripted pika programs (edge): one process per scenario run, logging what it did as JSON lines.
+
+Run as `python -m analyzer.scenarios.client NAME PARAMS_JSON`. It runs in its own process so that a
+client blocked in a callback can be killed, and so that its log survives it: every event is one
+JSON object per line, flushed at once, with an epoch timestamp `t`. PARAMS_JSON carries the broker
+URL (`url`, maybe a proxy), the direct broker URL for the publisher (`publish_url`), the queue, the
+event log path and the timings. Each connection logs its own id `CLIENT:PORT->SERVER:PORT` (read
+from the socket), the broker's Connection.Tune proposal and the heartbeat sent back in Tune-Ok.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+
+import pika
+
+LOCK = threading.Lock()
+LOG = None  # the open event log
+
+
+def emit(event: str, **fields) -> None:
+    record = {"t": time.time(), "source": "client", "event": event, **fields}
+    line = json.dumps(record, default=str)
+    with LOCK:
+        LOG.write(line + "\n")
+        LOG.flush()
+
+
+def endpoint(addr) -> str:
+    ip, port = addr[0], addr[1]
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def connection_id(conn: pika.BlockingConnection) -> tuple[str, str, str]:
+    """(id, local, remote) of a BlockingConnection, read from its socket.
+
+    pika keeps the socket at connection._impl._transport._sock (pika 1.x adapters/utils/io_services_utils.py);
+    the attribute path is private, so any failure yields "unknown" rather than an exception.
+    """
+    try:
+        sock = conn._impl._transport._sock
+        local, remote = endpoint(sock.getsockname()), endpoint(sock.getpeername())
+        return f"{local}->{remote}", local, remote
+    except Exception:  # private pika internals: a version change must not abort the scenario
+        return "unknown", "", ""
+
+
+def connect(url: str, role: str, heartbeat) -> pika.BlockingConnection:
+    """Open a BlockingConnection and log `connected` with the Tune values on the wire."""
+    tune: dict = {}
+
+    def choose(_conn, server_value):  # pika calls this with Connection.Tune's heartbeat
+        tune["server_heartbeat"] = server_value
+        return server_value if heartbeat is None else heartbeat
+
+    params = pika.URLParameters(url)
+    params.heartbeat = choose
+    params.blocked_connection_timeout = None
+    params.connection_attempts = 1
+    conn = pika.BlockingConnection(params)
+    cid, local, remote = connection_id(conn)
+    impl = conn._impl
+    emit("connected", role=role, connection=cid, local=local, remote=remote,
+         server_heartbeat=tune.get("server_heartbeat"), heartbeat=impl.params.heartbeat,
+         frame_max=impl.params.frame_max, channel_max=impl.params.channel_max)
+    return conn
+
+
+def close(conn: pika.BlockingConnection, role: str) -> None:
+    if conn.is_open:
+        conn.close()
+        emit("closed", role=role, how="connection.close")
+
+
+def declare(channel, queue: str) -> None:
+    # x-expires: the broker deletes the queue 60 s after its last use, so runs leave nothing behind.
+    channel.queue_declare(queue=queue, arguments={"x-expires": 60000})
+
+
+def publish(p: dict, count: int) -> None:
+    """A short separate publisher connection: connect, publish `count` messages, close (graceful)."""
+    conn = connect(p["publish_url"], "publisher", None)
+    ch = conn.channel()
+    declare(ch, p["queue"])
+    for i in range(count):
+        ch.basic_publish(exchange="", routing_key=p["queue"], body=f"message {i + 1} of {count}".encode())
+    emit("published", role="publisher", messages=count)
+    close(conn, "publisher")
+
+
+def hold(conn: pika.BlockingConnection, role: str) -> None:
+    """Keep the connection serviced until the runner kills us (it stops the capture first)."""
+    emit("holding", role=role)
+    while True:
+        conn.process_data_events(time_limit=1)
+
+
+# ---- the scenarios -----------------------------------------------------------------------------
+
+
+def consumer(p: dict, mode: str) -> None:
+    """Consume `messages` messages with `work` seconds of work each; `mode` says how the work runs."""
+    conn = connect(p["url"], "consumer", p["heartbeat"])
+    ch = conn.channel()
+    declare(ch, p["queue"])
+    ch.basic_qos(prefetch_count=1)
+    state = {"done": 0, "stop": False}
+    wanted = p["messages"]
+
+    def finished_one(channel, tag):
+        channel.basic_ack(delivery_tag=tag)
+        emit("ack", delivery_tag=tag)
+        state["done"] += 1
+        if state["done"] >= wanted:
+            state["stop"] = True
+            if mode != "process-data-events":
+                channel.stop_consuming()
+
+    def work_in_thread(channel, tag):
+        emit("work_start", delivery_tag=tag, thread="worker")
+        time.sleep(p["work"])
+        emit("work_end", delivery_tag=tag, thread="worker")
+        conn.add_callback_threadsafe(functools.partial(finished_one, channel, tag))
+
+    def on_message(channel, method, _props, body):
+        tag = method.delivery_tag
+        emit("message", delivery_tag=tag, bytes=len(body))
+        emit("callback_start", delivery_tag=tag)
+        if mode == "threaded":
+            threading.Thread(target=work_in_thread, args=(channel, tag), daemon=True).start()
+            emit("callback_end", delivery_tag=tag)
+            return
+        time.sleep(p["work"])  # the blog's time.sleep(10): no I/O, no heartbeats while it runs
+        emit("callback_end", delivery_tag=tag)
+        finished_one(channel, tag)
+
+    ch.basic_consume(queue=p["queue"], on_message_callback=on_message)
+    emit("consuming", role="consumer", queue=p["queue"])
+    if wanted:
+        publish(p, wanted)
+    if mode == "idle":
+        conn.sleep(p["work"])  # services I/O: heartbeats flow both ways
+        emit("finished")
+        hold(conn, "consumer")
+    elif mode == "process-data-events":
+        while not state["stop"]:
+            conn.process_data_events(time_limit=1)
+    else:
+        ch.start_consuming()
+    emit("finished")
+    if p.get("hold"):
+        hold(conn, "consumer")
+    close(conn, "consumer")
+
+
+def publisher_idle(p: dict) -> None:
+    """Publish, then never service I/O again: no heartbeats leave, the runner kills us later."""
+    conn = connect(p["url"], "publisher", p["heartbeat"])
+    ch = conn.channel()
+    declare(ch, p["queue"])
+    for i in range(p["messages"]):
+        ch.basic_publish(exchange="", routing_key=p["queue"], body=f"message {i + 1}".encode())
+    emit("published", role="publisher", messages=p["messages"])
+    emit("sleeping", seconds=None)
+    while True:
+        time.sleep(3600)
+
+
+def consumer_timeout(p: dict) -> None:
+    """Threaded worker (heartbeats stay alive) whose ack comes after the broker's consumer_timeout."""
+    conn = connect(p["url"], "consumer", p["heartbeat"])
+    ch = conn.channel()
+    declare(ch, p["queue"])
+    ch.basic_qos(prefetch_count=1)
+
+    def ack_later(channel, tag):
+        emit("work_start", delivery_tag=tag, thread="worker")
+        time.sleep(p["work"])
+        emit("work_end", delivery_tag=tag, thread="worker")
+
+        def ack():
+            if channel.is_open:
+                channel.basic_ack(delivery_tag=tag)
+                emit("ack", delivery_tag=tag)
+            else:
+                emit("ack_skipped", delivery_tag=tag, reason="channel closed")
+        conn.add_callback_threadsafe(ack)
+
+    def on_message(channel, method, _props, body):
+        emit("message", delivery_tag=method.delivery_tag, bytes=len(body))
+        emit("callback_start", delivery_tag=method.delivery_tag)
+        threading.Thread(target=ack_later, args=(channel, method.delivery_tag), daemon=True).start()
+        emit("callback_end", delivery_tag=method.delivery_tag)
+
+    ch.basic_consume(queue=p["queue"], on_message_callback=on_message)
+    emit("consuming", role="consumer", queue=p["queue"])
+    publish(p, p["messages"])
+    try:
+        ch.start_consuming()
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        log_exception(exc)
+        conn.sleep(1.0)  # the connection survives a channel close: keep servicing it briefly
+    emit("finished")
+    close(conn, "consumer")
+
+
+SCENARIOS = {
+    "idle": functools.partial(consumer, mode="idle"),
+    "blocked-callback": functools.partial(consumer, mode="blocking"),
+    "long-heartbeat": functools.partial(consumer, mode="blocking"),
+    "heartbeat-disabled": functools.partial(consumer, mode="blocking"),
+    "threaded-worker": functools.partial(consumer, mode="threaded"),
+    "process-data-events": functools.partial(consumer, mode="process-data-events"),
+    "publisher-idle": publisher_idle,
+    "broker-paused": functools.partial(consumer, mode="blocking"),
+    "consumer-timeout": consumer_timeout,
+    "proxy": functools.partial(consumer, mode="blocking"),
+}
+
+
+def log_exception(exc: BaseException) -> None:
+    cause = exc.__cause__ or exc.__context__
+    emit("exception", type=f"{type(exc).__module__}.{type(exc).__qualname__}", name=type(exc).__name__,
+         text=str(exc), cause=repr(cause) if cause else None,
+         where=traceback.extract_tb(exc.__traceback__)[-1].name if exc.__traceback__ else None)
+
+
+def main(argv: list[str]) -> int:
+    global LOG
+    name, params = argv[0], json.loads(argv[1])
+    LOG = open(params["events"], "a", encoding="utf-8")
+    emit("start", scenario=name, pid=os.getpid(), pika=pika.__version__, python=sys.version.split()[0])
+    try:
+        SCENARIOS[name](params)
+    except Exception as exc:  # the point of most scenarios: record which exception pika raised, then exit
+        log_exception(exc)
+        emit("exit", status=1)
+        return 1
+    emit("exit", status=0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

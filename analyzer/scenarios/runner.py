@@ -1,0 +1,319 @@
+"""Run one scenario end to end (edge): broker, optional proxy, live capture, the pika client, metadata.
+
+Strategy: everything a run starts is entered on one ExitStack, so a failing scenario, Ctrl-C or
+SIGTERM (turned into an exception by the CLI) still kills the client, stops the capture, closes
+the proxy, restores broker settings and stops a node we started, in that order. The client runs
+as a subprocess (client.py) writing JSON lines; the runner polls that log to time its own
+actions (pause the broker, kill an idle publisher, stop the capture of a connection held open),
+merges client, proxy and runner events by time, and writes `<out>/<name>-<UTC>.pcap` + `.json`.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from analyzer.broker import LocalBroker, die_with_parent, open_broker
+from analyzer.capture import LiveCapture
+from analyzer.errors import EnvironmentProblem, UsageError
+from analyzer.scenarios import catalog
+from analyzer.scenarios.proxy import TcpProxy
+
+SCHEMA = "amqp-hb/scenario-run/1"
+# pika checks received bytes every T+5 s and gives up after one silent window (pika/heartbeat.py),
+# so detection comes (T+5)..2(T+5) after the broker's last byte.
+PIKA_GRACE = 5
+# Extra seconds a client may take beyond its scripted timings (connect, declare, publish, close).
+CLIENT_SLACK = 30.0
+POLL = 0.05
+SETTLE_AFTER_CLIENT = 0.5  # lets the broker's answer to the client's last packet reach the capture
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    pcap: str
+    metadata_path: str
+    metadata: dict
+
+    @property
+    def expected_verdicts(self) -> dict:
+        return self.metadata["expected_verdicts"]
+
+
+class EventLog:
+    """Client JSON-lines log plus events the runner and proxy add; read incrementally."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.client: list[dict] = []
+        self.other: list[dict] = []
+        self._offset = 0
+        self._lock = threading.Lock()
+        open(path, "w").close()
+
+    def add(self, source: str, event: str, **fields) -> None:
+        with self._lock:
+            self.other.append({"t": time.time(), "source": source, "event": event, **fields})
+
+    def poll(self) -> list[dict]:
+        with open(self.path, encoding="utf-8") as f:
+            f.seek(self._offset)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind("\n") + 1]  # a line being written stays for the next poll
+        self._offset += len(complete.encode("utf-8"))
+        new = [json.loads(line) for line in complete.splitlines() if line.strip()]
+        self.client += new
+        return new
+
+    def find(self, event: str) -> dict | None:
+        self.poll()
+        return next((e for e in self.client if e["event"] == event), None)
+
+    def merged(self) -> list[dict]:
+        self.poll()
+        with self._lock:
+            return sorted(self.client + self.other, key=lambda e: e["t"])
+
+
+def utc_stamp(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def utc_iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def resolve_params(scenario: catalog.Scenario, heartbeat=None, work=None, messages=None) -> dict:
+    p = {"heartbeat": scenario.heartbeat if heartbeat is None else int(heartbeat),
+         "work": scenario.work if work is None else float(work),
+         "messages": scenario.messages if messages is None else int(messages)}
+    if p["heartbeat"] < 0 or p["work"] < 0 or p["messages"] < 0:
+        raise UsageError("--heartbeat, --work and --messages must not be negative")
+    return p
+
+
+def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str | None = None,
+                 heartbeat: int | None = None, work: float | None = None, messages: int | None = None,
+                 backend: str = "auto", basename: str | None = None, progress=None) -> RunResult:
+    """Run scenario `name` and return the files written.
+
+    broker: an already entered LocalBroker/ExternalBroker to share (the test session's), else
+    `broker_url` (an existing broker) or, when both are None, a fresh local node for this run.
+    basename: file name without extension (default `<name>-<UTC timestamp>`).
+    progress: optional callable(str) for one-line status messages.
+    """
+    scenario = catalog.get(name)
+    params = resolve_params(scenario, heartbeat, work, messages)
+    say = progress or (lambda _msg: None)
+    started = time.time()
+    base = os.path.join(out_dir, basename or f"{name}-{utc_stamp(started)}")
+    os.makedirs(out_dir or ".", exist_ok=True)
+    pcap_path, meta_path = base + ".pcap", base + ".json"
+    work_dir = tempfile.mkdtemp(prefix="amqphb-run-")
+    log = EventLog(os.path.join(work_dir, "events.jsonl"))
+    meta: dict = {}
+
+    with contextlib.ExitStack() as stack:
+        stack.callback(_remove_dir, work_dir)
+        if broker is None:
+            conf = {k: v for k, v in scenario.broker_settings.items() if k == "consumer_timeout"}
+            advanced = {k: v for k, v in scenario.broker_settings.items() if k != "consumer_timeout"}
+            if broker_url and scenario.needs_local_broker:
+                raise UsageError(f"scenario {name} pauses or reconfigures the broker: run it without --broker")
+            say("starting a throwaway RabbitMQ node" if not broker_url else "probing the broker")
+            broker = stack.enter_context(open_broker(broker_url, conf=conf, advanced=advanced))
+        else:
+            if scenario.needs_local_broker and not isinstance(broker, LocalBroker):
+                raise UsageError(f"scenario {name} pauses or reconfigures the broker: it needs a local node")
+            if scenario.broker_settings:
+                previous = broker.set_runtime(scenario.broker_settings)
+                stack.callback(broker.set_runtime, previous)
+        ports = [broker.port]
+        client_url = broker.info.url
+        if scenario.proxy:
+            proxy = stack.enter_context(TcpProxy(broker.host, broker.port,
+                                                 on_event=lambda ev, **f: log.add("proxy", ev, **f)))
+            ports.append(proxy.port)
+            client_url = _with_port(broker.info.url, proxy.port)
+        cap = stack.enter_context(LiveCapture(pcap_path, iface="lo" if _is_local(broker.host) else "any",
+                                              ports=ports, backend=backend))
+        log.add("runner", "capture_started", backend=cap.backend, filter=cap.filter)
+        client_params = {**params, "url": client_url, "publish_url": broker.info.url,
+                         "queue": f"amqphb-{name}-{uuid.uuid4().hex[:8]}", "events": log.path}
+        say(f"running {name} (heartbeat={params['heartbeat']} work={params['work']:g})")
+        client = _start_client(name, client_params, work_dir)
+        stack.callback(_kill, client)
+        exit_status = _orchestrate(scenario, params, broker, client, log, cap)
+        cap.stop()
+        log.add("runner", "capture_stopped", packets=cap.stats.packets, dropped=cap.stats.dropped)
+        if client.poll() is None:
+            _kill(client)
+            log.add("runner", "client_killed", signal="SIGTERM")
+        exit_status = client.returncode if exit_status is None else exit_status
+        meta = build_metadata(scenario, params, broker, cap, log, client_params, exit_status,
+                              ports, started, os.path.basename(pcap_path), work_dir)
+    with open(meta_path, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    return RunResult(name, pcap_path, meta_path, meta)
+
+
+def _orchestrate(scenario, params, broker, client, log: EventLog, cap) -> int | None:
+    """Drive the scenario's timeline; returns the client's exit status when it exited."""
+    T, work = params["heartbeat"], params["work"]
+    budget = params["messages"] * work + 3 * max(T, 1) + CLIENT_SLACK
+    if scenario.name == "broker-paused":
+        _wait_event(log, client, "consuming", CLIENT_SLACK)
+        time.sleep(max(T, 1))  # let a few heartbeats flow both ways first
+        longest = work or 2 * (T + PIKA_GRACE) + 2
+        broker.pause()
+        log.add("runner", "broker_paused", signal="SIGSTOP", longest=longest)
+        try:
+            _wait_event(log, client, "exception", longest)
+            time.sleep(0.5)  # the client's FIN goes out while the broker is still frozen
+        finally:
+            broker.resume()
+            log.add("runner", "broker_resumed", signal="SIGCONT")
+        budget = CLIENT_SLACK
+    elif scenario.name == "publisher-idle":
+        published = _wait_event(log, client, "published", CLIENT_SLACK)
+        # The broker gives up < 3T after the client's last byte (heartbeat-model.md): kill after that.
+        kill_at = published["t"] + max(work, 3 * T + 1.5)
+        while time.time() < kill_at and client.poll() is None:
+            time.sleep(POLL)
+        _kill(client, signal.SIGKILL)
+        log.add("runner", "client_killed", signal="SIGKILL")
+        time.sleep(SETTLE_AFTER_CLIENT)
+        return client.returncode
+    elif scenario.hold:
+        _wait_event(log, client, "holding", budget)
+        return None  # the caller stops the capture, then kills the client: the connection stays open
+    try:
+        status = client.wait(budget)
+    except subprocess.TimeoutExpired:
+        log.add("runner", "client_timeout", seconds=budget)
+        return None
+    time.sleep(SETTLE_AFTER_CLIENT)
+    return status
+
+
+def _wait_event(log: EventLog, client, event: str, timeout: float) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = log.find(event)
+        if found:
+            return found
+        if client.poll() is not None:
+            found = log.find(event)
+            if found:
+                return found
+            break
+        time.sleep(POLL)
+    failure = log.find("exception")
+    detail = f": {failure['name']}: {failure['text']}" if failure else ""
+    raise EnvironmentProblem(f"scenario client never reached '{event}'{detail}")
+
+
+def _start_client(name: str, params: dict, work_dir: str) -> subprocess.Popen:
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
+    out = open(os.path.join(work_dir, "client.out"), "wb")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "analyzer.scenarios.client", name, json.dumps(params)],
+                                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=die_with_parent)
+    finally:
+        out.close()
+
+
+def _kill(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _remove_dir(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _with_port(url: str, port: int) -> str:
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rsplit(":", 1)[0] if parts.port else parts.netloc
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{netloc}:{port}"))
+
+
+def _is_local(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def build_metadata(scenario, params, broker, cap, log: EventLog, client_params, exit_status,
+                   ports, started, pcap_name, work_dir) -> dict:
+    events = log.merged()
+    connections: dict[str, dict] = {}
+    for e in events:
+        if e["event"] == "connected":
+            connections[e["connection"]] = {"role": e["role"], "via": "proxy" if scenario.proxy and
+                                            e["role"] == catalog.CONSUMER else "direct",
+                                            "heartbeat": e.get("heartbeat"),
+                                            "server_heartbeat": e.get("server_heartbeat")}
+        elif e["event"] == "proxy_accept":
+            connections[e["upstream"]] = {"role": catalog.UPSTREAM, "via": "proxy-to-broker",
+                                          "client_leg": e["connection"]}
+    for cid, info in connections.items():
+        info["expected_verdict"] = scenario.verdicts.get(info["role"], catalog.UNKNOWN)
+    exceptions = [e for e in events if e["event"] == "exception"]
+    observed = [e["name"] for e in exceptions]
+    client_start = next((e for e in events if e["event"] == "start"), {})
+    with contextlib.suppress(OSError), open(os.path.join(work_dir, "client.out"), encoding="utf-8",
+                                            errors="replace") as f:
+        client_output = f.read()[-2000:]
+    ended = time.time()
+    return {
+        "schema": SCHEMA,
+        "scenario": scenario.name,
+        "description": scenario.summary,
+        "parameters": {**params, "queue": client_params["queue"], "work_means": scenario.work_means,
+                       "broker_settings": dict(scenario.broker_settings)},
+        "started_utc": utc_iso(started), "ended_utc": utc_iso(ended),
+        "started_epoch": started, "ended_epoch": ended,
+        "broker": broker.info.as_dict(),
+        "client": {"pika": client_start.get("pika"), "python": client_start.get("python", platform.python_version()),
+                   "exit_status": exit_status, "output_tail": client_output if exit_status not in (0, None) else ""},
+        "ports": {"amqp": broker.port, **({"proxy": ports[1]} if len(ports) > 1 else {})},
+        "capture": {**cap.stats.as_dict(), "file": pcap_name},
+        "expected_exception": scenario.exception,
+        "observed_exceptions": observed,
+        "as_expected": _as_expected(scenario, observed, connections),
+        "connections": connections,
+        "expected_verdicts": {cid: info["expected_verdict"] for cid, info in connections.items()},
+        "events": events,
+    }
+
+
+def _as_expected(scenario, observed: list[str], connections: dict) -> bool:
+    if scenario.exception and scenario.exception not in observed:
+        return False
+    if not scenario.exception and observed:
+        return False
+    return set(scenario.verdicts) <= {c["role"] for c in connections.values()}
