@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from analyzer.amqp.arguments import ArgumentDecodeError, decode_content_header, decode_method_arguments
 from analyzer.amqp.spec import METHOD_NAMES
@@ -106,12 +106,23 @@ def analyze_file(
     *,
     ports: Iterable[int] = DEFAULT_PORTS,
     connection: str | None = None,
+    observer: Callable[[object], None] | None = None,
 ) -> FileAnalysis:
-    """Per-connection heartbeat timelines, verdicts and explanations for one capture file."""
+    """Per-connection heartbeat timelines, verdicts and explanations for one capture file.
+
+    `observer`, when given, sees every pipeline event too (the notebook API builds its
+    DataFrames from them in the same pass).
+    """
     summary = CaptureSummary()
     builder = TimelineBuilder()
     with open_file(path) as fileobj:
-        builder.feed_all(iter_events(fileobj, summary, ports=ports))
+        events = iter_events(fileobj, summary, ports=ports)
+        if observer is None:
+            builder.feed_all(events)
+        else:
+            for event in events:
+                observer(event)
+                builder.feed(event)
     t0 = summary.start_epoch or 0.0
     timelines = builder.result()
     if connection is not None:
