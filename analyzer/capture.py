@@ -12,6 +12,7 @@ backend writes incrementally, so a crash leaves a readable file. The file is cla
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -129,6 +130,7 @@ class LiveCapture:
                  settle: float = SETTLE):
         self.path = os.path.abspath(path)
         self.iface = iface
+        self.ports = set(int(p) for p in ports or ())
         self.filter = bpf_filter(ports)
         self.backend = choose_backend(backend)
         self.settle = settle
@@ -273,8 +275,10 @@ class LiveCapture:
             # drops the outgoing copy on loopback devices, and so does scapy's L2Socket (not L2listen).
             from scapy.config import conf
             kwargs["L2socket"] = conf.L2socket
+        # scapy warns about every frame it cannot classify; those are not ours to report.
+        logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
         self._sniffer = AsyncSniffer(iface=self.iface, filter=self.filter, store=False, prn=self._write,
-                                     started_callback=started.set, **kwargs)
+                                     lfilter=self._wanted, started_callback=started.set, **kwargs)
         try:
             self._sniffer.start()
         except PermissionError as exc:
@@ -282,6 +286,14 @@ class LiveCapture:
         if not started.wait(START_TIMEOUT):
             err = getattr(self._sniffer, "exception", None)
             raise EnvironmentProblem(f"scapy could not capture on {self.iface}: {err or 'timed out'}")
+
+    def _wanted(self, pkt) -> bool:
+        """Re-check the filter in Python: packets that arrive before the BPF filter is attached pass."""
+        from scapy.layers.inet import TCP
+
+        if TCP not in pkt:
+            return False
+        return not self.ports or pkt[TCP].sport in self.ports or pkt[TCP].dport in self.ports
 
     def _write(self, pkt) -> None:
         assert self._writer is not None

@@ -1,0 +1,147 @@
+"""The `capture` and `scenario` subcommands (edge): parse arguments, run, print one line per fact.
+
+analyzer/cli.py calls register(subparsers) and turns analyzer.errors exceptions into one line and
+exit status 2. SIGTERM is turned into KeyboardInterrupt while a command runs, so the context
+managers that stop the broker, the capture and the client run on `kill` exactly as on Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import threading
+from typing import TextIO
+
+from analyzer.capture import BACKENDS
+from analyzer.errors import UsageError
+from analyzer.scenarios import catalog
+
+DISAGREE = 1  # the analyzer contradicts the ground truth: a bug in one of them
+
+
+def register(subparsers) -> None:
+    cap = subparsers.add_parser("capture", help="record TCP traffic on an interface to a pcap file")
+    cap.add_argument("-i", "--interface", required=True, metavar="IFACE", help="interface, e.g. lo or eth0")
+    cap.add_argument("--port", type=int, action="append", metavar="N",
+                     help="only TCP port N (repeatable; default 5672; 0 for all TCP)")
+    cap.add_argument("-o", "--output", required=True, metavar="FILE", help="pcap file to write")
+    cap.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: Ctrl-C)")
+    cap.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
+                     help="capture tool (default: tcpdump or dumpcap when installed, else scapy)")
+    cap.set_defaults(handler=run_capture_command)
+
+    sc = subparsers.add_parser("scenario", help="run scripted pika programs against a real RabbitMQ")
+    ssub = sc.add_subparsers(dest="scenario_command", metavar="{list,run}")
+    ssub.required = True
+    ls = ssub.add_parser("list", help="each scenario with a one-line description and its parameters")
+    ls.set_defaults(handler=run_list)
+    run = ssub.add_parser("run", help="run one scenario while capturing loopback traffic")
+    run.add_argument("name", metavar="NAME", help="scenario name (see `scenario list`)")
+    run.add_argument("--broker", metavar="URL", help="use this broker (amqp://user:pass@host:port/vhost) "
+                     "instead of starting a throwaway node")
+    run.add_argument("--heartbeat", type=int, metavar="T", help="heartbeat timeout the client requests (s)")
+    run.add_argument("--work", type=float, metavar="S", help="seconds of work per message")
+    run.add_argument("--messages", type=int, metavar="N", help="messages to publish")
+    run.add_argument("--out", default=".", metavar="DIR", help="output directory (default: current)")
+    run.add_argument("--backend", choices=("auto", *BACKENDS), default="auto", help="capture tool")
+    run.add_argument("--analyze", action="store_true", help="analyze the capture and compare with the truth")
+    run.set_defaults(handler=run_scenario_command)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While inside, SIGTERM raises KeyboardInterrupt (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_capture_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from analyzer.capture import run_capture
+
+    if args.duration is not None and args.duration <= 0:
+        raise UsageError("--duration must be positive")
+    ports = [] if args.port == [0] else (args.port or [5672])
+    stop = threading.Event()
+    with sigterm_as_interrupt():
+        try:
+            if args.duration is None:
+                stderr.write(f"capturing on {args.interface}; Ctrl-C to stop\n")
+            stats = run_capture(args.output, args.interface, ports, args.duration, args.backend, stop)
+        except KeyboardInterrupt:
+            stop.set()
+            raise
+    dropped = "unknown" if stats.dropped is None else str(stats.dropped)
+    stdout.write(f"{stats.path}: {stats.packets} packets recorded, {dropped} dropped ({stats.backend}, "
+                 f"{stats.interface}, {stats.filter})\n")
+    return 0
+
+
+def run_list(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    width = max(len(n) for n in catalog.SCENARIOS)
+    for s in catalog.SCENARIOS.values():
+        stdout.write(f"{s.name:<{width}}  {s.summary}\n")
+        extra = "".join(f" {k}={v}" for k, v in s.broker_settings.items())
+        stdout.write(f"{'':<{width}}  --heartbeat {s.heartbeat} --work {s.work:g} ({s.work_means})"
+                     f" --messages {s.messages}{extra}\n")
+    return 0
+
+
+def run_scenario_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from analyzer.scenarios.runner import run_scenario
+
+    catalog.get(args.name)  # unknown name: one line, before anything starts
+
+    def progress(msg: str) -> None:
+        stderr.write(f"amqp-hb: {msg}\n")
+        stderr.flush()
+
+    with sigterm_as_interrupt():
+        result = run_scenario(args.name, out_dir=args.out, broker_url=args.broker, heartbeat=args.heartbeat,
+                              work=args.work, messages=args.messages, backend=args.backend, progress=progress)
+    meta = result.metadata
+    cap = meta["capture"]
+    dropped = "unknown" if cap["dropped"] is None else cap["dropped"]
+    stdout.write(f"capture:  {result.pcap} ({cap['packets']} packets, {dropped} dropped, {cap['backend']})\n")
+    stdout.write(f"metadata: {result.metadata_path}\n")
+    stdout.write(f"broker:   {meta['broker']['product']} {meta['broker']['version']}, pika {meta['client']['pika']}\n")
+    observed = ", ".join(meta["observed_exceptions"]) or "none"
+    stdout.write(f"client exception: {observed} (expected {meta['expected_exception'] or 'none'})\n")
+    for cid, verdict in meta["expected_verdicts"].items():
+        stdout.write(f"expected  {cid}  {verdict}\n")
+    if not meta["as_expected"]:
+        stderr.write("amqp-hb: warning: the run did not go as the scenario claims (see the event log)\n")
+    if args.analyze:
+        return compare_with_analysis(result.pcap, meta, stdout, stderr)
+    return 0
+
+
+def compare_with_analysis(pcap: str, meta: dict, stdout: TextIO, stderr: TextIO) -> int:
+    """Analyze the capture and say, per connection, whether the verdict matches the ground truth."""
+    try:
+        from analyzer.api import analyze_file
+    except ImportError:
+        stderr.write("amqp-hb: analysis is not available yet in this build\n")
+        return 2
+    # Only the broker's port is named: the proxy port must be auto-detected as AMQP.
+    analysis = analyze_file(pcap, ports=(meta["ports"]["amqp"],))
+    found = {(getattr(c, "id", None) or c.timeline.info.id): c.verdict for c in analysis.connections}
+    status = 0
+    for cid, expected in meta["expected_verdicts"].items():
+        got = found.pop(cid, None)
+        agree = got == expected
+        status = status if agree else DISAGREE
+        stdout.write(f"{'agree' if agree else 'DISAGREE':<8}  {cid}  expected {expected}, analyzer says "
+                     f"{got or 'nothing (connection not found)'}\n")
+    for cid, verdict in found.items():
+        stdout.write(f"extra     {cid}  analyzer says {verdict}; the scenario did not open it\n")
+    return status
