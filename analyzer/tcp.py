@@ -78,8 +78,10 @@ class HalfStream:
                 self._drain(out)
             return False
         held = self.pending.get(seq)
-        if held is not None and held[1] >= payload_len:
-            return True
+        if held is not None:
+            if held[1] >= payload_len:
+                return True
+            self.pending_bytes -= held[1]  # the longer copy replaces the held one
         self.pending[seq] = (payload, payload_len, timestamp, packet)
         self.pending_bytes += payload_len
         if self.pending_bytes > MAX_PENDING_BYTES:
@@ -90,17 +92,25 @@ class HalfStream:
         """The other side acknowledged `ack`: bytes before it that we never saw were lost by the capture."""
         if self.next_seq is None:
             return
-        ahead = (ack - self.next_seq) % SEQ_MOD
-        if ahead == 0 or ahead >= SEQ_HALF:
-            return
-        if self.fin_seq is not None and self.next_seq == self.fin_seq and ahead == 1:
-            return  # the ACK of our FIN, which takes one sequence number and no byte
-        if self.pending:
-            first = min(self.pending, key=self._distance)
-            if self._distance(first) < ahead:
-                self._skip_to(first, timestamp, packet, "acked-unseen", out)
+        if self.fin_seq is not None:
+            past_fin = (ack - self.fin_seq) % SEQ_MOD
+            if 0 < past_fin < SEQ_HALF:
+                ack = self.fin_seq  # the FIN takes one sequence number and no byte
+        while True:
+            ahead = (ack - self.next_seq) % SEQ_MOD
+            if ahead == 0 or ahead >= SEQ_HALF:
                 return
-        self._skip_to(ack, timestamp, packet, "acked-unseen", out)
+            if self.pending:
+                first = min(self.pending, key=self._distance)
+                if self._distance(first) < ahead:
+                    # Every hole below the ACK is lost, not just the first one.
+                    before = self.next_seq
+                    self._skip_to(first, timestamp, packet, "acked-unseen", out)
+                    if self.next_seq == before:
+                        return
+                    continue
+            self._skip_to(ack, timestamp, packet, "acked-unseen", out)
+            return
 
     def flush(self, timestamp: float, packet: int, out: list) -> None:
         """End of stream: whatever still waits behind a hole is delivered after an explicit gap."""
