@@ -499,3 +499,53 @@ def amqp_conversation(
     send(S2C, FIN | ACK)
     send(C2S, ACK)
     return Conversation(client, server, segs, frames)
+
+
+# ---- scripted conversations with free timing ------------------------------------------------------
+
+
+def scripted_conversation(
+    steps: Sequence[tuple[float, str, int, bytes]],
+    client: tuple[str, int] = ("127.0.0.1", 40000),
+    server: tuple[str, int] = ("127.0.0.1", 5672),
+    *,
+    start: float = 1700000000.0,
+    client_isn: int = 1000,
+    server_isn: int = 5000,
+) -> Conversation:
+    """A conversation from (seconds after start, direction, TCP flags, payload) steps; sequence and
+    acknowledgement numbers are filled in (SYN and FIN count one), so a test states only the timing."""
+    nxt = {C2S: client_isn, S2C: server_isn}
+    segs = []
+    for offset, direction, flags, payload in steps:
+        other = S2C if direction == C2S else C2S
+        ack = nxt[other] if flags & ACK else 0
+        segs.append(ConvSegment(round(start + offset, 6), direction, flags, nxt[direction], ack, payload))
+        nxt[direction] += len(payload) + (1 if flags & (SYN | FIN) else 0)
+    return Conversation(client, server, segs)
+
+
+def method_frame(cmd, channel: int = 0) -> bytes:
+    """A marshalled method frame (pamqp)."""
+    return _method(cmd, channel)
+
+
+def handshake_steps(heartbeat: int, *, proposed: int = 60, at: float = 0.0, step: float = 0.001) -> list:
+    """TCP handshake, protocol header and connection.start..open-ok as pika and RabbitMQ send them;
+    tune-ok is the 7th step, at `at + 7 * step`."""
+    t = lambda i: round(at + i * step, 6)  # noqa: E731
+    return [
+        (t(0), C2S, SYN, b""),
+        (t(1), S2C, SYN | ACK, b""),
+        (t(2), C2S, ACK, b""),
+        (t(3), C2S, PSH | ACK, pamqp_header.ProtocolHeader().marshal()),
+        (t(4), S2C, PSH | ACK, _method(commands.Connection.Start(
+            server_properties={"product": "RabbitMQ", "version": "3.10.8"}, mechanisms="PLAIN", locales="en_US"))),
+        (t(5), C2S, PSH | ACK, _method(commands.Connection.StartOk(
+            client_properties={"product": "Pika Python Client Library", "version": "1.4.4"},
+            mechanism="PLAIN", response="\x00guest\x00guest", locale="en_US"))),
+        (t(6), S2C, PSH | ACK, _method(commands.Connection.Tune(channel_max=2047, frame_max=131072, heartbeat=proposed))),
+        (t(7), C2S, PSH | ACK, _method(commands.Connection.TuneOk(channel_max=2047, frame_max=131072, heartbeat=heartbeat))),
+        (t(8), C2S, PSH | ACK, _method(commands.Connection.Open(virtual_host="/"))),
+        (t(9), S2C, PSH | ACK, _method(commands.Connection.OpenOk())),
+    ]
