@@ -55,6 +55,13 @@ _HEADER = struct.Struct("!BHI")
 _IDS = struct.Struct("!HH")
 _ANCHOR_START = re.compile(rb"[\x01\x02\x08]")
 
+_TLS_HANDSHAKE = 0x16  # TLS record content type "handshake" (RFC 8446 5.1): a ClientHello starts with it
+
+
+def _bad_body_end(end_byte: int, size: int) -> str:
+    return f"bad frame-end 0x{end_byte:02x} after a {size}-byte body frame"
+
+
 # Decoder modes.
 _START = 0  # stream offset 0: a protocol header or a first frame
 _FRAMES = 1
@@ -77,6 +84,7 @@ class FrameDecoder:
         # The body frame being counted through (mode _BODY).
         self.body: Frame | None = None
         self.body_left = 0  # payload bytes still to come, then one frame-end byte
+        self.body_keep = False  # still copying the body's first payload_bytes (False after a gap)
 
     # ---- input ----------------------------------------------------------------------------------
 
@@ -100,6 +108,7 @@ class FrameDecoder:
         if self.mode == _BODY and missing <= self.body_left:
             # The lost bytes fall inside a body whose end we know: still in sync.
             self.body_left -= missing
+            self.body_keep = False  # kept bytes must be contiguous: never splice across a hole
             self.base += missing
             return out
         if self.mode == _BODY:
@@ -125,8 +134,9 @@ class FrameDecoder:
                     break
                 continue
             if mode == _START:
-                if len(buf) - pos < 8 and buf[pos : pos + 4] in (b"AMQP"[: len(buf) - pos], b"AMQP"):
-                    break  # maybe a protocol header: wait for all 8 bytes
+                if len(buf) - pos < 8 and (buf[pos : pos + 4] in (b"AMQP"[: len(buf) - pos], b"AMQP")
+                                           or buf[pos] == _TLS_HANDSHAKE):
+                    break  # maybe a protocol header or a TLS record: wait for 8 bytes, however they are fed
                 pos = self._start(pos, out, timestamp, packet)
                 if self.mode != _FRAMES:
                     break
@@ -148,6 +158,15 @@ class FrameDecoder:
                     pos = len(buf)
                     break
                 break
+            if buf[end] != FRAME_END and frame_type == FRAME_BODY:
+                # As when the body is counted through over several feeds (_count_body): its bytes
+                # are not rescanned, so the events do not depend on how the stream was chunked.
+                out.append(DecodeError(self.connection, self.direction, timestamp, packet, self.base + pos,
+                                       _bad_body_end(buf[end], size)))
+                self.mode = _RESYNC
+                self.resync_from = self.base + end + 1
+                pos = end + 1
+                continue
             if buf[end] != FRAME_END:
                 pos = self._error(pos, f"bad frame-end 0x{buf[end]:02x} after a {size}-byte frame", out, timestamp, packet)
                 continue
@@ -194,13 +213,14 @@ class FrameDecoder:
         kept = bytes(self.buf[pos + 7 : pos + 7 + min(have, self.payload_bytes)])
         self.body = Frame(self.connection, self.direction, timestamp, packet, self.base + pos, FRAME_BODY, channel, size, kept)
         self.body_left = size - have
+        self.body_keep = True
         self.mode = _BODY
 
     def _count_body(self, data: bytes, timestamp: float, packet: int, out: list) -> bytes:
         """Consume body bytes from `data`; returns what follows the body's frame-end."""
         body = self.body
         take = min(len(data), self.body_left)
-        if len(body.payload) < self.payload_bytes:
+        if self.body_keep and len(body.payload) < self.payload_bytes:
             body.payload += data[: min(take, self.payload_bytes - len(body.payload))]
         self.body_left -= take
         self.base += take
@@ -210,8 +230,8 @@ class FrameDecoder:
         self.base += 1
         self.body = None
         if end_byte != FRAME_END:
-            out.append(DecodeError(self.connection, self.direction, timestamp, packet, self.base - 1,
-                                   f"bad frame-end 0x{end_byte:02x} after a {body.size}-byte body frame"))
+            out.append(DecodeError(self.connection, self.direction, timestamp, packet, body.offset,
+                                   _bad_body_end(end_byte, body.size)))
             self.mode = _RESYNC
             self.resync_from = self.base
         else:
