@@ -71,6 +71,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              needs_local_broker=True),
     Scenario("consumer-timeout", "a threaded worker acks after consumer_timeout: Channel.Close 406, connection lives",
              heartbeat=3, work=10, messages=1, verdicts=_both(GRACEFUL), exception="ChannelClosedByBroker",
+             work_means="seconds of work per message; the broker's consumer_timeout is half of it",
+             # channel_tick_interval: the timeout is checked on this tick (60 s by default), so 1 s
+             # makes it fire within timeout..timeout+1 s. consumer_timeout is derived from work.
              broker_settings={"consumer_timeout": 5000, "channel_tick_interval": 1000},
              needs_local_broker=True),
     Scenario("proxy", "blocked-callback through a TCP forwarder: the broker's RST reaches the client as a FIN",
@@ -78,6 +81,14 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              verdicts={CONSUMER: MISSED_CLIENT, UPSTREAM: MISSED_CLIENT, PUBLISHER: GRACEFUL},
              exception="StreamLostError", proxy=True),
 ]}
+
+
+def broker_settings(scenario: Scenario, params: dict) -> dict:
+    """The broker settings for a run; consumer_timeout (ms) follows --work so the ack is always late."""
+    settings = dict(scenario.broker_settings)
+    if "consumer_timeout" in settings:
+        settings["consumer_timeout"] = max(1000, int(params["work"] * 1000 / 2))
+    return settings
 
 
 def get(name: str) -> Scenario:

@@ -187,6 +187,7 @@ def consumer_timeout(p: dict) -> None:
             if channel.is_open:
                 channel.basic_ack(delivery_tag=tag)
                 emit("ack", delivery_tag=tag)
+                channel.stop_consuming()  # acked in time: the broker's timeout did not fire
             else:
                 emit("ack_skipped", delivery_tag=tag, reason="channel closed")
         conn.add_callback_threadsafe(ack)

@@ -124,11 +124,12 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
     log = EventLog(os.path.join(work_dir, "events.jsonl"))
     meta: dict = {}
 
+    settings = catalog.broker_settings(scenario, params)
     with contextlib.ExitStack() as stack:
         stack.callback(_remove_dir, work_dir)
         if broker is None:
-            conf = {k: v for k, v in scenario.broker_settings.items() if k == "consumer_timeout"}
-            advanced = {k: v for k, v in scenario.broker_settings.items() if k != "consumer_timeout"}
+            conf = {k: v for k, v in settings.items() if k == "consumer_timeout"}
+            advanced = {k: v for k, v in settings.items() if k != "consumer_timeout"}
             if broker_url and scenario.needs_local_broker:
                 raise UsageError(f"scenario {name} pauses or reconfigures the broker: run it without --broker")
             say("starting a throwaway RabbitMQ node" if not broker_url else "probing the broker")
@@ -136,8 +137,8 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
         else:
             if scenario.needs_local_broker and not isinstance(broker, LocalBroker):
                 raise UsageError(f"scenario {name} pauses or reconfigures the broker: it needs a local node")
-            if scenario.broker_settings:
-                previous = broker.set_runtime(scenario.broker_settings)
+            if settings:
+                previous = broker.set_runtime(settings)
                 stack.callback(broker.set_runtime, previous)
         ports = [broker.port]
         client_url = broker.info.url
@@ -161,7 +162,7 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
             _kill(client)
             log.add("runner", "client_killed", signal="SIGTERM")
         exit_status = client.returncode if exit_status is None else exit_status
-        meta = build_metadata(scenario, params, broker, cap, log, client_params, exit_status,
+        meta = build_metadata(scenario, params, settings, broker, cap, log, client_params, exit_status,
                               ports, started, os.path.basename(pcap_path), work_dir)
     with open(meta_path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
@@ -180,8 +181,13 @@ def _orchestrate(scenario, params, broker, client, log: EventLog, cap) -> int | 
         broker.pause()
         log.add("runner", "broker_paused", signal="SIGSTOP", longest=longest)
         try:
-            _wait_event(log, client, "exception", longest)
-            time.sleep(0.5)  # the client's FIN goes out while the broker is still frozen
+            deadline = time.time() + longest
+            while time.time() < deadline and not log.find("exception") and client.poll() is None:
+                time.sleep(POLL)
+            if log.find("exception"):
+                time.sleep(0.5)  # the client's FIN goes out while the broker is still frozen
+            else:
+                log.add("runner", "pause_ended_without_client_timeout", seconds=longest)
         finally:
             broker.resume()
             log.add("runner", "broker_resumed", signal="SIGCONT")
@@ -267,7 +273,7 @@ def _is_local(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
-def build_metadata(scenario, params, broker, cap, log: EventLog, client_params, exit_status,
+def build_metadata(scenario, params, settings, broker, cap, log: EventLog, client_params, exit_status,
                    ports, started, pcap_name, work_dir) -> dict:
     events = log.merged()
     connections: dict[str, dict] = {}
@@ -294,7 +300,7 @@ def build_metadata(scenario, params, broker, cap, log: EventLog, client_params, 
         "scenario": scenario.name,
         "description": scenario.summary,
         "parameters": {**params, "queue": client_params["queue"], "work_means": scenario.work_means,
-                       "broker_settings": dict(scenario.broker_settings)},
+                       "broker_settings": settings},
         "started_utc": utc_iso(started), "ended_utc": utc_iso(ended),
         "started_epoch": started, "ended_epoch": ended,
         "broker": broker.info.as_dict(),
