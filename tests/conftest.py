@@ -3,6 +3,8 @@ import pathlib
 
 import pytest
 
+pytest_plugins = ["tests.fixtures_broker"]
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CAPTURES = REPO / "captures"
 

@@ -21,6 +21,7 @@ class Side:
     fin_at: float | None = None
     rst_at: float | None = None
     last_data_at: float | None = None
+    data_times: list = field(default_factory=list)
     heartbeat_times: list = field(default_factory=list)
 
 
@@ -57,6 +58,7 @@ def summarize(path: str) -> dict[str, Conn]:
         if data:
             s.payload += data
             s.last_data_at = t
+            s.data_times.append(t)
             if data.endswith(HEARTBEAT):
                 s.heartbeat_times.append(t)
         if flags & FIN and s.fin_at is None:

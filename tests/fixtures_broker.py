@@ -1,0 +1,51 @@
+"""pytest plugin: one throwaway RabbitMQ node for the whole session, always stopped afterwards.
+
+Loaded from tests/conftest.py (`pytest_plugins`). Skip-free on purpose: `make test` installs
+rabbitmq-server, so a missing broker is a failure with the install hint, never a silent skip.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from analyzer.broker import LocalBroker
+from analyzer.errors import EnvironmentProblem
+
+
+def processes_matching(text: str) -> list[tuple[int, str]]:
+    """(pid, command line) of live processes whose command line contains `text`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+            with open(f"/proc/{entry}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue  # a zombie holds nothing
+        except OSError:
+            continue
+        if text in cmd:
+            found.append((int(entry), cmd))
+    return found
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """A LocalBroker with channel_tick_interval=1000 (consumer timeouts fire within a second)."""
+    try:
+        node = LocalBroker(advanced={"channel_tick_interval": 1000})
+        node.start()
+    except EnvironmentProblem as exc:
+        if "node" in locals():
+            node.stop()
+        pytest.fail(f"cannot start the test broker: {exc}", pytrace=False)
+    try:
+        yield node
+    finally:
+        name = node.node
+        node.stop()
+        left = processes_matching(name)
+        assert not left, f"broker node {name} still running after stop: {left}"
