@@ -78,6 +78,10 @@ class FrameDecoder:
         self.direction = direction
         self.payload_bytes = payload_bytes
         self.mode = _START if synced else _RESYNC
+        # Without the SYN the first captured byte may still be the stream's first: a capture
+        # started between the handshake and the protocol header. An exact known 8-byte header
+        # there is taken as one (mid-stream bytes matching it by chance are not plausible).
+        self.header_possible = not synced
         self.buf = bytearray()
         self.base = 0  # stream offset of buf[0]
         self.resync_from = 0  # stream offset where the current resync scan started
@@ -105,6 +109,7 @@ class FrameDecoder:
         out: list = []
         if self.mode == _STOPPED:
             return out
+        self.header_possible = False
         if self.mode == _BODY and missing <= self.body_left:
             # The lost bytes fall inside a body whose end we know: still in sync.
             self.body_left -= missing
@@ -129,6 +134,14 @@ class FrameDecoder:
         while True:
             mode = self.mode
             if mode == _RESYNC:
+                if self.header_possible:
+                    head = bytes(buf[pos : pos + 8])
+                    if len(head) < 8 and b"AMQP".startswith(head[:4]):
+                        break  # maybe a protocol header: wait for all 8 bytes
+                    self.header_possible = False
+                    if head in PROTOCOL_HEADERS:
+                        self.mode = _START
+                        continue
                 pos = self._resync(pos, out, timestamp, packet)
                 if self.mode == _RESYNC:
                     break
