@@ -3,7 +3,7 @@
 Strategy: one context manager, three backends. tcpdump and dumpcap (preferred when installed: they
 keep up with high packet rates and report kernel drops) run as child processes in their own
 session; __enter__ returns only once they announce they are capturing ("listening on" /
-"Capturing on" on stderr), and __exit__ waits a short settle delay so the last packets reach the
+"File:" on stderr), and __exit__ waits a short settle delay so the last packets reach the
 file, interrupts them (SIGINT, as Ctrl-C would) and parses their exit statistics. scapy's
 AsyncSniffer is the pure-Python fallback; it writes each packet through a synced PcapWriter. Every
 backend writes incrementally, so a crash leaves a readable file. The file is classic pcap
@@ -30,8 +30,10 @@ BACKENDS = ("tcpdump", "dumpcap", "scapy")
 # How long a tool may take to open the interface before we give up (a cold libpcap start is ~50 ms).
 START_TIMEOUT = 10.0
 # Delay before stopping so packets still in the kernel ring reach the file. tcpdump runs in
-# --immediate-mode and dumpcap flushes every 100 ms (its default --update-interval), so 0.5 s is ample.
+# --immediate-mode (measured: on disk within milliseconds); dumpcap (4.0) has no immediate mode and
+# was measured writing up to ~0.6 s late, so it gets a longer settle. SIGINT makes both flush.
 SETTLE = 0.5
+SETTLE_DUMPCAP = 1.0
 STOP_TIMEOUT = 10.0
 CAP_NET_RAW = 13  # linux/capability.h
 PRIVILEGE_HINT = "capturing needs root or CAP_NET_RAW (try sudo, or setcap cap_net_raw+eip on the tool)"
@@ -127,13 +129,13 @@ class LiveCapture:
     """`with LiveCapture("out.pcap", iface="lo", ports=[5672]) as cap: ...` then `cap.stats`."""
 
     def __init__(self, path: str, *, iface: str = "lo", ports=(5672,), backend: str = "auto",
-                 settle: float = SETTLE):
+                 settle: float | None = None):
         self.path = os.path.abspath(path)
         self.iface = iface
         self.ports = set(int(p) for p in ports or ())
         self.filter = bpf_filter(ports)
         self.backend = choose_backend(backend)
-        self.settle = settle
+        self.settle = settle if settle is not None else (SETTLE_DUMPCAP if self.backend == "dumpcap" else SETTLE)
         self.stats = CaptureStats(self.backend, self.path, iface, self.filter)
         self._proc: subprocess.Popen | None = None
         self._stderr: list[str] = []
