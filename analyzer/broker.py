@@ -341,16 +341,24 @@ class LocalBroker:
         previous = {}
         for key, value in settings.items():
             old = self._ctl(ctl, f"application:get_env(rabbit, {key}).")
-            previous[key] = None if old in ("undefined", "") else old.removeprefix("{ok,").removesuffix("}")
+            value_text = old.removeprefix("{ok,").removesuffix("}")
+            previous[key] = None if old in ("undefined", "") else int(value_text) if value_text.isdigit() else value_text
             if value is None:
                 self._ctl(ctl, f"application:unset_env(rabbit, {key}).")
             else:
                 self._ctl(ctl, f"application:set_env(rabbit, {key}, {value}).")
         self.info.settings.update({k: v for k, v in settings.items() if v is not None})
-        for k, v in settings.items():
-            if v is None:
-                self.info.settings.pop(k, None)
         return previous
+
+    def restore_runtime(self, previous: dict) -> None:
+        """Undo set_runtime: put back the values it returned and the settings the node started with."""
+        self.set_runtime(previous)
+        base = {**self.conf, **self.advanced}
+        for key in previous:
+            if key in base:
+                self.info.settings[key] = base[key]
+            else:
+                self.info.settings.pop(key, None)
 
     def _ctl(self, ctl: str, expr: str) -> str:
         res = subprocess.run([ctl, "-n", self.node, "-q", "eval", expr], env=self._env, cwd=self.dir,

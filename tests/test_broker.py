@@ -54,8 +54,10 @@ def test_runtime_settings_are_applied_and_restored(broker):
     previous = broker.set_runtime({"consumer_timeout": 1234})
     try:
         assert broker._ctl(broker_mod.CTL_SCRIPTS[0], "application:get_env(rabbit, consumer_timeout).") == "{ok,1234}"
+        assert broker.info.settings["consumer_timeout"] == 1234
     finally:
-        broker.set_runtime(previous)
+        broker.restore_runtime(previous)
+    assert "consumer_timeout" not in broker.info.settings
     assert broker._ctl(broker_mod.CTL_SCRIPTS[0], "application:get_env(rabbit, consumer_timeout).") != "{ok,1234}"
 
 

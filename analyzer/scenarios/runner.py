@@ -139,7 +139,7 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
                 raise UsageError(f"scenario {name} pauses or reconfigures the broker: it needs a local node")
             if settings:
                 previous = broker.set_runtime(settings)
-                stack.callback(broker.set_runtime, previous)
+                stack.callback(broker.restore_runtime, previous)
         ports = [broker.port]
         client_url = broker.info.url
         if scenario.proxy:

@@ -1,0 +1,44 @@
+"""Regenerate captures/<scenario>.pcap + .json: every scenario once, with its default (blog-like) timings.
+
+Usage (root, rabbitmq-server and tcpdump installed):  .venv/bin/python tools/record_captures.py [NAME ...]
+
+One throwaway node serves all runs (broker-paused freezes it, consumer-timeout reconfigures it at
+runtime and restores it). The node gets channel_tick_interval=1000 so the consumer timeout fires
+within a second of expiring. Files carry no timestamp in their names, so tests and docs can refer
+to them stably; the run's UTC time is inside the .json.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from analyzer.broker import LocalBroker  # noqa: E402
+from analyzer.scenarios import catalog  # noqa: E402
+from analyzer.scenarios.runner import run_scenario  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "captures")
+
+
+def main(names: list[str]) -> int:
+    names = names or list(catalog.SCENARIOS)
+    failed = []
+    with LocalBroker(advanced={"channel_tick_interval": 1000}) as broker:
+        print(f"broker {broker.info.product} {broker.info.version} on port {broker.port}", flush=True)
+        for name in names:
+            t = time.time()
+            result = run_scenario(name, out_dir=OUT, broker=broker, basename=name, backend="auto")
+            meta = result.metadata
+            size = os.path.getsize(result.pcap)
+            ok = "ok" if meta["as_expected"] else "NOT AS EXPECTED"
+            print(f"{name:<20} {time.time() - t:5.1f} s  {meta['capture']['packets']:4d} packets  {size:6d} bytes  "
+                  f"{ok}  {meta['expected_verdicts']}", flush=True)
+            if not meta["as_expected"]:
+                failed.append(name)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
