@@ -1,0 +1,361 @@
+"""One connection's heartbeat timeline as a matplotlib Figure: why the teardown came when it did.
+
+Strategy: one Axes, time (seconds since the file's first packet) across, one lane per direction
+(client → broker above broker → client) and a lane below for the peer timers that decide the
+teardown: RabbitMQ's monitor looks (tune-ok + k·T) or pika's checks (every T+5), each marked
+"saw bytes" or "silent". Over that: the model's window shaded, the naive "last byte + T" line,
+the predicted and the observed teardown, the silence bracket, and a caption with the verdict and
+the window arithmetic. The figure is built without pyplot (a bare `Figure`), so it works with
+any backend and is never shown twice in Jupyter. Artists carry `gid`s ("lane-c2s", "window",
+"observed", ...) and legend labels ("heartbeat c2s", ...) so tests check the figure, not pixels.
+
+Inputs are the notebook API's DataFrames (analyzer.notebook) or any iterables of mappings or
+objects with the same column names: frames need t, direction, type; segments t, direction,
+payload_len, retransmission, ack_only and flags; gaps t, direction, missing.
+"""
+from __future__ import annotations
+
+import textwrap
+from typing import Any, Iterable
+
+from analyzer.diagnose import Diagnosis
+from analyzer.models import pika as pika_model
+from analyzer.models import rabbitmq as rabbitmq_model
+from analyzer.models.common import ON_TICK_TOLERANCE, grid_times
+from analyzer.records import C2S, S2C
+
+LANES = {C2S: 2.0, S2C: 1.0}
+CHECK_LANE = 0.0
+LANE_NAMES = {C2S: "client → broker", S2C: "broker → client"}
+COLOURS = {
+    "heartbeat": "#d62728", "frame": "#1f77b4", "ack": "#7f7f7f", "retransmission": "#ff7f0e",
+    "gap": "#e377c2", "saw": "#2ca02c", "silent": "#d62728", "window": "#f5b041", "predicted": "#8e44ad",
+    "observed": "#000000", "naive": "#7f7f7f", "silence": "#c0392b", "paused": "#bdc3c7",
+}
+FIGSIZE = (13.0, 5.4)
+CAPTION_WIDTH = 165  # characters per caption line at FIGSIZE
+
+
+def _records(data: Any, connection: str) -> list[dict]:
+    """Rows of a DataFrame or an iterable of mappings/objects, as dicts, this connection's only."""
+    if data is None:
+        return []
+    if hasattr(data, "to_dict") and hasattr(data, "columns"):
+        rows = data.to_dict("records")
+    else:
+        rows = [r if isinstance(r, dict) else {k: getattr(r, k) for k in dir(r) if not k.startswith("_")}
+                for r in data]
+    return [r for r in rows if r.get("connection", connection) == connection]
+
+
+def plot_connection(
+    diagnosis: Diagnosis,
+    frames: Iterable | None = None,
+    segments: Iterable | None = None,
+    gaps: Iterable | None = None,
+    *,
+    ax=None,
+    xlim: tuple[float, float] | None = None,
+    checks: str = "auto",
+):
+    """Draw one connection's timeline; returns the Figure (the one `ax` belongs to, when given).
+
+    `checks`: which peer's timer to draw in the bottom lane — "broker" (RabbitMQ's monitor),
+    "pika" (pika's checker), "both", "none", or "auto" (pika's when pika's model decided the
+    teardown, else the broker's).
+    """
+    from matplotlib.figure import Figure
+
+    d = diagnosis
+    cid = d.timeline.info.id
+    frame_rows = _records(frames, cid)
+    segment_rows = _records(segments, cid)
+    gap_rows = _records(gaps, cid)
+    if ax is None:
+        fig = Figure(figsize=FIGSIZE)
+        ax = fig.add_axes((0.075, 0.25, 0.70, 0.63))
+    else:
+        fig = ax.figure
+
+    start = d.rel(d.timeline.first_seen)
+    end = d.rel(d.timeline.last_seen)
+    timeout = d.heartbeat.effective or 0.0
+    p = d.prediction
+    if checks == "auto":
+        checks = "pika" if p is not None and p.model == "pika" else "broker"
+    check_lanes = {"broker": ["broker"], "pika": ["pika"], "both": ["broker", "pika"], "none": []}[checks]
+
+    # ---- lanes -------------------------------------------------------------------------------------
+    for direction, y in LANES.items():
+        ax.axhspan(y - 0.4, y + 0.4, color="#eaf2f8" if direction == C2S else "#fdf2e9", zorder=0,
+                   gid=f"lane-{direction}", label=f"_lane {direction}")
+    lane_y = {}
+    for i, which in enumerate(check_lanes):
+        y = CHECK_LANE - i
+        lane_y[which] = y
+        ax.axhspan(y - 0.4, y + 0.4, color="#f4f6f6", zorder=0, gid=f"lane-{which}-checks",
+                   label=f"_lane {which} checks")
+
+    # ---- traffic -----------------------------------------------------------------------------------
+    for direction, y in LANES.items():
+        mine = [r for r in frame_rows if r["direction"] == direction]
+        heartbeats = [r["t"] for r in mine if r["type"] == "heartbeat"]
+        others = [r["t"] for r in mine if r["type"] != "heartbeat"]
+        segs = [r for r in segment_rows if r["direction"] == direction]
+        acks = [r["t"] for r in segs if r.get("ack_only")]
+        retrans = [r["t"] for r in segs if r.get("retransmission")]
+        if others:
+            ax.scatter(others, [y + 0.12] * len(others), marker="o", s=28, color=COLOURS["frame"], zorder=3,
+                       label=f"frames {direction}", gid=f"frames-{direction}")
+        if heartbeats:
+            ax.scatter(heartbeats, [y + 0.12] * len(heartbeats), marker="D", s=46, color=COLOURS["heartbeat"],
+                       zorder=4, label=f"heartbeat {direction}", gid=f"heartbeats-{direction}")
+        if acks:
+            ax.scatter(acks, [y - 0.2] * len(acks), marker="|", s=90, color=COLOURS["ack"], zorder=3,
+                       label=f"ACK-only {direction} (kernel alive)", gid=f"acks-{direction}")
+        if retrans:
+            ax.scatter(retrans, [y + 0.12] * len(retrans), marker="x", s=40, color=COLOURS["retransmission"],
+                       zorder=4, label=f"retransmission {direction}", gid=f"retransmissions-{direction}")
+        holes = [r["t"] for r in gap_rows if r["direction"] == direction]
+        if holes:
+            ax.vlines(holes, y - 0.38, y + 0.38, colors=COLOURS["gap"], linewidths=3, zorder=2,
+                      label=f"capture gap {direction} (bytes lost, not silence)", gid=f"gaps-{direction}")
+        side = d.timeline.side(direction)
+        for t, marker, name in ((side.fin, "s", "FIN"), (side.rst, "X", "RST")):
+            if t is not None:
+                who = "client" if direction == C2S else "broker"
+                benign = name == "RST" and d.close.benign_rst is not None
+                ax.scatter([d.rel(t)], [y], marker=marker, s=150, color="black", zorder=5,
+                           label=f"{name} from {who}" + (" (benign, after the close)" if benign else ""),
+                           gid=f"{name.lower()}-{direction}")
+
+    # ---- timers ------------------------------------------------------------------------------------
+    if "broker" in lane_y:
+        _broker_checks(ax, d, lane_y["broker"], segment_rows, frame_rows, start, end)
+    if "pika" in lane_y:
+        _pika_checks(ax, d, lane_y["pika"], frame_rows, start, end)
+    model_lane = {"rabbitmq": "broker", "pika": "pika"}.get(p.model) if p is not None else None
+    if model_lane in lane_y:
+        silent_no = 0
+        for check in p.checks:
+            if check.saw_activity:
+                text = "saw the last byte"
+            else:
+                silent_no += 1
+                text = "silent → close" if check is p.checks[-1] else f"silent #{silent_no}"
+            ax.text(check.time, lane_y[model_lane] + 0.2, text, ha="center", va="bottom", fontsize=8,
+                    color=COLOURS["saw"] if check.saw_activity else COLOURS["silent"], gid="decisive-check",
+                    zorder=6, bbox=dict(facecolor="white", edgecolor="none", pad=1.0, alpha=0.85))
+
+    # ---- the model and the teardown ----------------------------------------------------------------
+    right = end
+    close = d.close
+    if p is not None:
+        lo, hi = p.window
+        span = "[L+2T, L+3T)" if p.model == "rabbitmq" else "[L+(T+5), L+2(T+5))"
+        ax.axvspan(lo, hi, color=COLOURS["window"], alpha=0.28, zorder=1, gid="window",
+                   label=f"{'RabbitMQ' if p.model == 'rabbitmq' else 'pika'} closes in {span} = "
+                         f"[{lo:.3f}, {hi:.3f})")
+        ax.axvline(p.predicted, color=COLOURS["predicted"], ls="--", lw=1.8, zorder=3, gid="predicted",
+                   label=f"predicted close {p.predicted:.3f} s")
+        right = max(right, hi, p.predicted)
+    if close.time is not None and close.how != "open":
+        what = "connection.close" if close.how == "connection.close" else close.how.upper()
+        err = f" ({p.error(close.time) * 1000:+.0f} ms)" if p is not None else ""
+        ax.axvline(close.time, color=COLOURS["observed"], lw=2.5, zorder=2, gid="observed",
+                   label=f"observed {what} {close.time:.3f} s{err}")
+    silent_dir = C2S if close.initiator == "server" else S2C
+    last = d.last_client_byte if silent_dir == C2S else d.last_server_byte
+    if timeout and last is not None and close.how in ("rst", "fin"):
+        ax.axvline(last + timeout, color=COLOURS["naive"], ls=":", lw=1.6, zorder=2, gid="naive-timeout",
+                   label=f"last byte + T = {last + timeout:.3f} s (a naive timeout)")
+        y = LANES[silent_dir] + 0.55
+        ax.annotate("", xy=(last + timeout, y), xytext=(last, y), gid="timeout",
+                    arrowprops=dict(arrowstyle="|-|", color=COLOURS["naive"], lw=1.2, shrinkA=0, shrinkB=0))
+        ax.text(last + timeout / 2, y + 0.05, f"T = {timeout:g} s", ha="center", va="bottom", fontsize=8,
+                color="#555555")
+    if d.silence is not None and last is not None and close.time is not None:
+        y = LANES[silent_dir] - 0.55 if silent_dir == S2C else LANES[silent_dir] + 0.85
+        ax.annotate("", xy=(close.time, y), xytext=(last, y), gid="silence",
+                    arrowprops=dict(arrowstyle="<->", color=COLOURS["silence"], lw=1.5, shrinkA=0, shrinkB=0))
+        who = "client" if silent_dir == C2S else "broker"
+        ratio = f" = {d.silence / timeout:.2f} T" if timeout else ""
+        ax.text((last + close.time) / 2, y + 0.05, f"{who} silent {d.silence:.3f} s{ratio}", ha="center",
+                va="bottom", fontsize=9, color=COLOURS["silence"], fontweight="bold")
+
+    _blocked_note(ax, d, silent_dir, last, close.time)
+
+    # ---- axes, legend, caption ---------------------------------------------------------------------
+    ticks = {y: LANE_NAMES[direction] for direction, y in LANES.items()}
+    for which, y in lane_y.items():
+        ticks[y] = (f"RabbitMQ checks\n(every T from tune-ok)" if which == "broker"
+                    else "pika checks\n(every T+5 s)")
+    ax.set_yticks(list(ticks), list(ticks.values()))
+    bottom = min(lane_y.values(), default=1.0)
+    ax.set_ylim(bottom - 0.6, 3.1)
+    width = max(right - start, 1e-3)
+    ax.set_xlim(xlim if xlim is not None else (start - 0.02 * width, right + 0.06 * width))
+    ax.set_xlabel("seconds since the first packet of the capture")
+    ax.grid(axis="x", color="#dddddd", lw=0.6)
+    ax.set_axisbelow(True)
+    hb = d.heartbeat
+    beat = ("heartbeat disabled" if hb.effective == 0 else "heartbeat unknown" if hb.effective is None
+            else f"heartbeat T = {hb.effective:g} s ({hb.source})")
+    ax.set_title(f"{cid}   ·   {beat}   ·   verdict: {d.verdict}", fontsize=11, loc="left")
+    handles, labels = ax.get_legend_handles_labels()
+    seen: dict[str, Any] = {}
+    for h, lab in zip(handles, labels):
+        seen.setdefault(lab, h)
+    ax.legend(list(seen.values()), list(seen), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
+              frameon=False, borderaxespad=0.0)
+    fig.text(0.01, 0.015, caption(d), fontsize=9, va="bottom", ha="left", gid="caption", wrap=False)
+    return fig
+
+
+def caption(d: Diagnosis) -> str:
+    """The verdict and the one sentence that explains the teardown time, wrapped for the figure."""
+    if d.prediction is not None:
+        body = d.prediction.explain()
+        if d.close.time is not None:
+            body += f" Observed: {d.close.how.upper() if d.close.how in ('rst', 'fin') else d.close.how} " \
+                    f"at {d.close.time:.3f} s ({d.prediction.error(d.close.time) * 1000:+.0f} ms)."
+        if d.prediction.model == "rabbitmq":
+            body += (" Why not at T: RabbitMQ looks at the client's bytes only every T and gives up on the second"
+                     " silent look in a row, so it always closes 2T to 3T after the client's last byte.")
+        else:
+            body += (" pika looks at the broker's bytes every T+5 s and gives up after one silent look, so it"
+                     " detects a silent broker (T+5) to 2(T+5) after its last byte.")
+        if d.misfit:
+            body += f" Note: {d.misfit}."
+    else:
+        body = d.explanation.split(". ")[0].rstrip(".") + "." if d.explanation else ""
+    lines = textwrap.wrap(body, CAPTION_WIDTH)[:4]
+    return f"Verdict: {d.verdict}\n" + "\n".join(lines)
+
+
+_BLOCKED_NOTES = {
+    "client-app-blocked": "no AMQP bytes from the client, yet its kernel ACKs the broker: the process is alive "
+                          "but its I/O loop is not running (a long callback?)",
+    "broker-app-blocked": "no AMQP bytes from the broker, yet its kernel ACKs the client: the broker process is "
+                          "alive but frozen",
+    "peer-unreachable": "nothing at all from this side, not even TCP ACKs: host or network gone",
+}
+
+
+def _blocked_note(ax, d: Diagnosis, silent_dir: str, last: float | None, close: float | None) -> None:
+    """One line of plain words in the silent lane, from the finding that explains the silence."""
+    if last is None:
+        return
+    for f in d.findings:
+        note = _BLOCKED_NOTES.get(f.kind)
+        if note is None:
+            continue
+        direction = C2S if f.kind == "client-app-blocked" or (f.kind == "peer-unreachable" and silent_dir == C2S) \
+            else S2C
+        end = close if close is not None else d.rel(d.timeline.last_seen)
+        ax.text((f.time + end) / 2, LANES[direction] - 0.33, note, ha="center", va="center", fontsize=8,
+                style="italic", color="#444444", gid=f"note-{f.kind}", zorder=6)
+        return
+
+
+def _new_bytes(rows: list[dict], direction: str) -> list[float]:
+    """Times of segments carrying new payload in `direction` (what a received-bytes counter counts)."""
+    return sorted(r["t"] for r in rows if r["direction"] == direction and r.get("payload_len")
+                  and not r.get("retransmission"))
+
+
+def _saw(times: list[float], after: float, upto: float) -> bool:
+    """Any time in (after, upto], with the models' on-the-tick tolerance."""
+    return any(after + ON_TICK_TOLERANCE < t <= upto + ON_TICK_TOLERANCE for t in times)
+
+
+def _draw_checks(ax, ticks: list[tuple[float, bool]], y: float, who: str, gid: str) -> None:
+    saw = [t for t, s in ticks if s]
+    silent = [t for t, s in ticks if not s]
+    if saw:
+        ax.scatter(saw, [y] * len(saw), marker="o", s=60, color=COLOURS["saw"], zorder=4, gid=f"{gid}-saw",
+                   label=f"{who} check: saw new bytes")
+    if silent:
+        ax.scatter(silent, [y] * len(silent), marker="o", s=60, facecolors="white", edgecolors=COLOURS["silent"],
+                   linewidths=2, zorder=4, gid=f"{gid}-silent", label=f"{who} check: nothing new (silent)")
+
+
+def _broker_checks(ax, d: Diagnosis, y: float, segments: list[dict], frames: list[dict], start: float,
+                   end: float) -> None:
+    """RabbitMQ's monitor: looks at tune-ok + k·T (rabbit_heartbeat.erl), paused while blocked."""
+    tl, timeout = d.timeline, d.heartbeat.effective
+    if not timeout:
+        return
+    right = max(end, d.prediction.window[1] if d.prediction else end)
+    grids: list[tuple[float, float, float, bool]] = []  # (anchor, from, to, anchor-is-real)
+    if tl.tune_ok is not None:
+        anchor = d.rel(tl.tune_ok.time)
+        periods = _blocked_periods(d)
+        t_from = anchor
+        for blocked, unblocked in periods:
+            grids.append((anchor, t_from, blocked, True))
+            ax.fill_between([blocked, unblocked if unblocked is not None else right], y - 0.4, y + 0.4,
+                            color=COLOURS["paused"], alpha=0.6, zorder=1, gid="monitor-paused",
+                            label="broker monitor paused (connection.blocked)")
+            if unblocked is None:
+                t_from = None
+                break
+            anchor = t_from = unblocked
+        if t_from is not None:
+            grids.append((anchor, t_from, right, True))
+    elif d.prediction is not None and d.prediction.model == "rabbitmq":
+        grids.append((d.prediction.anchor, start, right, False))
+    else:
+        return
+    arrivals = _new_bytes(segments, C2S) or sorted(r["t"] for r in frames if r["direction"] == C2S)
+    ticks: list[tuple[float, bool]] = []
+    for anchor, t_from, t_to, real in grids:
+        if real:
+            times = rabbitmq_model.broker_tick_times(anchor, timeout, t_from, t_to)
+        else:
+            times = grid_times(anchor, timeout, t_from, t_to, first_index=-(10 ** 9))
+        prev = anchor if real else None
+        for i, t in enumerate(times):
+            if real and i == 0 and t - anchor <= timeout + ON_TICK_TOLERANCE:
+                saw = True  # the monitor's first look compares with 0: it always counts as activity
+            else:
+                saw = _saw(arrivals, prev if prev is not None else t - timeout, t)
+            ticks.append((t, saw))
+            prev = t
+    _draw_checks(ax, ticks, y, "broker", "broker-checks")
+    if not ticks:
+        ax.text(start, y, f"  no broker check within this connection's life (the first comes T = {timeout:g} s "
+                "after tune-ok)", va="center", fontsize=8, color="#555555")
+
+
+def _pika_checks(ax, d: Diagnosis, y: float, frames: list[dict], start: float, end: float) -> None:
+    """pika's HeartbeatChecker: looks at bytes_received every T+5 from its start (tune)."""
+    tl, timeout = d.timeline, d.heartbeat.effective
+    begin = tl.tune_ok or tl.tune
+    if not timeout or begin is None:
+        return
+    checker = d.rel(begin.time)
+    right = max(end, d.prediction.window[1] if d.prediction else end)
+    times = pika_model.pika_check_times(checker, timeout, checker, right)
+    arrivals = sorted(r["t"] for r in frames if r["direction"] == S2C)
+    ticks = []
+    prev = checker
+    for t in times:
+        ticks.append((t, _saw(arrivals, prev, t)))
+        prev = t
+    _draw_checks(ax, ticks, y, "pika", "pika-checks")
+
+
+def _blocked_periods(d: Diagnosis) -> list[tuple[float, float | None]]:
+    periods: list[tuple[float, float | None]] = []
+    for t, what in d.timeline.blocked:
+        if what == "blocked" and (not periods or periods[-1][1] is not None):
+            periods.append((d.rel(t), None))
+        elif what == "unblocked" and periods and periods[-1][1] is None:
+            periods[-1] = (periods[-1][0], d.rel(t))
+    return periods
+
+
+def save(fig, path: str, *, dpi: int = 110) -> None:
+    """Write the figure as PNG or SVG (by extension), trimmed to its content."""
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")

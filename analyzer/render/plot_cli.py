@@ -1,0 +1,86 @@
+"""`amqp-hb plot FILE -o out.png`: the timeline figure of each connection, from the command line.
+
+Registered by analyzer.cli when this module imports. matplotlib and pandas come with the
+`notebook` extra; without them the command says so (exit 2) and the rest of the CLI still works.
+Figures are drawn with the Agg backend (no display needed); the format follows the extension.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TextIO
+
+from analyzer.errors import EnvironmentProblem, UsageError
+
+FORMATS = (".png", ".svg")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("plot", help="draw each connection's heartbeat timeline (PNG or SVG)",
+                              description="Draw each AMQP connection's heartbeat timeline: frames, heartbeats "
+                                          "and bare ACKs per direction, the broker's checks, the model's window, "
+                                          "the predicted and the observed teardown.")
+    p.add_argument("file", metavar="FILE", help="pcap or pcapng capture file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file, .png or .svg; with several connections and no --connection, one file "
+                        "per connection named OUT-1.png, OUT-2.png, ...")
+    p.add_argument("--connection", metavar="ID",
+                   help="only this connection: its id (CLIENT_IP:PORT->SERVER_IP:PORT), a unique part of it "
+                        "such as the client port, or its position (0 = first)")
+    p.add_argument("--port", type=int, action="append", metavar="N",
+                   help="TCP port carrying AMQP (repeatable; default 5672; other ports are auto-detected)")
+    p.add_argument("--checks", choices=("auto", "broker", "pika", "both", "none"), default="auto",
+                   help="which peer's heartbeat checks to draw (default: the one that decided the teardown)")
+    p.set_defaults(handler=run_plot)
+
+
+def output_paths(output: str, count: int) -> list[str]:
+    """One path per connection: OUT itself for one, OUT-1.ext, OUT-2.ext, ... for several."""
+    if count == 1:
+        return [output]
+    stem, ext = os.path.splitext(output)
+    return [f"{stem}-{i}{ext}" for i in range(1, count + 1)]
+
+
+def run_plot(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    ext = os.path.splitext(args.output)[1].lower()
+    if ext not in FORMATS:
+        raise UsageError(f"{args.output}: the output must end in .png or .svg")
+    directory = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(directory):
+        raise UsageError(f"{args.output}: no such directory {directory}")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import pandas  # noqa: F401
+    except ImportError as exc:
+        raise EnvironmentProblem(f"plot needs matplotlib and pandas ({exc.name} is missing): "
+                                 "pip install 'amqp-hb[notebook]'") from None
+    from analyzer.notebook import load
+    from analyzer.pipeline import DEFAULT_PORTS
+    from analyzer.render.plot import save
+
+    analysis = load(args.file, ports=tuple(args.port) if args.port else DEFAULT_PORTS)
+    if args.connection is not None:
+        views = [_pick(analysis, args.connection)]
+    else:
+        views = list(analysis)
+    if not views:
+        raise UsageError(f"{args.file}: no AMQP connection in this capture")
+    for view, path in zip(views, output_paths(args.output, len(views))):
+        save(view.plot(checks=args.checks), path)
+        stdout.write(f"{path}: {view.id} ({view.verdict})\n")
+    for warning in analysis.summary.warnings:
+        stderr.write(f"amqp-hb: warning: {args.file}: {warning}\n")
+    return 0
+
+
+def _pick(analysis, key: str):
+    """A connection by id or unique part of it (a client port is digits too), else by position."""
+    try:
+        return analysis.connection(key)
+    except UsageError as by_id:
+        if not key.isdigit() or int(key) >= len(analysis):
+            raise by_id from None
+    return analysis.connection(int(key))
