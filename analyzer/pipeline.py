@@ -40,8 +40,9 @@ def iter_events(
                 continue
             key = (seg.src, seg.sport, seg.dst, seg.dport)
             entry = flows.get(key)
-            if entry is not None and seg.flags & (SYN | ACK) == SYN and entry[0].closed:
-                entry = None  # the 4-tuple is reused by a new connection
+            if (entry is not None and seg.flags & (SYN | ACK) == SYN and entry[0].closed
+                    and entry[0].streams[entry[1]].syn_seq != seg.seq):
+                entry = None  # the 4-tuple is reused by a new connection (a new ISN, RFC 9293 3.4.1)
             if entry is None:
                 flow = _new_flow(seg, amqp_ports, payload_bytes)
                 if flow is None:

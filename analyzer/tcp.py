@@ -41,7 +41,7 @@ class StreamGap:
 class HalfStream:
     """Reassembles one direction. `next_seq` is None until the first SYN or payload byte."""
 
-    __slots__ = ("next_seq", "offset", "pending", "pending_bytes", "fin_seq", "started_at_syn")
+    __slots__ = ("next_seq", "offset", "pending", "pending_bytes", "fin_seq", "started_at_syn", "peer_acked", "syn_seq")
 
     def __init__(self) -> None:
         self.next_seq: int | None = None
@@ -50,8 +50,15 @@ class HalfStream:
         self.pending_bytes = 0
         self.fin_seq: int | None = None
         self.started_at_syn = False
+        self.syn_seq: int | None = None  # the SYN's own sequence number (tells a retransmitted SYN)
+        # The highest ACK the peer sent before any byte of this direction was seen: the peer had
+        # every byte below it, so a first captured segment above it follows bytes the capture lost
+        # (e.g. a SYN-ACK and connection.start both missing, the client's handshake ACK captured).
+        self.peer_acked: int | None = None
 
     def syn(self, seq: int) -> None:
+        if self.syn_seq is None:
+            self.syn_seq = seq
         if self.next_seq is None:
             self.next_seq = (seq + 1) % SEQ_MOD
             self.started_at_syn = True
@@ -63,7 +70,7 @@ class HalfStream:
         """Feed one segment with payload; returns True when all of it was seen before."""
         next_seq = self.next_seq
         if next_seq is None:
-            next_seq = self.next_seq = seq
+            next_seq = self.next_seq = seq if self.peer_acked is None else self.peer_acked
         ahead = (seq - next_seq) % SEQ_MOD
         if ahead >= SEQ_HALF:
             behind = SEQ_MOD - ahead
@@ -91,6 +98,8 @@ class HalfStream:
     def peer_ack(self, ack: int, timestamp: float, packet: int, out: list) -> None:
         """The other side acknowledged `ack`: bytes before it that we never saw were lost by the capture."""
         if self.next_seq is None:
+            if self.peer_acked is None or 0 < (ack - self.peer_acked) % SEQ_MOD < SEQ_HALF:
+                self.peer_acked = ack
             return
         if self.fin_seq is not None:
             past_fin = (ack - self.fin_seq) % SEQ_MOD
@@ -116,6 +125,8 @@ class HalfStream:
         """End of stream: whatever still waits behind a hole is delivered after an explicit gap."""
         while self.pending:
             self._skip_to(min(self.pending, key=self._distance), timestamp, packet, "sequence-hole", out)
+        if self.fin_seq is not None and self.next_seq is not None:
+            self._skip_to(self.fin_seq, timestamp, packet, "sequence-hole", out)  # the FIN's seq says what was sent
 
     def _distance(self, seq: int) -> int:
         return (seq - self.next_seq) % SEQ_MOD
