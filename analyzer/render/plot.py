@@ -174,7 +174,7 @@ def plot_connection(
                     arrowprops=dict(arrowstyle="|-|", color=COLOURS["naive"], lw=1.2, shrinkA=0, shrinkB=0))
         ax.text(last + timeout / 2, y + 0.05, f"T = {timeout:g} s", ha="center", va="bottom", fontsize=8,
                 color="#555555")
-    if d.silence is not None and last is not None and close.time is not None:
+    if d.silence is not None and d.silence > 0 and last is not None and close.time is not None:
         y = LANES[silent_dir] - 0.55 if silent_dir == S2C else LANES[silent_dir] + 0.85
         ax.annotate("", xy=(close.time, y), xytext=(last, y), gid="silence",
                     arrowprops=dict(arrowstyle="<->", color=COLOURS["silence"], lw=1.5, shrinkA=0, shrinkB=0))
@@ -184,6 +184,7 @@ def plot_connection(
                 va="bottom", fontsize=9, color=COLOURS["silence"], fontweight="bold")
 
     _blocked_note(ax, d, silent_dir, last, close.time)
+    _event_findings(ax, d)
 
     # ---- axes, legend, caption ---------------------------------------------------------------------
     ticks = {y: LANE_NAMES[direction] for direction, y in LANES.items()}
@@ -229,6 +230,9 @@ def caption(d: Diagnosis) -> str:
             body += f" Note: {d.misfit}."
     else:
         body = d.explanation.split(". ")[0].rstrip(".") + "." if d.explanation else ""
+        events = [f"{f.kind} at {f.time:.3f} s" for f in d.findings][:4]
+        if events:
+            body += " Findings: " + ", ".join(events) + "."
     lines = textwrap.wrap(body, CAPTION_WIDTH)[:4]
     return f"Verdict: {d.verdict}\n" + "\n".join(lines)
 
@@ -256,6 +260,28 @@ def _blocked_note(ax, d: Diagnosis, silent_dir: str, last: float | None, close: 
         ax.text((f.time + end) / 2, LANES[direction] - 0.33, note, ha="center", va="center", fontsize=8,
                 style="italic", color="#444444", gid=f"note-{f.kind}", zorder=6)
         return
+
+
+# Findings drawn as events on the lane of the side that sent them: (lane, marker label).
+_EVENT_FINDINGS = {
+    "consumer-timeout": (S2C, "consumer timeout: broker closed the channel (406)"),
+    "channel-error": (S2C, "channel error (channel.close)"),
+    "connection-blocked": (S2C, "connection.blocked / unblocked (resource alarm)"),
+}
+
+
+def _event_findings(ax, d: Diagnosis) -> None:
+    for f in d.findings:
+        if f.kind not in _EVENT_FINDINGS:
+            continue
+        direction, label = _EVENT_FINDINGS[f.kind]
+        if f.kind == "channel-error" and f.detail.startswith("client"):
+            direction = C2S
+        y = LANES[direction]
+        ax.scatter([f.time], [y + 0.12], marker="*", s=260, color="#f1c40f", edgecolors="black", linewidths=0.8,
+                   zorder=6, label=label, gid=f"finding-{f.kind}")
+        ax.text(f.time, y + 0.3, f.kind, ha="center", va="bottom", fontsize=8, zorder=6,
+                bbox=dict(facecolor="white", edgecolor="none", pad=1.0, alpha=0.85))
 
 
 def _new_bytes(rows: list[dict], direction: str) -> list[float]:
