@@ -118,6 +118,8 @@ def run_scenario_command(args: argparse.Namespace, stdout: TextIO, stderr: TextI
     stdout.write(f"client exception: {observed} (expected {meta['expected_exception'] or 'none'})\n")
     for cid, verdict in meta["expected_verdicts"].items():
         stdout.write(f"expected  {cid}  {verdict}\n")
+    if cap["dropped"]:
+        stderr.write(f"amqp-hb: warning: the kernel dropped {cap['dropped']} packets: the capture is incomplete\n")
     if not meta["as_expected"]:
         stderr.write("amqp-hb: warning: the run did not go as the scenario claims (see the event log)\n")
     if args.analyze:
