@@ -51,10 +51,13 @@ class Direction:
     """What one side sent. Times are epoch seconds."""
 
     first_payload: float | None = None
-    last_payload: float | None = None  # last new payload byte (retransmissions excluded)
+    # Last new payload byte (retransmissions excluded) before either side began the TCP teardown:
+    # what the peer's heartbeat monitor saw. Bytes written into a closing connection (an ack after a
+    # proxy's FIN, a heartbeat from a broker resumed after pika gave up) cannot revive it.
+    last_payload: float | None = None
+    late_payload: float | None = None  # last payload byte sent after the teardown began
     last_segment: float | None = None
     last_frame: float | None = None
-    last_non_heartbeat_frame: float | None = None
     last_frame_name: str = ""  # "heartbeat", a method name, "content header" or "content body"
     frames: int = 0
     heartbeats: int = 0
@@ -115,6 +118,7 @@ class ConnectionTimeline:
     connection_close_ok: MethodAt | None = None
     channel_closes: list = field(default_factory=list)  # MethodAt, capped
     blocked: list = field(default_factory=list)  # (time, "blocked"|"unblocked")
+    teardown: float | None = None  # the first FIN or RST from either side
     argument_errors: int = 0
 
     def side(self, direction: str) -> Direction:
@@ -149,7 +153,7 @@ class TimelineBuilder:
         kind = type(event)
         side = timeline.c2s if event.direction == C2S else timeline.s2c
         if kind is SegmentEvent:
-            self._segment(side, event)
+            self._segment(timeline, side, event)
         elif kind is Frame:
             self._frame(timeline, side, event)
         elif kind is Gap:
@@ -168,7 +172,7 @@ class TimelineBuilder:
                 timeline.protocol = event.protocol
 
     @staticmethod
-    def _segment(side: Direction, event: SegmentEvent) -> None:
+    def _segment(timeline: ConnectionTimeline, side: Direction, event: SegmentEvent) -> None:
         t = event.timestamp
         side.segments += 1
         side.last_segment = t
@@ -179,11 +183,17 @@ class TimelineBuilder:
             side.fin = t
         if flags & RST and side.rst is None:
             side.rst = t
+        closing = timeline.teardown is not None
+        if flags & (FIN | RST) and not closing:
+            timeline.teardown = t
         if event.payload_len and not event.retransmission:
+            side.payload_bytes += event.payload_len
+            if closing:
+                side.late_payload = t
+                return
             if side.first_payload is None:
                 side.first_payload = t
             side.last_payload = t
-            side.payload_bytes += event.payload_len
             side.ack_only_since_payload = 0
             side.first_ack_only_since_payload = None
             return
@@ -199,9 +209,12 @@ class TimelineBuilder:
     def _frame(self, timeline: ConnectionTimeline, side: Direction, frame: Frame) -> None:
         t = frame.timestamp
         side.frames += 1
-        side.last_frame = t
+        closing = timeline.teardown is not None and t > timeline.teardown
+        if not closing:
+            side.last_frame = t
         if frame.type == FRAME_HEARTBEAT or frame.type == FRAME_HEARTBEAT_OLD:
-            side.last_frame_name = "heartbeat"
+            if not closing:
+                side.last_frame_name = "heartbeat"
             side.heartbeats += 1
             if len(side.heartbeat_times_first) < KEPT_HEARTBEATS:
                 side.heartbeat_times_first.append(t)
@@ -212,12 +225,13 @@ class TimelineBuilder:
                 if side.first_nonstandard_heartbeat is None:
                     side.first_nonstandard_heartbeat = t
             return
-        side.last_non_heartbeat_frame = t
         if frame.type != FRAME_METHOD:
-            side.last_frame_name = "content header" if frame.type == FRAME_HEADER else "content body"
+            if not closing:
+                side.last_frame_name = "content header" if frame.type == FRAME_HEADER else "content body"
             return
         ids = (frame.class_id, frame.method_id)
-        side.last_frame_name = METHOD_NAMES.get(ids, "unknown method")
+        if not closing:
+            side.last_frame_name = METHOD_NAMES.get(ids, "unknown method")
         if frame.class_id != 10 and ids != CHANNEL_CLOSE:
             return
         method = self._method(timeline, frame)
