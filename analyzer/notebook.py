@@ -298,10 +298,7 @@ class Connection:
 
     def plot(self, *, ax=None, xlim: tuple[float, float] | None = None, checks: str = "auto"):
         """The heartbeat timeline as a matplotlib Figure (see analyzer.render.plot.plot_connection)."""
-        if "IPython" in sys.modules:
-            # Importing pyplot inside a kernel activates the inline backend's figure formatter, so the
-            # returned Figure displays as an image (the figure itself is not pyplot-managed: shown once).
-            import matplotlib.pyplot  # noqa: F401
+        _display_figures_in_ipython()
         from analyzer.render.plot import plot_connection
 
         return plot_connection(self.diagnosis, self.frames, self.segments, self.gaps, ax=ax, xlim=xlim,
@@ -319,6 +316,33 @@ class Connection:
                            for f in d.findings)
         return (f"<p><b>{html.escape(self.id)}</b></p><table>{facts}</table>"
                 f"<p>{html.escape(d.explanation)}</p>" + (f"<ul>{findings}</ul>" if findings else ""))
+
+
+def _display_figures_in_ipython() -> None:
+    """Inside IPython/Jupyter, make a returned Figure display as a PNG.
+
+    Our figures are built without pyplot (so Jupyter never shows them twice), and IPython registers
+    its Figure formatter only once pyplot's inline backend is activated, which may never happen:
+    register it here when nothing else has.
+    """
+    if "IPython" not in sys.modules:
+        return
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:
+        return
+    from matplotlib.figure import Figure
+
+    png = shell.display_formatter.formatters.get("image/png")
+    if png is None:
+        return
+    try:
+        png.lookup_by_type(Figure)
+    except KeyError:
+        from IPython.core.pylabtools import print_figure
+
+        png.for_type(Figure, lambda fig: print_figure(fig, "png", bbox_inches="tight"))
 
 
 SUMMARY_HEADERS = ("connection", "verdict", "heartbeat", "close", "silence", "prediction error")

@@ -312,7 +312,7 @@ def _broker_checks(ax, d: Diagnosis, y: float, segments: list[dict], frames: lis
     tl, timeout = d.timeline, d.heartbeat.effective
     if not timeout:
         return
-    right = max(end, d.prediction.window[1] if d.prediction else end)
+    right = _checks_end(d, end, "rabbitmq")
     grids: list[tuple[float, float, float, bool]] = []  # (anchor, from, to, anchor-is-real)
     if tl.tune_ok is not None:
         anchor = d.rel(tl.tune_ok.time)
@@ -361,7 +361,7 @@ def _pika_checks(ax, d: Diagnosis, y: float, frames: list[dict], start: float, e
     if not timeout or begin is None:
         return
     checker = d.rel(begin.time)
-    right = max(end, d.prediction.window[1] if d.prediction else end)
+    right = _checks_end(d, end, "pika")
     times = pika_model.pika_check_times(checker, timeout, checker, right)
     arrivals = sorted(r["t"] for r in frames if r["direction"] == S2C)
     ticks = []
@@ -370,6 +370,15 @@ def _pika_checks(ax, d: Diagnosis, y: float, frames: list[dict], start: float, e
         ticks.append((t, _saw(arrivals, prev, t)))
         prev = t
     _draw_checks(ax, ticks, y, "pika", "pika-checks")
+
+
+def _checks_end(d: Diagnosis, end: float, model: str) -> float:
+    """Draw a timer's checks until the teardown (a closed socket has no timer), or through the model's
+    decisive check when that model predicted this teardown."""
+    right = d.close.time + 0.05 if d.close.time is not None and d.close.how != "open" else end
+    if d.prediction is not None and d.prediction.model == model:
+        right = max(right, d.prediction.predicted)
+    return right
 
 
 def _blocked_periods(d: Diagnosis) -> list[tuple[float, float | None]]:
