@@ -150,14 +150,20 @@ def _verdict(d: Diagnosis) -> None:
         return
     timeout = d.heartbeat.effective
     silent_side = tl.c2s if close.initiator == "server" else tl.s2c
-    if silent_side.last_payload is not None:
-        d.silence = close.time - d.rel(silent_side.last_payload)
-    if not timeout or silent_side.last_payload is None:
+    last = d.rel(silent_side.last_payload)
+    before_capture = last is None and not tl.handshake_seen and silent_side.syn is None
+    if before_capture:
+        # The silent peer sent nothing the capture saw, and the capture began mid-connection: its
+        # last byte came before the first packet, which bounds it from above.
+        last = d.rel(tl.first_seen)
+    if last is not None and not before_capture:
+        d.silence = close.time - last
+    if not timeout or last is None:
         d.verdict = RESET
         if not timeout and d.heartbeat.source != "unknown":
             d.misfit = "heartbeats were disabled, so no heartbeat timer closed it"
         return
-    prediction = _broker_prediction(d) if close.initiator == "server" else _client_prediction(d)
+    prediction = _broker_prediction(d, last) if close.initiator == "server" else _client_prediction(d, last)
     if prediction is None:
         d.verdict = RESET
         return
@@ -165,6 +171,13 @@ def _verdict(d: Diagnosis) -> None:
     lo, hi = prediction.window
     observed = close.time
     fits = lo - WINDOW_EARLY_TOLERANCE <= observed < hi + WINDOW_LATE_TOLERANCE + prediction.lateness_allowance
+    if before_capture:
+        # Only an upper bound on the last byte: any teardown up to the bound's window end fits, once
+        # the capture shows at least one full timeout of silence.
+        fits = timeout - WINDOW_EARLY_TOLERANCE <= observed - last < 3 * timeout + WINDOW_LATE_TOLERANCE
+        d.misfit = (f"the {'client' if close.initiator == 'server' else 'broker'} sent nothing during the capture, "
+                    f"so its last byte came before the capture started ({last:.3f} s); the prediction uses "
+                    "that bound and may be late")
     if prediction.model == "pika" and observed >= lo - WINDOW_EARLY_TOLERANCE:
         # pika's timers run only inside its I/O loop (BlockingConnection): it may detect late, never early.
         fits = True
@@ -187,9 +200,8 @@ def _verdict(d: Diagnosis) -> None:
                     "a capture taken far from the broker, or a teardown with another cause")
 
 
-def _broker_prediction(d: Diagnosis) -> Prediction | None:
+def _broker_prediction(d: Diagnosis, last_client: float) -> Prediction | None:
     tl = d.timeline
-    last_client = d.rel(tl.c2s.last_payload)
     timeout = d.heartbeat.effective
     if tl.tune_ok is not None:
         tune_ok = d.rel(tl.tune_ok.time)
@@ -209,13 +221,12 @@ def _broker_prediction(d: Diagnosis) -> Prediction | None:
     return best
 
 
-def _client_prediction(d: Diagnosis) -> Prediction | None:
+def _client_prediction(d: Diagnosis, last_server: float) -> Prediction | None:
     tl = d.timeline
     start = tl.tune_ok or tl.tune
     if start is None:
         return None
-    return pika_model.predict_missed_server_heartbeats(d.rel(tl.s2c.last_payload), d.rel(start.time),
-                                                       d.heartbeat.effective)
+    return pika_model.predict_missed_server_heartbeats(last_server, d.rel(start.time), d.heartbeat.effective)
 
 
 def _blocked_periods(d: Diagnosis) -> list[tuple[float, float | None]]:

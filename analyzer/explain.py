@@ -55,14 +55,17 @@ def _missed(d: "Diagnosis", *, silent: str, closer: str) -> list[str]:
     tl, close, pred = d.timeline, d.close, d.prediction
     side = tl.c2s if silent == "client" else tl.s2c
     last = d.rel(side.last_payload)
-    what = _last_thing(d, side)
     t = d.heartbeat.effective
-    out = [f"The {silent}'s last byte was {what} at {last:.3f} s; heartbeat timeout {t:g} s ({d.heartbeat.source})."]
+    if last is None:
+        out = [f"The {silent} sent nothing during the capture; heartbeat timeout {t:g} s ({d.heartbeat.source})."]
+    else:
+        out = [f"The {silent}'s last byte was {_last_thing(d, side)} at {last:.3f} s; heartbeat timeout {t:g} s "
+               f"({d.heartbeat.source})."]
     explained = pred.explain()
     how = "RST" if close.how == "rst" else "FIN"
     error_ms = pred.error(close.time) * 1000
     out.append(f"{explained[:-1]} (observed {how} at {close.time:.3f} s, {error_ms:+.0f} ms from the prediction).")
-    if pred.model == "rabbitmq":
+    if pred.model == "rabbitmq" and d.silence is not None:
         out.append(f"So the teardown comes {d.silence:.3f} s ({d.silence / t:.2f} T) after the last byte: RabbitMQ "
                    f"looks only every T and needs two silent looks, so it always lands between 2T and 3T "
                    f"[{pred.window[0]:.3f}, {pred.window[1]:.3f}), never at T.")
