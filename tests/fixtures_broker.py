@@ -32,6 +32,24 @@ def processes_matching(text: str) -> list[tuple[int, str]]:
     return found
 
 
+def live_children(parent: int) -> list[tuple[int, str]]:
+    """(pid, command line) of live, non-zombie direct children of `parent`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[1]) == parent:
+            found.append((int(entry), cmd))
+    return found
+
+
 @pytest.fixture(scope="session")
 def broker():
     """A LocalBroker with channel_tick_interval=1000 (consumer timeouts fire within a second)."""
