@@ -103,10 +103,22 @@ def test_capture_without_the_handshake_infers_heartbeat_and_phase(tmp_path):
     assert not d.timeline.handshake_seen
     assert d.heartbeat.source == "inferred" and d.heartbeat.effective == 3
     assert d.verdict == "missed-client-heartbeats"
-    if d.timeline.c2s.last_payload is not None:
-        assert abs(d.prediction.error(d.close.time)) <= MAX_PREDICTION_ERROR
-    else:  # the client's last byte came before the cut: only an upper bound is known, and said
-        assert "before the capture started" in d.misfit and "sent nothing during the capture" in d.explanation
+    # The client's heartbeat at ~4.5 s is after the cut: the grid phase comes from the broker's
+    # heartbeats and still places the RST within 50 ms.
+    assert d.timeline.c2s.last_payload == pytest.approx(blocked.timeline.c2s.last_payload, abs=1e-6)
+    assert abs(d.prediction.error(d.close.time)) <= MAX_PREDICTION_ERROR
+    assert "inferred from the broker's heartbeats" in d.explanation
+
+
+def test_silent_peer_whose_last_byte_predates_the_capture_is_bounded(tmp_path):
+    src = CAPTURES / "blocked-callback.pcap"
+    blocked = next(d for d in analyze_file(src).connections if d.verdict == "missed-client-heartbeats")
+    cut_file = tmp_path / "late-start.pcap"
+    _rewrite(src, cut_file, lambda i, raw: raw.timestamp >= blocked.timeline.c2s.last_payload + 0.5)
+    d = next(d for d in analyze_file(cut_file).connections if d.timeline.info.id == blocked.timeline.info.id)
+    assert d.timeline.c2s.last_payload is None
+    assert d.verdict == "missed-client-heartbeats"
+    assert "before the capture started" in d.misfit and "sent nothing during the capture" in d.explanation
 
 
 def test_deleted_segment_becomes_a_capture_gap(tmp_path):

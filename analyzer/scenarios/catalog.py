@@ -37,6 +37,9 @@ class Scenario:
     needs_local_broker: bool = False  # pauses or reconfigures the broker
     proxy: bool = False
     hold: bool = False  # the capture stops while the connection is still open
+    # The consumer idles (heartbeats both ways) before the message is published, as in the blog:
+    # the client's last byte before the callback is then a heartbeat, as in the blog's capture.
+    idle_first: bool = False
 
     def describe(self) -> str:
         params = f"heartbeat={self.heartbeat} work={self.work:g} ({self.work_means}) messages={self.messages}"
@@ -53,15 +56,17 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              heartbeat=3, work=10, messages=0, verdicts={CONSUMER: OPEN}, exception=None,
              work_means="seconds of idling recorded", hold=True),
     Scenario("blocked-callback", "a 10 s time.sleep in the callback with T=3: broker RST, pika StreamLostError",
-             heartbeat=3, work=10, messages=1, verdicts=_both(MISSED_CLIENT), exception="StreamLostError"),
+             heartbeat=3, work=10, messages=1, verdicts=_both(MISSED_CLIENT), exception="StreamLostError",
+             idle_first=True),
     Scenario("long-heartbeat", "remedy 1: the same 10 s callback survives with heartbeat=60",
              heartbeat=60, work=10, messages=1, verdicts=_both(GRACEFUL), exception=None),
     Scenario("heartbeat-disabled", "remedy 2: heartbeat=0 disables both sides' timers; the callback survives",
              heartbeat=0, work=10, messages=1, verdicts=_both(GRACEFUL), exception=None),
     Scenario("threaded-worker", "remedy 3: work in a thread, ack via add_callback_threadsafe; heartbeats continue",
-             heartbeat=3, work=10, messages=1, verdicts=_both(GRACEFUL), exception=None),
+             heartbeat=3, work=10, messages=1, verdicts=_both(GRACEFUL), exception=None, idle_first=True),
     Scenario("process-data-events", "a process_data_events() loop still dies when the callback itself blocks",
-             heartbeat=3, work=10, messages=1, verdicts=_both(MISSED_CLIENT), exception="StreamLostError"),
+             heartbeat=3, work=10, messages=1, verdicts=_both(MISSED_CLIENT), exception="StreamLostError",
+             idle_first=True),
     Scenario("publisher-idle", "a publish-only BlockingConnection never services I/O: broker RST, then killed",
              heartbeat=3, work=10, messages=1, verdicts={PUBLISHER: MISSED_CLIENT}, exception=None,
              work_means="seconds before the client is killed (at least 3T+1.5)"),
@@ -81,6 +86,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              verdicts={CONSUMER: MISSED_CLIENT, UPSTREAM: MISSED_CLIENT, PUBLISHER: GRACEFUL},
              exception="StreamLostError", proxy=True),
 ]}
+
+
+def idle_seconds(scenario: Scenario, heartbeat: int) -> float:
+    """How long the consumer idles before the publish: three of pika's T/2 heartbeats and a bit."""
+    return 1.5 * heartbeat + 0.4 if scenario.idle_first and heartbeat > 0 else 0.0
 
 
 def broker_settings(scenario: Scenario, params: dict) -> dict:

@@ -141,6 +141,9 @@ def consumer(p: dict, mode: str) -> None:
 
     ch.basic_consume(queue=p["queue"], on_message_callback=on_message)
     emit("consuming", role="consumer", queue=p["queue"])
+    if p.get("idle_first"):
+        conn.sleep(p["idle_first"])  # services I/O: pika's heartbeats go out every T/2
+        emit("idled", seconds=p["idle_first"])
     if wanted:
         publish(p, wanted)
     if mode == "idle":

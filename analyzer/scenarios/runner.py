@@ -151,7 +151,8 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
                                               ports=ports, backend=backend))
         log.add("runner", "capture_started", backend=cap.backend, filter=cap.filter)
         client_params = {**params, "url": client_url, "publish_url": broker.info.url,
-                         "queue": f"amqphb-{name}-{uuid.uuid4().hex[:8]}", "events": log.path}
+                         "queue": f"amqphb-{name}-{uuid.uuid4().hex[:8]}", "events": log.path,
+                         "idle_first": catalog.idle_seconds(scenario, params["heartbeat"])}
         say(f"running {name} (heartbeat={params['heartbeat']} work={params['work']:g})")
         client = _start_client(name, client_params, work_dir)
         stack.callback(_kill, client)
@@ -173,7 +174,7 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
 def _orchestrate(scenario, params, broker, client, log: EventLog, cap) -> int | None:
     """Drive the scenario's timeline; returns the client's exit status when it exited."""
     T, work = params["heartbeat"], params["work"]
-    budget = params["messages"] * work + 3 * max(T, 1) + CLIENT_SLACK
+    budget = params["messages"] * work + 3 * max(T, 1) + CLIENT_SLACK + catalog.idle_seconds(scenario, T)
     if scenario.name == "broker-paused":
         _wait_event(log, client, "consuming", CLIENT_SLACK)
         time.sleep(max(T, 1))  # let a few heartbeats flow both ways first
