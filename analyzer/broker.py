@@ -45,6 +45,15 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
     """`preferred` when nothing listens on it, else a port the kernel picks."""
     for port in ([preferred] if preferred else []) + [0]:
@@ -226,6 +235,10 @@ class LocalBroker:
             os.makedirs(os.path.join(d, sub), exist_ok=True)
         with open(os.path.join(d, "rabbitmq.conf"), "w") as f:
             f.write("loopback_users = none\n")  # guest over 127.0.0.1 is allowed anyway
+            # Loopback only, both families: scenarios may reach the node over [::1] (--ipv6).
+            f.write(f"listeners.tcp.1 = {self.host}:{self.port}\n")
+            if ipv6_loopback_available():
+                f.write(f"listeners.tcp.2 = ::1:{self.port}\n")
             for key, value in self.conf.items():
                 f.write(f"{key} = {value}\n")
         terms = ", ".join(f"{{{k}, {v}}}" for k, v in self.advanced.items())
@@ -240,8 +253,6 @@ class LocalBroker:
             "ERL_EPMD_PORT": str(self.epmd_port),
             "RABBITMQ_CONF_ENV_FILE": os.path.join(d, "rabbitmq-env.conf"),
             "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": self.host,
-            "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(dist_port),
             "RABBITMQ_MNESIA_BASE": os.path.join(d, "mnesia"),
             "RABBITMQ_LOG_BASE": os.path.join(d, "log"),

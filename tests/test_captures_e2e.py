@@ -141,3 +141,14 @@ def test_deleted_segment_becomes_a_capture_gap(tmp_path):
     gaps = [f for f in d.findings if f.kind == "capture-gap"]
     assert len(gaps) == 1 and "8 bytes c2s" in gaps[0].detail
     assert d.verdict == consumer.verdict
+
+
+def test_tcpdump_any_ipv6_capture():
+    """`tcpdump -i any` writes Linux cooked SLL2; the clients reached the broker over [::1]."""
+    path = CAPTURES / "blocked-callback-ipv6-any.pcap"
+    with open(path, "rb") as f:
+        assert next(iter(open_capture(f))).linktype == 276
+    analysis = analyze_file(path)
+    d = next(d for d in analysis.connections if d.verdict == "missed-client-heartbeats")
+    assert d.timeline.info.id.startswith("[::1]:") and d.timeline.info.server.port == 5672
+    assert abs(d.prediction.error(d.close.time)) <= MAX_PREDICTION_ERROR

@@ -19,17 +19,24 @@ from analyzer.broker import LocalBroker  # noqa: E402
 from analyzer.scenarios import catalog  # noqa: E402
 from analyzer.scenarios.runner import run_scenario  # noqa: E402
 
+# Recordings of a scenario under other capture conditions: (file name, scenario, run_scenario options).
+VARIANTS = {
+    # `tcpdump -i any` (Linux cooked SLL2) of clients reaching the broker over IPv6 loopback.
+    "blocked-callback-ipv6-any": ("blocked-callback", {"ipv6": True, "interface": "any"}),
+}
+
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "captures")
 
 
 def main(names: list[str]) -> int:
-    names = names or list(catalog.SCENARIOS)
+    names = names or [*catalog.SCENARIOS, *VARIANTS]
     failed = []
     with LocalBroker(advanced={"channel_tick_interval": 1000}) as broker:
         print(f"broker {broker.info.product} {broker.info.version} on port {broker.port}", flush=True)
         for name in names:
             t = time.time()
-            result = run_scenario(name, out_dir=OUT, broker=broker, basename=name, backend="auto")
+            scenario, options = VARIANTS.get(name, (name, {}))
+            result = run_scenario(scenario, out_dir=OUT, broker=broker, basename=name, backend="auto", **options)
             meta = result.metadata
             size = os.path.getsize(result.pcap)
             clean = meta["as_expected"] and meta["capture"]["dropped"] in (0, None)

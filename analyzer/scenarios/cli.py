@@ -45,6 +45,9 @@ def register(subparsers) -> None:
     run.add_argument("--out", default=".", metavar="DIR", help="output directory (default: current)")
     run.add_argument("--backend", choices=("auto", *BACKENDS), default="auto", help="capture tool")
     run.add_argument("--analyze", action="store_true", help="analyze the capture and compare with the truth")
+    run.add_argument("-i", "--interface", metavar="IFACE",
+                     help="capture interface (default lo; `any` records Linux cooked SLL2 like `tcpdump -i any`)")
+    run.add_argument("--ipv6", action="store_true", help="clients connect to a local broker over [::1]")
     run.set_defaults(handler=run_scenario_command)
 
 
@@ -107,7 +110,8 @@ def run_scenario_command(args: argparse.Namespace, stdout: TextIO, stderr: TextI
 
     with sigterm_as_interrupt():
         result = run_scenario(args.name, out_dir=args.out, broker_url=args.broker, heartbeat=args.heartbeat,
-                              work=args.work, messages=args.messages, backend=args.backend, progress=progress)
+                              work=args.work, messages=args.messages, backend=args.backend, progress=progress,
+                              interface=args.interface, ipv6=args.ipv6)
     meta = result.metadata
     cap = meta["capture"]
     dropped = "unknown" if cap["dropped"] is None else cap["dropped"]

@@ -105,13 +105,16 @@ def resolve_params(scenario: catalog.Scenario, heartbeat=None, work=None, messag
 
 def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str | None = None,
                  heartbeat: int | None = None, work: float | None = None, messages: int | None = None,
-                 backend: str = "auto", basename: str | None = None, progress=None) -> RunResult:
+                 backend: str = "auto", basename: str | None = None, progress=None,
+                 interface: str | None = None, ipv6: bool = False) -> RunResult:
     """Run scenario `name` and return the files written.
 
     broker: an already entered LocalBroker/ExternalBroker to share (the test session's), else
     `broker_url` (an existing broker) or, when both are None, a fresh local node for this run.
     basename: file name without extension (default `<name>-<UTC timestamp>`).
     progress: optional callable(str) for one-line status messages.
+    interface: capture interface (default: lo for a local broker, else any).
+    ipv6: clients reach a local broker over [::1] (RabbitMQ listens on both families by default).
     """
     scenario = catalog.get(name)
     params = resolve_params(scenario, heartbeat, work, messages)
@@ -141,16 +144,20 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
                 previous = broker.set_runtime(settings)
                 stack.callback(broker.restore_runtime, previous)
         ports = [broker.port]
-        client_url = broker.info.url
+        publish_url = client_url = broker.info.url
+        if ipv6:
+            if not _is_local(broker.host):
+                raise UsageError("--ipv6 needs a local broker (the clients connect to [::1])")
+            publish_url = client_url = _with_host(broker.info.url, "[::1]")
         if scenario.proxy:
             proxy = stack.enter_context(TcpProxy(broker.host, broker.port,
                                                  on_event=lambda ev, **f: log.add("proxy", ev, **f)))
             ports.append(proxy.port)
-            client_url = _with_port(broker.info.url, proxy.port)
-        cap = stack.enter_context(LiveCapture(pcap_path, iface="lo" if _is_local(broker.host) else "any",
-                                              ports=ports, backend=backend))
+            client_url = _with_port(client_url, proxy.port)
+        iface = interface or ("lo" if _is_local(broker.host) else "any")
+        cap = stack.enter_context(LiveCapture(pcap_path, iface=iface, ports=ports, backend=backend))
         log.add("runner", "capture_started", backend=cap.backend, filter=cap.filter)
-        client_params = {**params, "url": client_url, "publish_url": broker.info.url,
+        client_params = {**params, "url": client_url, "publish_url": publish_url,
                          "queue": f"amqphb-{name}-{uuid.uuid4().hex[:8]}", "events": log.path,
                          "idle_first": catalog.idle_seconds(scenario, params["heartbeat"])}
         say(f"running {name} (heartbeat={params['heartbeat']} work={params['work']:g})")
@@ -268,6 +275,15 @@ def _with_port(url: str, port: int) -> str:
     parts = urllib.parse.urlsplit(url)
     netloc = parts.netloc.rsplit(":", 1)[0] if parts.port else parts.netloc
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{netloc}:{port}"))
+
+
+def _with_host(url: str, host: str) -> str:
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    port = f":{parts.port}" if parts.port else ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}{host}{port}"))
 
 
 def _is_local(host: str) -> bool:
