@@ -135,7 +135,9 @@ class ExternalBroker:
         try:
             props = probe(self.url)
         except Exception as exc:  # pika raises many unrelated types for "cannot connect"
-            raise EnvironmentProblem(f"cannot reach broker {redact_url(self.url)}: {type(exc).__name__}: {exc}") from exc
+            reason = str(exc) or "nothing accepted an AMQP connection there"
+            raise EnvironmentProblem(f"cannot reach broker {redact_url(self.url)}: {reason}; check the host, port, "
+                                     "vhost and credentials, or omit --broker to start a throwaway local node") from exc
         self.info.product, self.info.version = props.get("product", ""), props.get("version", "")
         self.info.platform = props.get("platform", "")
         return self
