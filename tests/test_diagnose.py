@@ -163,3 +163,31 @@ def test_capture_gap_in_the_silence_is_reported_not_taken_for_silence(tmp_path):
     gaps = [f for f in d.findings if f.kind == "capture-gap"]
     assert gaps and "8 bytes c2s" in gaps[0].detail
     assert d.timeline.c2s.missing_bytes == 8
+
+
+def test_resource_alarm_pauses_the_monitor_and_restarts_the_grid(tmp_path):
+    # connection.blocked at 2.0 pauses RabbitMQ's monitor; connection.unblocked at 20.0 restarts it
+    # with a fresh grid whose first look counts as activity: close at 20.0 + 3T = 29.0.
+    steps = synth.handshake_steps(3)
+    steps += [(1.0, C2S, PSH | ACK, HB),
+              (2.0, S2C, PSH | ACK, synth.method_frame(commands.Connection.Blocked(reason="low on memory"))),
+              (20.0, S2C, PSH | ACK, synth.method_frame(commands.Connection.Unblocked())),
+              (20.0002, C2S, ACK, b""),
+              (29.003, S2C, RST | ACK, b"")]
+    d = only(analyze_file(write(tmp_path, steps)))
+    assert d.verdict == "missed-client-heartbeats"
+    assert d.prediction.anchor_kind == "unblocked"
+    assert d.prediction.predicted == pytest.approx(29.0, abs=1e-6)
+    assert [f.kind for f in d.findings if f.kind == "connection-blocked"] == ["connection-blocked"] * 2
+
+
+def test_no_acks_at_all_is_peer_unreachable(tmp_path):
+    # The client vanished (cable pulled): the broker's heartbeats go unanswered, not even ACKed.
+    steps = synth.handshake_steps(3)
+    steps += [(1.5, C2S, PSH | ACK, HB), (1.5002, S2C, ACK, b"")]
+    steps += [(t, S2C, PSH | ACK, HB) for t in (1.507, 3.007, 4.507, 6.007, 7.507)]
+    steps.append((9.010, S2C, RST | ACK, b""))
+    d = only(analyze_file(write(tmp_path, steps)))
+    assert d.verdict == "missed-client-heartbeats"
+    kinds = {f.kind for f in d.findings}
+    assert "peer-unreachable" in kinds and "client-app-blocked" not in kinds
