@@ -90,8 +90,15 @@ def _ended(d: Diagnosis) -> str:
     return f"{close.how.upper()} from the {close.initiator} at {close.time:.3f} s without connection.close{silence}"
 
 
+# Arguments shown on a text line; the rest is one `--format jsonl` away (server_properties alone
+# run to 500 characters).
+TEXT_ARGS_WIDTH = 100
+
+
 def frame_line(frame: FrameRecord) -> str:
     what = frame.method or frame.type
     args = "" if not frame.args else " " + json.dumps(frame.args, separators=(",", ":"), ensure_ascii=False)
+    if len(args) > TEXT_ARGS_WIDTH:
+        args = args[: TEXT_ARGS_WIDTH - 1] + "…"
     return (f"{frame.t:12.6f}  {frame.connection}  {frame.direction}  ch{frame.channel:<3} "
             f"{what:<24} {frame.size:>7}{args}")
