@@ -148,8 +148,14 @@ class PacketDecoder:
         sport, dport, seq, ack, data_off, flags, window = _TCP.unpack_from(data, offset)
         header_len = (data_off >> 4) * 4
         payload_start = offset + header_len
-        if header_len < 20 or payload_start > ip_end or payload_start > len(data):
+        if header_len < 20 or payload_start > ip_end:
             self.summary.malformed += 1
             return None
+        if payload_start > len(data) and (offset + 20 > len(data) or len(data) >= raw.orig_len):
+            # Cut inside the fixed header, or options the whole (unsnapped) packet does not hold.
+            self.summary.malformed += 1
+            return None
+        # A snap length that cut the TCP options (`tcpdump -s 54` with timestamps on) still leaves
+        # ports, seq, ack and flags: the segment counts, its payload is missing (a snapped gap).
         payload = data[payload_start : min(ip_end, len(data))]
         return Segment(raw.index, raw.timestamp, src, sport, dst, dport, seq, ack, flags, window, payload, ip_end - payload_start)
