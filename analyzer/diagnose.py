@@ -32,6 +32,9 @@ WINDOW_LATE_TOLERANCE = 0.5
 # RabbitMQ's reply code for a normal close (AMQP 0-9-1 spec, reply-success).
 REPLY_SUCCESS = 200
 PRECONDITION_FAILED = 406
+# A close handshake (connection.close, close-ok, then FIN or RST) takes milliseconds; bytes lost or
+# cut by the snap length within this long of a teardown without a captured close may have held it.
+CLOSE_HANDSHAKE_SLACK = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,11 @@ class Diagnosis:
     prediction_fits: bool | None = None
     alternative: Prediction | None = None  # the other phase when the grid was inferred
     misfit: str | None = None  # why the observed teardown does not fit the model
+    # Capture loss in the silent direction after its last captured byte: the peer may have spoken
+    # as late as `gap_last`; `gap_prediction` is the model's answer for that later last byte.
+    gap_last: float | None = None
+    gap_prediction: Prediction | None = None
+    gap_fits: bool | None = None
     findings: list[Finding] = field(default_factory=list)
     explanation: str = ""
 
@@ -92,6 +100,8 @@ def diagnose(timeline: ConnectionTimeline, t0: float) -> Diagnosis:
 
     d = Diagnosis(timeline, t0, _heartbeat(timeline), _close(timeline, t0))
     _verdict(d)
+    if d.verdict == RESET:
+        _hidden_close(d)
     d.findings = sorted(_findings(d), key=lambda f: f.time)
     d.explanation = explain(d)
     return d
@@ -168,9 +178,8 @@ def _verdict(d: Diagnosis) -> None:
         d.verdict = RESET
         return
     d.prediction = prediction
-    lo, hi = prediction.window
     observed = close.time
-    fits = lo - WINDOW_EARLY_TOLERANCE <= observed < hi + WINDOW_LATE_TOLERANCE + prediction.lateness_allowance
+    fits = _fits(prediction, observed)
     if before_capture:
         # Only an upper bound on the last byte: any teardown up to the bound's window end fits, once
         # the capture shows at least one full timeout of silence.
@@ -178,10 +187,12 @@ def _verdict(d: Diagnosis) -> None:
         d.misfit = (f"the {'client' if close.initiator == 'server' else 'broker'} sent nothing during the capture, "
                     f"so its last byte came before the capture started ({last:.3f} s); the prediction uses "
                     "that bound and may be late")
+    lo, hi = prediction.window
     if prediction.model == "pika" and observed >= lo - WINDOW_EARLY_TOLERANCE:
-        # pika's timers run only inside its I/O loop (BlockingConnection): it may detect late, never early.
-        fits = True
+        fits = True  # see _fits: pika may detect late, never early
     d.prediction_fits = fits
+    if not before_capture:
+        _gap_sensitivity(d, silent_side, last)
     if fits:
         d.verdict = MISSED_CLIENT if close.initiator == "server" else MISSED_SERVER
         if close.initiator == "server" and close.how == "fin":
@@ -198,6 +209,51 @@ def _verdict(d: Diagnosis) -> None:
         d.misfit = (f"the teardown at {observed:.3f} s came {observed - hi:.3f} s after {who}'s latest heartbeat "
                     f"timeout ({hi:.3f} s): a longer effective timeout (customised tcp_listen_options, a proxy), "
                     "a capture taken far from the broker, or a teardown with another cause")
+
+
+def _hidden_close(d: Diagnosis) -> None:
+    """A FIN/RST with no connection.close in the capture, right where the capture lost or cut bytes:
+    the close may be in them, so how the connection ended cannot be told (never guess "reset")."""
+    tl, end = d.timeline, d.close.time
+    hidden = [g for side in (tl.c2s, tl.s2c) for g in side.gaps
+              if abs(d.rel(g.timestamp) - end) <= CLOSE_HANDSHAKE_SLACK]
+    if not hidden:
+        return
+    how = "snap length cut" if all(g.reason == "snapped" for g in hidden) else "capture lost"
+    note = (f"the {how} {sum(g.missing for g in hidden)} bytes within {CLOSE_HANDSHAKE_SLACK:g} s of the "
+            f"{d.close.how.upper()}: they may have held a connection.close")
+    d.verdict = UNKNOWN
+    d.misfit = note if d.misfit is None else f"{note}; besides, {d.misfit}"
+
+
+def _fits(prediction: Prediction, observed: float) -> bool:
+    lo, hi = prediction.window
+    if prediction.model == "pika":
+        # pika's timers run only inside its I/O loop (BlockingConnection): it may detect late, never early.
+        return observed >= lo - WINDOW_EARLY_TOLERANCE
+    return lo - WINDOW_EARLY_TOLERANCE <= observed < hi + WINDOW_LATE_TOLERANCE + prediction.lateness_allowance
+
+
+def _gap_sensitivity(d: Diagnosis, silent_side: Direction, last: float) -> None:
+    """Capture loss is never silence: bytes of the silent peer lost after its last captured byte
+    were sent before the loss became visible (the ACK or segment that revealed the hole), so its
+    real last byte may be that late. Ask the model again with that bound."""
+    close = d.close.time
+    seen = [d.rel(g.timestamp) for g in silent_side.gaps if g.reason != "snapped"]
+    later = [t for t in seen if last < t <= close + WINDOW_EARLY_TOLERANCE]
+    if not later:
+        return
+    latest = min(max(later), close)
+    saved = d.alternative
+    if d.close.initiator == "server":
+        prediction = _broker_prediction(d, latest)
+    else:
+        prediction = _client_prediction(d, latest)
+    d.alternative = saved
+    d.gap_last = latest
+    if prediction is not None:
+        d.gap_prediction = prediction
+        d.gap_fits = _fits(prediction, close)
 
 
 def _broker_prediction(d: Diagnosis, last_client: float) -> Prediction | None:

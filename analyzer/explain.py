@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from analyzer.diagnose import CLOSE_HANDSHAKE_SLACK
+
 if TYPE_CHECKING:
     from analyzer.diagnose import Diagnosis
 
@@ -44,6 +46,13 @@ def explain(d: "Diagnosis") -> str:
                      "without an AMQP connection.close.")
         if d.misfit:
             parts.append(f"It does not fit a heartbeat timeout: {d.misfit}.")
+        parts.append(_last_bytes(d))
+    elif close.how in ("fin", "rst"):
+        what = "an RST" if close.how == "rst" else "a FIN"
+        parts.append(f"The {close.initiator} ended the connection with {what} at {close.time:.3f} s; whether an AMQP "
+                     "connection.close came first cannot be told from this capture.")
+        if d.misfit:
+            parts.append(d.misfit[0].upper() + d.misfit[1:] + ".")
         parts.append(_last_bytes(d))
     else:
         parts.append("Not enough of this connection was captured to say how it ended.")
@@ -103,22 +112,53 @@ def _last_bytes(d: "Diagnosis") -> str:
 
 
 def _gap_caveat(d: "Diagnosis") -> list[str]:
-    """Capture loss is never silence: say when a gap falls where the verdict assumes quiet."""
-    tl = d.timeline
-    end = d.close.time if d.close.time is not None else d.rel(tl.last_seen)
+    """Capture loss is never silence: say when a gap falls where the verdict assumes quiet.
+
+    Lost bytes (sequence holes, bytes ACKed but never captured) were sent at an unknown time
+    between the side's last captured byte and the packet that revealed the loss: the side may have
+    spoken during that time. Snapped bytes (cut by the snap length) were seen on the wire and count
+    as activity; only what they carried is unknown.
+    """
+    tl, close = d.timeline, d.close
+    end = close.time if close.time is not None else d.rel(tl.last_seen)
+    no_amqp_close = close.how in ("fin", "rst") and d.verdict != "unknown"  # unknown already says so
     out = []
     for name, side in (("client", tl.c2s), ("server", tl.s2c)):
         if side.last_payload is None:
             continue
         last = d.rel(side.last_payload)
-        lost = [g for g in side.gaps if last - 0.001 <= d.rel(g.timestamp) <= end + 0.001]
+        near = [g for g in side.gaps if last - 0.001 <= d.rel(g.timestamp) <= end + 0.001]
+        lost = [g for g in near if g.reason != "snapped"]
+        snapped = [g for g in near if g.reason == "snapped"]
         if lost:
             missing = sum(g.missing for g in lost)
-            out.append(f"Caution: the capture lost {missing} {name} bytes around {d.rel(lost[0].timestamp):.3f} s: "
-                       f"the {name} may have sent data during that capture gap, so its silence may be shorter "
-                       "than it looks.")
-    if tl.c2s.gap_count or tl.s2c.gap_count:
-        if not out:
-            out.append(f"The capture lost bytes of this connection ({tl.c2s.missing_bytes} client, "
-                       f"{tl.s2c.missing_bytes} server); see the capture-gap findings.")
+            until = min(max(d.rel(g.timestamp) for g in lost), end)
+            span = max(0.0, until - last)
+            text = (f"Caution: the capture lost {missing} {name} bytes sent between {last:.3f} s and {until:.3f} s: "
+                    f"the {name} may have sent data during that {span:.1f} s capture gap, so its silence may be up to "
+                    f"{span:.1f} s shorter than it looks")
+            if no_amqp_close and until >= end - CLOSE_HANDSHAKE_SLACK:
+                text += ", and an AMQP connection.close may be among the lost bytes"
+            out.append(text + ".")
+        if snapped:
+            missing = sum(g.missing for g in snapped)
+            text = (f"The capture's snap length cut {missing} {name} bytes at {d.rel(snapped[0].timestamp):.3f} s: they "
+                    "count as activity, but what they carried is not in the capture")
+            if no_amqp_close and d.rel(snapped[-1].timestamp) >= end - CLOSE_HANDSHAKE_SLACK:
+                text += " (an AMQP connection.close may be among them)"
+            out.append(text + ".")
+    if d.gap_prediction is not None and d.verdict in ("missed-client-heartbeats", "missed-server-heartbeats", "reset"):
+        who = "client" if close.initiator == "server" else "broker"
+        lo, hi = d.gap_prediction.window
+        head = (f"Had the {who} sent its lost bytes as late as {d.gap_last:.3f} s, the model's window would be "
+                f"[{lo:.3f}, {hi:.3f})")
+        if d.verdict != "reset":
+            out.append(head + (" and the teardown would still fit: the verdict holds either way." if d.gap_fits else
+                               " and the teardown would not fit: this verdict depends on what the capture lost."))
+        elif d.gap_fits:
+            out.append(head + " and the teardown would fit a heartbeat timeout: this verdict depends on what the "
+                       "capture lost.")
+    if (tl.c2s.gap_count or tl.s2c.gap_count) and not out:
+        out.append(f"The capture lost bytes of this connection ({tl.c2s.missing_bytes} client, "
+                   f"{tl.s2c.missing_bytes} server); see the capture-gap findings.")
     return out
