@@ -107,14 +107,16 @@ def analyze_file(
     ports: Iterable[int] = DEFAULT_PORTS,
     connection: str | None = None,
     observer: Callable[[object], None] | None = None,
+    show_secrets: bool = False,
 ) -> FileAnalysis:
     """Per-connection heartbeat timelines, verdicts and explanations for one capture file.
 
     `observer`, when given, sees every pipeline event too (the notebook API builds its
-    DataFrames from them in the same pass).
+    DataFrames from them in the same pass). Start-ok passwords are redacted in the result
+    unless `show_secrets` is true.
     """
     summary = CaptureSummary()
-    builder = TimelineBuilder()
+    builder = TimelineBuilder(show_secrets=show_secrets)
     with open_file(path) as fileobj:
         events = iter_events(fileobj, summary, ports=ports)
         if observer is None:

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="explain each connection's heartbeats and teardown")
     capture_args(analyze)
     analyze.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    analyze.add_argument("--show-secrets", action="store_true",
+                         help="do not redact the start-ok password (the JSON's auth field)")
     analyze.set_defaults(handler=run_analyze)
 
     try:
@@ -122,7 +124,8 @@ def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
     colour = args.format == "text" and stdout.isatty() and not os.environ.get("NO_COLOR")
     for path in args.files:
         try:
-            analysis = analyze_file(path, ports=_ports(args), connection=args.connection)
+            analysis = analyze_file(path, ports=_ports(args), connection=args.connection,
+                                    show_secrets=args.show_secrets)
         except CaptureFileError as exc:
             stderr.write(f"amqp-hb: {exc}\n")
             status = ExitStatus.BAD_INPUT

@@ -132,8 +132,9 @@ class ConnectionTimeline:
 class TimelineBuilder:
     """Consumes pipeline events; `timelines` holds one ConnectionTimeline per connection id."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, show_secrets: bool = False) -> None:
         self.timelines: dict[int, ConnectionTimeline] = {}
+        self.show_secrets = show_secrets  # start-ok passwords are redacted unless asked for
 
     def feed_all(self, events: Iterable) -> "TimelineBuilder":
         for event in events:
@@ -250,10 +251,10 @@ class TimelineBuilder:
         elif ids in (BLOCKED, UNBLOCKED) and len(timeline.blocked) < KEPT_RARE_EVENTS:
             timeline.blocked.append((t, "blocked" if ids == BLOCKED else "unblocked"))
 
-    @staticmethod
-    def _method(timeline: ConnectionTimeline, frame: Frame) -> MethodAt | None:
+    def _method(self, timeline: ConnectionTimeline, frame: Frame) -> MethodAt | None:
         try:
-            args = decode_method_arguments(frame.class_id, frame.method_id, frame.payload)
+            args = decode_method_arguments(frame.class_id, frame.method_id, frame.payload,
+                                           show_secrets=self.show_secrets)
         except ArgumentDecodeError:
             timeline.argument_errors += 1
             args = {}

@@ -55,6 +55,7 @@ def connection_document(d: Diagnosis) -> dict:
         "handshake_seen": tl.handshake_seen,
         "server_properties": tl.start.args.get("server_properties") if tl.start else None,
         "client_properties": tl.start_ok.args.get("client_properties") if tl.start_ok else None,
+        "auth": _auth(tl),
         "heartbeat": {
             "server_proposed": hb.server_proposed,
             "client_requested": hb.client_requested,
@@ -80,6 +81,14 @@ def connection_document(d: Diagnosis) -> dict:
         "findings": [{"time": _r(f.time), "kind": f.kind, "channel": f.channel, "detail": f.detail} for f in d.findings],
         "explanation": d.explanation,
     }
+
+
+def _auth(tl) -> dict | None:
+    """The start-ok mechanism and response, as arguments.py left it (password redacted unless
+    --show-secrets)."""
+    if tl.start_ok is None or "mechanism" not in tl.start_ok.args:
+        return None
+    return {"mechanism": tl.start_ok.args["mechanism"], "response": tl.start_ok.args.get("response")}
 
 
 def _direction(side, d: Diagnosis) -> dict:
