@@ -65,15 +65,24 @@ class _Chunks:
         self.offset = offset  # file offset of buf[0]
 
     def fill(self, n: int) -> bool:
-        """Make at least n bytes available from pos; False when the file ends first."""
-        while len(self.buf) - self.pos < n:
-            chunk = self.fileobj.read(max(CHUNK_SIZE, n))
+        """Make at least n bytes available from pos; False when the file ends first (what was
+        there is still kept, so the caller can say where the file was cut)."""
+        have = len(self.buf) - self.pos
+        if have >= n:
+            return True
+        # Read CHUNK_SIZE at a time, never `n` at once: n comes from a length field in the file,
+        # and read(n) allocates n bytes up front (a 3 KB file declaring a 64 MiB record cost 64 MiB).
+        pieces = [self.buf[self.pos:]]
+        while have < n:
+            chunk = self.fileobj.read(CHUNK_SIZE)
             if not chunk:
-                return False
-            self.offset += self.pos
-            self.buf = self.buf[self.pos:] + chunk
-            self.pos = 0
-        return True
+                break
+            pieces.append(chunk)
+            have += len(chunk)
+        self.offset += self.pos
+        self.buf = b"".join(pieces)
+        self.pos = 0
+        return have >= n
 
     @property
     def file_pos(self) -> int:
