@@ -173,7 +173,7 @@ def _verdict(d: Diagnosis) -> None:
         if not timeout and d.heartbeat.source != "unknown":
             d.misfit = "heartbeats were disabled, so no heartbeat timer closed it"
         return
-    prediction = _broker_prediction(d, last) if close.initiator == "server" else _client_prediction(d, last)
+    prediction, d.alternative = _predict(d, last)
     if prediction is None:
         d.verdict = RESET
         return
@@ -187,9 +187,6 @@ def _verdict(d: Diagnosis) -> None:
         d.misfit = (f"the {'client' if close.initiator == 'server' else 'broker'} sent nothing during the capture, "
                     f"so its last byte came before the capture started ({last:.3f} s); the prediction uses "
                     "that bound and may be late")
-    lo, hi = prediction.window
-    if prediction.model == "pika" and observed >= lo - WINDOW_EARLY_TOLERANCE:
-        fits = True  # see _fits: pika may detect late, never early
     d.prediction_fits = fits
     if not before_capture:
         _gap_sensitivity(d, silent_side, last)
@@ -201,6 +198,7 @@ def _verdict(d: Diagnosis) -> None:
         return
     d.verdict = RESET
     who = "RabbitMQ" if prediction.model == "rabbitmq" else "pika"
+    lo, hi = prediction.window
     if observed < lo:
         d.misfit = (f"the teardown at {observed:.3f} s came {lo - observed:.3f} s before {who}'s earliest heartbeat "
                     f"timeout ({lo:.3f} s): something else closed it (a process killed, a firewall or proxy idle "
@@ -244,19 +242,22 @@ def _gap_sensitivity(d: Diagnosis, silent_side: Direction, last: float) -> None:
     if not later:
         return
     latest = min(max(later), close)
-    saved = d.alternative
-    if d.close.initiator == "server":
-        prediction = _broker_prediction(d, latest)
-    else:
-        prediction = _client_prediction(d, latest)
-    d.alternative = saved
+    prediction, _ = _predict(d, latest)
     d.gap_last = latest
     if prediction is not None:
         d.gap_prediction = prediction
         d.gap_fits = _fits(prediction, close)
 
 
-def _broker_prediction(d: Diagnosis, last_client: float) -> Prediction | None:
+def _predict(d: Diagnosis, last: float) -> tuple[Prediction | None, Prediction | None]:
+    """The model of whoever tore the connection down, for a silent peer whose last byte was `last`;
+    the second value is the other candidate when the broker's grid phase had to be inferred."""
+    if d.close.initiator == "server":
+        return _broker_prediction(d, last)
+    return _client_prediction(d, last), None
+
+
+def _broker_prediction(d: Diagnosis, last_client: float) -> tuple[Prediction | None, Prediction | None]:
     tl = d.timeline
     timeout = d.heartbeat.effective
     if tl.tune_ok is not None:
@@ -264,17 +265,16 @@ def _broker_prediction(d: Diagnosis, last_client: float) -> Prediction | None:
         periods = _blocked_periods(d)
         anchor = rabbitmq_model.monitor_anchor(tune_ok, periods, at=d.close.time)
         if anchor is None:
-            return None  # the monitor was paused when the connection died: not a heartbeat timeout
+            return None, None  # the monitor was paused when the connection died: not a heartbeat timeout
         return rabbitmq_model.predict_missed_client_heartbeats(
-            last_client, tune_ok, timeout, monitor_anchor=anchor if anchor != tune_ok else None)
+            last_client, tune_ok, timeout, monitor_anchor=anchor if anchor != tune_ok else None), None
     phase = rabbitmq_model.infer_tick_anchor([t - d.t0 for t in tl.s2c.heartbeat_times()], timeout)
     if phase is None:
-        return None
+        return None, None
     first, second = rabbitmq_model.predict_from_tick_phase(last_client, phase)
     # The broker's heartbeats fix the grid only up to T/2: keep the candidate the teardown matches.
     best, other = sorted((first, second), key=lambda p: abs(p.error(d.close.time)))
-    d.alternative = other
-    return best
+    return best, other
 
 
 def _client_prediction(d: Diagnosis, last_server: float) -> Prediction | None:

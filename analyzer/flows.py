@@ -100,6 +100,11 @@ class Flow:
             return out
         stream = self.streams[side]
         flags = seg.flags
+        for half, half_stream in enumerate(self.streams):
+            if half_stream.unseen_ack is not None:  # a capture-reordering allowance is running out
+                expired: list = []
+                half_stream.expire(seg.timestamp, expired)
+                self._decode(half, expired, out)
         chunks: list = []
         if flags & SYN:
             stream.syn(seg.seq)
@@ -119,10 +124,10 @@ class Flow:
             other_chunks: list = []
             self.streams[1 - side].peer_ack(seg.ack, seg.timestamp, seg.index, other_chunks)
             self._decode(1 - side, other_chunks, out)
-        if self.closed or (flags & FIN and self.fin[side]):
+        for half in ((0, 1) if self.closed else (side,) if flags & FIN else ()):
             tail: list = []
-            stream.flush(seg.timestamp, seg.index, tail)
-            self._decode(side, tail, out)
+            self.streams[half].flush(seg.timestamp, seg.index, tail)
+            self._decode(half, tail, out)
         if self.state == PROBING:
             return self._probe(side, out)
         return out

@@ -19,6 +19,12 @@ SEQ_HALF = 1 << 31
 # Twice Linux's default initial receive window (64 KiB) times 4: a capture that reorders more
 # than this is lossy, not reordered.
 MAX_PENDING_BYTES = 512 * 1024
+# A capture can hold a segment after the peer's ACK for it (two capture points merged, `-i any`,
+# multi-queue NICs). An ACK past unseen bytes is therefore held this long before the bytes are
+# declared lost; the gap keeps the ACK's time. Reordering in captures spans microseconds to a few
+# milliseconds; 20 ms covers it while frames after a real hole wait at most that long (they keep
+# their own timestamps, but reach the output up to 20 ms of capture time late).
+REORDER_WINDOW = 0.02
 
 
 @dataclass(slots=True)
@@ -41,7 +47,8 @@ class StreamGap:
 class HalfStream:
     """Reassembles one direction. `next_seq` is None until the first SYN or payload byte."""
 
-    __slots__ = ("next_seq", "offset", "pending", "pending_bytes", "fin_seq", "started_at_syn", "peer_acked", "syn_seq")
+    __slots__ = ("next_seq", "offset", "pending", "pending_bytes", "fin_seq", "started_at_syn", "peer_acked", "syn_seq",
+                 "unseen_ack")
 
     def __init__(self) -> None:
         self.next_seq: int | None = None
@@ -55,6 +62,8 @@ class HalfStream:
         # every byte below it, so a first captured segment above it follows bytes the capture lost
         # (e.g. a SYN-ACK and connection.start both missing, the client's handshake ACK captured).
         self.peer_acked: int | None = None
+        # (ack, timestamp, packet) of the first peer ACK past bytes not yet seen, while REORDER_WINDOW runs.
+        self.unseen_ack: tuple[int, float, int] | None = None
 
     def syn(self, seq: int) -> None:
         if self.syn_seq is None:
@@ -83,6 +92,8 @@ class HalfStream:
             self._deliver(payload, payload_len, timestamp, packet, out)
             if self.pending:
                 self._drain(out)
+            if self.unseen_ack is not None and not 0 < self._distance(self.unseen_ack[0]) < SEQ_HALF:
+                self.unseen_ack = None  # the acknowledged bytes arrived after their ACK: reordered, not lost
             return False
         held = self.pending.get(seq)
         if held is not None:
@@ -96,11 +107,29 @@ class HalfStream:
         return False
 
     def peer_ack(self, ack: int, timestamp: float, packet: int, out: list) -> None:
-        """The other side acknowledged `ack`: bytes before it that we never saw were lost by the capture."""
+        """The other side acknowledged `ack`: bytes before it that are still unseen after
+        REORDER_WINDOW were lost by the capture (see `expire`)."""
         if self.next_seq is None:
             if self.peer_acked is None or 0 < (ack - self.peer_acked) % SEQ_MOD < SEQ_HALF:
                 self.peer_acked = ack
             return
+        ahead = (ack - self.next_seq) % SEQ_MOD
+        if ahead == 0 or ahead >= SEQ_HALF:
+            return
+        held = self.unseen_ack
+        if held is None:
+            self.unseen_ack = (ack, timestamp, packet)
+        elif 0 < (ack - held[0]) % SEQ_MOD < SEQ_HALF:
+            self.unseen_ack = (ack, held[1], held[2])  # the hole dates from the first ACK past it
+
+    def expire(self, now: float, out: list) -> None:
+        """Declare bytes lost whose ACK is older than REORDER_WINDOW and that still did not show up."""
+        held = self.unseen_ack
+        if held is not None and now - held[1] >= REORDER_WINDOW:
+            self.unseen_ack = None
+            self._declare_acked(*held, out)
+
+    def _declare_acked(self, ack: int, timestamp: float, packet: int, out: list) -> None:
         if self.fin_seq is not None:
             past_fin = (ack - self.fin_seq) % SEQ_MOD
             if 0 < past_fin < SEQ_HALF:
@@ -123,6 +152,9 @@ class HalfStream:
 
     def flush(self, timestamp: float, packet: int, out: list) -> None:
         """End of stream: whatever still waits behind a hole is delivered after an explicit gap."""
+        if self.unseen_ack is not None:
+            held, self.unseen_ack = self.unseen_ack, None
+            self._declare_acked(*held, out)
         while self.pending:
             self._skip_to(min(self.pending, key=self._distance), timestamp, packet, "sequence-hole", out)
         if self.fin_seq is not None and self.next_seq is not None:

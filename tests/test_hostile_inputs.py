@@ -311,9 +311,6 @@ def test_duplicated_packets_are_retransmissions_decoded_once(tmp_path):
     assert total >= 1  # duplicated data segments are counted as retransmissions, not decoded twice
 
 
-@pytest.mark.xfail(strict=True, reason="tcp.HalfStream declares bytes lost as soon as the peer's ACK for "
-                   "them is seen; a data segment the capture holds *after* that ACK is then dropped as a "
-                   "retransmission (an acked-unseen gap that is not one, and its frame lost). Reported.")
 @pytest.mark.parametrize("swap", ["data-and-its-ack", "two-client-segments"])
 def test_reordered_segments_are_reassembled_not_gaps(tmp_path, swap):
     header, records, _ = split_pcap(BLOCKED.read_bytes())

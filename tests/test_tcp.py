@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from analyzer.tcp import MAX_PENDING_BYTES, SEQ_MOD, HalfStream, StreamData, StreamGap
+from analyzer.tcp import MAX_PENDING_BYTES, REORDER_WINDOW, SEQ_MOD, HalfStream, StreamData, StreamGap
 
 ISN = 1000  # the SYN's sequence number; the first data byte is ISN + 1
 
@@ -29,8 +29,10 @@ def send(stream: HalfStream, seq: int, data: bytes, *, wire_len: int | None = No
 
 
 def ack(stream: HalfStream, ack_no: int, packet: int = 99) -> list:
+    """The peer's ACK, then the capture-reordering allowance running out with nothing new."""
     out: list = []
     stream.peer_ack(ack_no % SEQ_MOD, float(packet), packet, out)
+    stream.expire(float(packet) + 2 * REORDER_WINDOW, out)
     return out
 
 
@@ -184,6 +186,16 @@ def test_peer_ack_before_any_byte_marks_where_the_stream_stood() -> None:
     assert ack(s, 5001) == []  # the client's ACK of the (uncaptured) SYN-ACK
     assert send(s, 5138, b"tune")[1] == []  # connection.start (137 bytes) was lost
     assert shape(ack(s, 5142)) == [("gap", 0, 137, "acked-unseen"), ("data", 137, b"tune")]
+
+
+def test_data_captured_after_its_ack_is_reordering_not_loss() -> None:
+    s = started()
+    send(s, ISN + 1, b"abc")
+    out: list = []
+    s.peer_ack(ISN + 7, 1.0, 3, out)  # the ACK for "abcdef" comes first in the capture
+    seen, delivered = send(s, ISN + 4, b"def", packet=4)
+    s.expire(1.0 + 2 * REORDER_WINDOW, out)
+    assert not seen and shape(delivered) == [("data", 3, b"def")] and out == []
 
 
 def test_end_of_stream_flush_reports_sequence_hole() -> None:
@@ -369,4 +381,6 @@ def test_property_lost_tail_is_reported_by_the_peer_ack(data, isn, draw) -> None
     out: list = []
     s.segment((isn + 1) % SEQ_MOD, data[:cut], cut, 0.0, 1, out)
     s.peer_ack((isn + 1 + len(data)) % SEQ_MOD, 1.0, 2, out)
+    assert shape(out) == [("data", 0, data[:cut])]  # maybe reordered: not lost yet
+    s.expire(1.0 + 2 * REORDER_WINDOW, out)
     assert shape(out) == [("data", 0, data[:cut]), ("gap", cut, len(data) - cut, "acked-unseen")]
