@@ -16,6 +16,8 @@ from typing import TextIO
 from analyzer import __version__
 from analyzer.errors import AmqpHbError, CaptureFileError
 from analyzer.pipeline import DEFAULT_PORTS
+from analyzer.render.plot_cli import register as register_plot
+from analyzer.scenarios.cli import register as register_scenarios
 
 
 class ExitStatus(enum.IntEnum):
@@ -56,18 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="do not redact the start-ok password (the JSON's auth field)")
     analyze.set_defaults(handler=run_analyze)
 
-    try:
-        from analyzer.scenarios.cli import register
-    except ImportError:
-        pass
-    else:
-        register(sub)
-    try:
-        from analyzer.render.plot_cli import register as register_plot
-    except ImportError:
-        pass
-    else:
-        register_plot(sub)
+    register_scenarios(sub)  # capture, scenario
+    register_plot(sub)  # plot (matplotlib is imported only when it runs)
     return parser
 
 

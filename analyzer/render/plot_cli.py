@@ -1,6 +1,6 @@
 """`amqp-hb plot FILE -o out.png`: the timeline figure of each connection, from the command line.
 
-Registered by analyzer.cli when this module imports. matplotlib and pandas come with the
+Registered by analyzer.cli. matplotlib and pandas come with the
 `notebook` extra; without them the command says so (exit 2) and the rest of the CLI still works.
 Figures are drawn with the Agg backend (no display needed); the format follows the extension.
 """
