@@ -32,7 +32,9 @@ test: debian-packages venv
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+# FUZZ_SECONDS=600 by default; atheris when it installs, else the hypothesis engine (same contract).
 fuzz: venv
+	$(PY) -m pip install -q atheris || echo "atheris not installable here: fuzzing with hypothesis"
 	$(PY) -m tests.fuzz_pipeline
 
 clean:
