@@ -179,3 +179,26 @@ def test_unreachable_broker_is_one_line_and_leaves_nothing_running(tmp_path):
     assert len(errors) == 1 and "cannot reach broker" in errors[0], err
     assert "Unre4chableS3cret" not in out + err and "Traceback" not in err
     assert not processes_matching(str(tmp_path))  # no capture tool or client left behind
+
+
+def test_scenario_run_stopped_by_sigterm_leaves_nothing_running_and_a_readable_capture(tmp_path, broker):
+    """Ctrl-C or SIGTERM in the middle of `scenario run`: the pika client and the capture tool go
+    with it, and the pcap written so far still reads."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "analyzer", "scenario", "run", "idle", "--broker", broker.url, "--heartbeat", "2",
+         "--work", "60", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob("idle-*.pcap")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (pcap,) = tmp_path.glob("idle-*.pcap")
+    wait_for_records(pcap, at_least=10, timeout=15)
+    children = [pid for pid, _ in live_children(proc.pid)]
+    assert children, "the run should have a client and a capture process"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert all(wait_gone(pid) for pid in children), "a child of the run is still alive"
+    packets, warnings = read_back(pcap)
+    assert len(packets) >= 10 and warnings == []
