@@ -16,7 +16,8 @@ from analyzer.amqp.arguments import ArgumentDecodeError, decode_content_header, 
 from analyzer.amqp.spec import METHOD_NAMES
 from analyzer.diagnose import Diagnosis, diagnose
 from analyzer.errors import CaptureFileError, UsageError
-from analyzer.pipeline import DEFAULT_PORTS, iter_events
+from analyzer.fastpath import analyze_timelines
+from analyzer.pipeline import DEFAULT_PORTS, ProgressCallback, iter_events
 from analyzer.records import FRAME_BODY, FRAME_HEADER, FRAME_METHOD, CaptureSummary, Frame
 from analyzer.timeline import TimelineBuilder
 
@@ -108,25 +109,29 @@ def analyze_file(
     connection: str | None = None,
     observer: Callable[[object], None] | None = None,
     show_secrets: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> FileAnalysis:
     """Per-connection heartbeat timelines, verdicts and explanations for one capture file.
 
     `observer`, when given, sees every pipeline event too (the notebook API builds its
     DataFrames from them in the same pass). Start-ok passwords are redacted in the result
-    unless `show_secrets` is true.
+    unless `show_secrets` is true. `progress`, when given, is called now and then with
+    (packets read, file bytes read).
     """
     summary = CaptureSummary()
-    builder = TimelineBuilder(show_secrets=show_secrets)
     with open_file(path) as fileobj:
-        events = iter_events(fileobj, summary, ports=ports)
         if observer is None:
-            builder.feed_all(events)
+            # No one needs the events themselves: the fast path builds the same timelines without
+            # them (analyzer/fastpath.py; tests/test_fastpath.py holds it equal to the loop below).
+            timelines = analyze_timelines(fileobj, summary, ports=ports, show_secrets=show_secrets,
+                                          progress=progress)
         else:
-            for event in events:
+            builder = TimelineBuilder(show_secrets=show_secrets)
+            for event in iter_events(fileobj, summary, ports=ports, progress=progress):
                 observer(event)
                 builder.feed(event)
+            timelines = builder.result()
     t0 = summary.start_epoch or 0.0
-    timelines = builder.result()
     if connection is not None:
         timelines = [t for t in timelines if t.info.id == connection]
         if not timelines:

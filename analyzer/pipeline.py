@@ -15,6 +15,8 @@ from analyzer.records import ACK, RST, SYN, CaptureSummary
 
 DEFAULT_PORTS = (5672,)
 ProgressCallback = Callable[[int, int], None]  # (packets read, file bytes read)
+# Packets between progress calls: about 20 calls a second at the fast path's speed, a few at the plain one's.
+PROGRESS_EVERY = 1 << 15
 
 
 def iter_events(
@@ -23,7 +25,9 @@ def iter_events(
     *,
     ports: Iterable[int] = DEFAULT_PORTS,
     payload_bytes: int = 0,
+    progress: ProgressCallback | None = None,
 ) -> Iterator:
+    """`progress`, when given, is called every PROGRESS_EVERY packets with (packets read, file bytes read)."""
     reader = open_capture(fileobj)
     summary.format = reader.format
     packets = PacketDecoder(summary)
@@ -31,10 +35,14 @@ def iter_events(
     flows: dict[tuple, tuple[Flow, int]] = {}
     all_flows: list[Flow] = []
     raw = None
+    next_progress = PROGRESS_EVERY
     try:
         for raw in reader:
             if summary.start_epoch is None:
                 summary.start_epoch = raw.timestamp
+            if progress is not None and raw.index >= next_progress:
+                next_progress += PROGRESS_EVERY
+                progress(raw.index, fileobj.tell())
             seg = packets.decode(raw)
             if seg is None:
                 continue

@@ -1,0 +1,317 @@
+"""File → ConnectionTimelines without per-packet or per-frame records: `analyze_file`'s engine.
+
+Why it exists: the plain path (pipeline.iter_events → TimelineBuilder.feed) builds a Segment, a
+SegmentEvent and a Frame for every packet and frame and dispatches each one; on a publish/deliver
+capture that is most of the time. A timeline needs none of them for the common packet.
+
+Strategy: the *same* state objects as the plain path (Flow, HalfStream, FrameDecoder,
+TimelineBuilder), the same order of updates, with the common case of each stage inlined:
+  - an Ethernet/SLL/raw IPv4 TCP header is unpacked here; anything else goes to PacketDecoder;
+  - a segment of an AMQP flow whose timeline exists, with no SYN/FIN/RST, that starts exactly at
+    the next expected byte (or is a whole retransmission), with no reordering buffer or pending
+    capture-loss ACK in either direction, is applied to HalfStream's counters directly;
+  - its bytes are scanned for whole frames with one struct call per frame, and the timeline
+    gets the frame count, the last frame's name and each heartbeat time (all frames of one packet
+    share its timestamp); connection-class methods and channel.close become a Frame and go through
+    TimelineBuilder like on the plain path (their arguments are needed there).
+Everything else — the first packets of a flow, probing, SYN/FIN/RST, holes, split or damaged
+frames, bodies spanning packets — goes through the plain stage that owns it (Flow.feed,
+FrameDecoder.feed) and its events through TimelineBuilder.feed. So the rare cases have exactly
+one implementation, and tests/test_fastpath.py checks that timelines and diagnoses equal the
+plain path's on every shipped capture and on synthetic edge cases.
+"""
+from __future__ import annotations
+
+import struct
+from typing import BinaryIO, Iterable
+
+from analyzer.amqp import framing
+from analyzer.amqp.spec import METHOD_NAMES
+from analyzer.packets import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW, PacketDecoder
+from analyzer.pcap import open_capture
+from analyzer.pipeline import DEFAULT_PORTS, PROGRESS_EVERY, ProgressCallback, _new_flow, _summarise
+from analyzer.records import (
+    ACK,
+    FIN,
+    FRAME_BODY,
+    FRAME_HEADER,
+    FRAME_HEARTBEAT,
+    FRAME_HEARTBEAT_OLD,
+    FRAME_METHOD,
+    RST,
+    SYN,
+    CaptureSummary,
+    Frame,
+)
+from analyzer.flows import AMQP
+from analyzer.tcp import SEQ_HALF, SEQ_MOD
+from analyzer.timeline import CHANNEL_CLOSE, KEPT_HEARTBEATS, TimelineBuilder
+
+_IPV4_TCP = struct.Struct("!BxHxxHxB2x4s4s")  # ver/ihl, total length, flags/fragment, protocol, src, dst
+_TCP = struct.Struct("!HHIIBB")  # ports, seq, ack, data offset, flags
+_PORTS = struct.Struct("!HH")
+_FRAME_HEADER = framing._HEADER  # type, channel, size: the decoder's own format
+_IDS = framing._IDS
+_FRAMES = framing._FRAMES  # decoder mode: between frames
+_FRAME_END = framing.FRAME_END
+_MAX_BUFFERED_FRAME = framing.MAX_BUFFERED_FRAME
+_NOT_ACK_ONLY = SYN | FIN | RST
+# Where the IPv4 header starts for the link types handled inline (packets.py decodes the rest).
+_IP_OFFSETS = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_RAW: 0}
+_ETHERTYPE_AT = {LINKTYPE_ETHERNET: 12, LINKTYPE_LINUX_SLL: 14}
+# Frame names as TimelineBuilder._frame writes them into Direction.last_frame_name.
+_CONTENT_NAMES = {FRAME_HEADER: "content header", FRAME_BODY: "content body"}
+
+
+class _Fast:
+    """What the inlined path needs of one direction of one AMQP flow (cached once it exists)."""
+
+    __slots__ = ("timeline", "side", "stream", "peer_stream", "decoder", "direction")
+
+    def __init__(self, timeline, side, stream, peer_stream, decoder, direction) -> None:
+        self.timeline = timeline
+        self.side = side  # the timeline's Direction for what this side sends
+        self.stream = stream
+        self.peer_stream = peer_stream
+        self.decoder = decoder
+        self.direction = direction
+
+
+def analyze_timelines(
+    fileobj: BinaryIO,
+    summary: CaptureSummary,
+    *,
+    ports: Iterable[int] = DEFAULT_PORTS,
+    show_secrets: bool = False,
+    progress: ProgressCallback | None = None,
+) -> list:
+    """The ConnectionTimelines TimelineBuilder would build from iter_events, in its order."""
+    reader = open_capture(fileobj)
+    summary.format = reader.format
+    packets = PacketDecoder(summary)
+    builder = TimelineBuilder(show_secrets=show_secrets)
+    feed_event = builder.feed
+    timelines = builder.timelines
+    amqp_ports = frozenset(ports)
+    # key: src address + dst address + ports as bytes (one slice of the packet for IPv4)
+    # value: [flow, side, _Fast or None]
+    flows: dict[bytes, list] = {}
+    all_flows: list = []
+    raw = None
+    unpack_ip = _IPV4_TCP.unpack_from
+    unpack_tcp = _TCP.unpack_from
+    next_progress = PROGRESS_EVERY
+    try:
+        for raw in reader:
+            if summary.start_epoch is None:
+                summary.start_epoch = raw.timestamp
+            if progress is not None and raw.index >= next_progress:
+                next_progress += PROGRESS_EVERY
+                progress(raw.index, fileobj.tell())
+            data = raw.data
+            # ---- link + IPv4 + TCP header, inline for the common case -------------------------
+            seg = None
+            ip = _IP_OFFSETS.get(raw.linktype)
+            fields = None
+            if ip is not None and len(data) >= ip + 40:
+                ether_at = _ETHERTYPE_AT.get(raw.linktype)
+                if ether_at is None or (data[ether_at] == 8 and data[ether_at + 1] == 0):
+                    ver_ihl, total_len, frag, proto, src, dst = unpack_ip(data, ip)
+                    ihl = (ver_ihl & 0x0F) * 4
+                    tcp = ip + ihl
+                    if (ver_ihl >> 4 == 4 and ihl >= 20 and not frag & 0x3FFF and proto == 6
+                            and len(data) >= tcp + 20):
+                        sport, dport, seq, ack, data_off, flags = unpack_tcp(data, tcp)
+                        ip_end = ip + total_len if total_len else raw.orig_len
+                        start = tcp + (data_off >> 4) * 4
+                        if data_off >> 4 >= 5 and start <= ip_end and start <= len(data):
+                            fields = (src, dst, sport, dport, seq, ack, flags, start, ip_end, tcp)
+            if fields is None:
+                seg = packets.decode(raw)
+                if seg is None:
+                    continue
+                key = seg.src + seg.dst + _PORTS.pack(seg.sport, seg.dport)
+                flags = seg.flags
+            else:
+                src, dst, sport, dport, seq, ack, flags, start, ip_end, tcp = fields
+                key = src + dst + data[tcp : tcp + 4]
+            entry = flows.get(key)
+            if entry is not None and seg is None and not flags & _NOT_ACK_ONLY and flags & ACK:
+                fast = entry[2]
+                if fast is None:
+                    fast = entry[2] = _make_fast(entry, timelines)
+                if fast is not None and _fast_packet(fast, data, start, ip_end, seq, ack, raw, feed_event, builder):
+                    continue
+            # ---- the plain path: Flow.feed and TimelineBuilder.feed ---------------------------
+            if seg is None:
+                seg = packets._tcp(raw, tcp, ip_end, src, dst)
+                if seg is None:
+                    continue
+            if (entry is not None and seg.flags & (SYN | ACK) == SYN and entry[0].closed
+                    and entry[0].streams[entry[1]].syn_seq != seg.seq):
+                entry = None  # the 4-tuple is reused by a new connection (as in pipeline.iter_events)
+            if entry is None:
+                flow = _new_flow(seg, amqp_ports, 0)
+                if flow is None:
+                    continue
+                all_flows.append(flow)
+                entry = flows[key] = [flow, 0, None]
+                flows[seg.dst + seg.src + _PORTS.pack(seg.dport, seg.sport)] = [flow, 1, None]
+            for event in entry[0].feed(seg, entry[1]):
+                feed_event(event)
+    finally:
+        summary.warnings.extend(reader.warnings)
+        if raw is not None:
+            summary.packets = raw.index
+            summary.end_epoch = raw.timestamp
+    if raw is not None:
+        for flow in all_flows:
+            for event in flow.finish(raw.timestamp, raw.index):
+                feed_event(event)
+        _summarise(summary)
+    return builder.result()
+
+
+def _make_fast(entry: list, timelines: dict) -> _Fast | None:
+    """The cached fast-path view of a flow side, once the flow is AMQP (roles final) and has a timeline."""
+    flow, side = entry[0], entry[1]
+    if flow.state != AMQP:
+        return None
+    timeline = timelines.get(id(flow.info))
+    if timeline is None:
+        return None
+    decoder = flow.decoders[side]
+    return _Fast(timeline, timeline.side(decoder.direction), flow.streams[side], flow.streams[1 - side], decoder,
+                 decoder.direction)
+
+
+def _fast_packet(fast: _Fast, data: bytes, start: int, ip_end: int, seq: int, ack: int, raw, feed_event,
+                 builder: TimelineBuilder) -> bool:
+    """Apply one ACK-flagged segment without SYN/FIN/RST as Flow.feed + TimelineBuilder would; False
+    (nothing changed) when it is not the common case."""
+    timeline = fast.timeline
+    stream = fast.stream
+    peer_stream = fast.peer_stream
+    if (timeline.teardown is not None or stream.pending or stream.unseen_ack is not None
+            or peer_stream.unseen_ack is not None or stream.next_seq is None):
+        return False
+    payload_len = ip_end - start
+    retransmission = False
+    if payload_len:
+        if len(data) < ip_end:
+            return False  # snapped: the stream records a gap
+        ahead = (seq - stream.next_seq) % SEQ_MOD
+        if ahead:
+            if ahead < SEQ_HALF or SEQ_MOD - ahead < payload_len:
+                return False  # a hole or a partial overlap: HalfStream.segment sorts it out
+            retransmission = True
+    # The peer's ACK of this direction's bytes (HalfStream.peer_ack) only matters past what we saw.
+    peer_next = peer_stream.next_seq
+    if peer_next is None or 0 < (ack - peer_next) % SEQ_MOD < SEQ_HALF:
+        peer_stream.peer_ack(ack, raw.timestamp, raw.index, [])
+    # ---- TimelineBuilder.feed(SegmentEvent) with no SYN/FIN/RST and no teardown yet -------------
+    t = raw.timestamp
+    if t > timeline.last_seen:
+        timeline.last_seen = t
+    side = fast.side
+    side.segments += 1
+    side.last_segment = t
+    if payload_len and not retransmission:
+        side.payload_bytes += payload_len
+        if side.first_payload is None:
+            side.first_payload = t
+        side.last_payload = t
+        side.ack_only_since_payload = 0
+        side.first_ack_only_since_payload = None
+    else:
+        if retransmission:
+            side.retransmissions += 1
+        side.ack_only += 1
+        side.ack_only_since_payload += 1
+        side.last_ack_only = t
+        if side.first_ack_only_since_payload is None:
+            side.first_ack_only_since_payload = t
+    if not payload_len or retransmission:
+        return True
+    # ---- HalfStream._deliver then FrameDecoder.feed ---------------------------------------------
+    stream.offset += payload_len
+    stream.next_seq = (stream.next_seq + payload_len) % SEQ_MOD
+    decoder = fast.decoder
+    if decoder.mode != _FRAMES:
+        for event in decoder.feed(data[start:ip_end], t, raw.index):
+            feed_event(event)
+        return True
+    if decoder.buf:
+        # The rest of a frame split across segments: scan it joined, as the decoder's buffer would.
+        buf = bytes(decoder.buf) + data[start:ip_end]
+        decoder.buf.clear()
+        pos = 0
+    else:
+        buf = data
+        pos = start
+    first = pos
+    end_buf = ip_end if buf is data else len(buf)
+    count = 0
+    last_type = 0
+    last_ids = None
+    unpack_header = _FRAME_HEADER.unpack_from
+    while end_buf - pos >= 8:
+        frame_type, channel, size = unpack_header(buf, pos)
+        end = pos + 7 + size
+        if end >= end_buf or buf[end] != _FRAME_END or size > _MAX_BUFFERED_FRAME:
+            break  # incomplete, a body to count through, damage or a size to judge: the decoder's job
+        if frame_type == FRAME_METHOD:
+            if size < 4:
+                break
+            ids = _IDS.unpack_from(buf, pos + 7)
+            if ids[0] == 10 or ids == CHANNEL_CLOSE:
+                # Arguments needed: the plain TimelineBuilder path, after the frames before it.
+                if count:
+                    _apply_frames(side, t, count, last_type, last_ids)
+                    count = 0
+                frame = Frame(timeline.info, fast.direction, t, raw.index, decoder.base + pos - first, FRAME_METHOD,
+                              channel, size, bytes(buf[pos + 7 : end]), ids[0], ids[1])
+                feed_event(frame)
+                pos = end + 1
+                continue
+            last_ids = ids
+        elif frame_type == FRAME_HEARTBEAT or frame_type == FRAME_HEARTBEAT_OLD:
+            if count:
+                _apply_frames(side, t, count, last_type, last_ids)
+                count = 0
+            side.frames += 1
+            side.last_frame = t
+            side.last_frame_name = "heartbeat"
+            side.heartbeats += 1
+            if len(side.heartbeat_times_first) < KEPT_HEARTBEATS:
+                side.heartbeat_times_first.append(t)
+            else:
+                side.heartbeat_times_last.append(t)
+            if frame_type == FRAME_HEARTBEAT_OLD or size or channel:
+                side.nonstandard_heartbeats += 1
+                if side.first_nonstandard_heartbeat is None:
+                    side.first_nonstandard_heartbeat = t
+            pos = end + 1
+            continue
+        elif frame_type != FRAME_HEADER and frame_type != FRAME_BODY:
+            break  # an unknown frame type: the decoder reports it and resynchronises
+        count += 1
+        last_type = frame_type
+        pos = end + 1
+    if count:
+        _apply_frames(side, t, count, last_type, last_ids)
+    decoder.base += pos - first
+    if pos < end_buf:
+        for event in decoder.feed(buf[pos:end_buf], t, raw.index):
+            feed_event(event)
+    return True
+
+
+def _apply_frames(side, t: float, count: int, last_type: int, last_ids) -> None:
+    """`count` method/header/body frames completed at time t, the last of type `last_type`."""
+    side.frames += count
+    side.last_frame = t
+    if last_type == FRAME_METHOD:
+        side.last_frame_name = METHOD_NAMES.get(last_ids, "unknown method")
+    else:
+        side.last_frame_name = _CONTENT_NAMES[last_type]
