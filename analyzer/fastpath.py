@@ -6,7 +6,7 @@ capture that is most of the time. A timeline needs none of them for the common p
 
 Strategy: the *same* state objects as the plain path (Flow, HalfStream, FrameDecoder,
 TimelineBuilder), the same order of updates, with the common case of each stage inlined:
-  - an Ethernet/SLL/raw IPv4 TCP header is unpacked here; anything else goes to PacketDecoder;
+  - an Ethernet/SLL + IPv4 + TCP header is unpacked here in one call; anything else goes to PacketDecoder;
   - a segment of an AMQP flow whose timeline exists, with no SYN/FIN/RST, that starts exactly at
     the next expected byte (or is a whole retransmission), with no reordering buffer or pending
     capture-loss ACK in either direction, is applied to HalfStream's counters directly;
@@ -27,7 +27,7 @@ from typing import BinaryIO, Iterable
 
 from analyzer.amqp import framing
 from analyzer.amqp.spec import METHOD_NAMES
-from analyzer.packets import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW, PacketDecoder
+from analyzer.packets import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, PacketDecoder
 from analyzer.pcap import open_capture
 from analyzer.pipeline import DEFAULT_PORTS, PROGRESS_EVERY, ProgressCallback, _new_flow, _summarise
 from analyzer.records import (
@@ -42,13 +42,15 @@ from analyzer.records import (
     SYN,
     CaptureSummary,
     Frame,
+    RawPacket,
 )
 from analyzer.flows import AMQP
 from analyzer.tcp import SEQ_HALF, SEQ_MOD
 from analyzer.timeline import CHANNEL_CLOSE, KEPT_HEARTBEATS, TimelineBuilder
 
-_IPV4_TCP = struct.Struct("!BxHxxHxB2x4s4s")  # ver/ihl, total length, flags/fragment, protocol, src, dst
-_TCP = struct.Struct("!HHIIBB")  # ports, seq, ack, data offset, flags
+# From the ethertype to the TCP flags, for a 20-byte IPv4 header: ethertype, version/IHL, total length,
+# flags/fragment offset, protocol, (addresses, ports skipped), seq, ack, data offset, TCP flags.
+_ETH_IPV4_TCP = struct.Struct("!HBxH2xHxB2x8x4xIIBB")
 _PORTS = struct.Struct("!HH")
 _FRAME_HEADER = framing._HEADER  # type, channel, size: the decoder's own format
 _IDS = framing._IDS
@@ -57,8 +59,8 @@ _FRAME_END = framing.FRAME_END
 _MAX_BUFFERED_FRAME = framing.MAX_BUFFERED_FRAME
 _NOT_ACK_ONLY = SYN | FIN | RST
 # Where the IPv4 header starts for the link types handled inline (packets.py decodes the rest).
-_IP_OFFSETS = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_RAW: 0}
-_ETHERTYPE_AT = {LINKTYPE_ETHERNET: 12, LINKTYPE_LINUX_SLL: 14}
+# Where the IPv4 header starts for the link types handled inline; its ethertype is the 2 bytes before.
+_IP_OFFSETS = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16}
 # Frame names as TimelineBuilder._frame writes them into Direction.last_frame_name.
 _CONTENT_NAMES = {FRAME_HEADER: "content header", FRAME_BODY: "content body"}
 
@@ -97,56 +99,40 @@ def analyze_timelines(
     # value: [flow, side, _Fast or None]
     flows: dict[bytes, list] = {}
     all_flows: list = []
-    raw = None
-    unpack_ip = _IPV4_TCP.unpack_from
-    unpack_tcp = _TCP.unpack_from
+    index = 0
+    timestamp = 0.0
+    unpack_headers = _ETH_IPV4_TCP.unpack_from
     next_progress = PROGRESS_EVERY
     try:
-        for raw in reader:
+        for record in reader.records():
+            index, timestamp, linktype, data, orig_len = record
             if summary.start_epoch is None:
-                summary.start_epoch = raw.timestamp
-            if progress is not None and raw.index >= next_progress:
+                summary.start_epoch = timestamp
+            if progress is not None and index >= next_progress:
                 next_progress += PROGRESS_EVERY
-                progress(raw.index, fileobj.tell())
-            data = raw.data
-            # ---- link + IPv4 + TCP header, inline for the common case -------------------------
-            seg = None
-            ip = _IP_OFFSETS.get(raw.linktype)
-            fields = None
+                progress(index, fileobj.tell())
+            # ---- Ethernet/SLL + 20-byte IPv4 header + TCP, unpacked at once --------------------
+            ip = _IP_OFFSETS.get(linktype)
             if ip is not None and len(data) >= ip + 40:
-                ether_at = _ETHERTYPE_AT.get(raw.linktype)
-                if ether_at is None or (data[ether_at] == 8 and data[ether_at + 1] == 0):
-                    ver_ihl, total_len, frag, proto, src, dst = unpack_ip(data, ip)
-                    ihl = (ver_ihl & 0x0F) * 4
-                    tcp = ip + ihl
-                    if (ver_ihl >> 4 == 4 and ihl >= 20 and not frag & 0x3FFF and proto == 6
-                            and len(data) >= tcp + 20):
-                        sport, dport, seq, ack, data_off, flags = unpack_tcp(data, tcp)
-                        ip_end = ip + total_len if total_len else raw.orig_len
-                        start = tcp + (data_off >> 4) * 4
-                        if data_off >> 4 >= 5 and start <= ip_end and start <= len(data):
-                            fields = (src, dst, sport, dport, seq, ack, flags, start, ip_end, tcp)
-            if fields is None:
-                seg = packets.decode(raw)
-                if seg is None:
-                    continue
-                key = seg.src + seg.dst + _PORTS.pack(seg.sport, seg.dport)
-                flags = seg.flags
-            else:
-                src, dst, sport, dport, seq, ack, flags, start, ip_end, tcp = fields
-                key = src + dst + data[tcp : tcp + 4]
-            entry = flows.get(key)
-            if entry is not None and seg is None and not flags & _NOT_ACK_ONLY and flags & ACK:
-                fast = entry[2]
-                if fast is None:
-                    fast = entry[2] = _make_fast(entry, timelines)
-                if fast is not None and _fast_packet(fast, data, start, ip_end, seq, ack, raw, feed_event, builder):
-                    continue
-            # ---- the plain path: Flow.feed and TimelineBuilder.feed ---------------------------
+                ethertype, ver_ihl, total_len, frag, proto, seq, ack, data_off, flags = unpack_headers(data, ip - 2)
+                if (ethertype == 0x0800 and ver_ihl == 0x45 and proto == 6 and not frag & 0x3FFF
+                        and not flags & _NOT_ACK_ONLY and flags & ACK):
+                    entry = flows.get(data[ip + 12 : ip + 24])  # addresses and ports: the flow key
+                    if entry is not None:
+                        fast = entry[2]
+                        if fast is None:
+                            fast = entry[2] = _make_fast(entry, timelines)
+                        ip_end = ip + total_len if total_len else orig_len
+                        start = ip + 20 + (data_off >> 4) * 4
+                        if (fast is not None and data_off >= 0x50 and start <= ip_end and start <= len(data)
+                                and _fast_packet(fast, data, start, ip_end, seq, ack, timestamp, index, feed_event)):
+                            continue
+            # ---- the plain path: PacketDecoder, Flow.feed and TimelineBuilder.feed ---------------
+            seg = packets.decode(RawPacket(*record))
             if seg is None:
-                seg = packets._tcp(raw, tcp, ip_end, src, dst)
-                if seg is None:
-                    continue
+                continue
+            key = seg.src + seg.dst + _PORTS.pack(seg.sport, seg.dport)
+            entry = flows.get(key)
             if (entry is not None and seg.flags & (SYN | ACK) == SYN and entry[0].closed
                     and entry[0].streams[entry[1]].syn_seq != seg.seq):
                 entry = None  # the 4-tuple is reused by a new connection (as in pipeline.iter_events)
@@ -161,12 +147,12 @@ def analyze_timelines(
                 feed_event(event)
     finally:
         summary.warnings.extend(reader.warnings)
-        if raw is not None:
-            summary.packets = raw.index
-            summary.end_epoch = raw.timestamp
-    if raw is not None:
+        if index:
+            summary.packets = index
+            summary.end_epoch = timestamp
+    if index:
         for flow in all_flows:
-            for event in flow.finish(raw.timestamp, raw.index):
+            for event in flow.finish(timestamp, index):
                 feed_event(event)
         _summarise(summary)
     return builder.result()
@@ -185,8 +171,8 @@ def _make_fast(entry: list, timelines: dict) -> _Fast | None:
                  decoder.direction)
 
 
-def _fast_packet(fast: _Fast, data: bytes, start: int, ip_end: int, seq: int, ack: int, raw, feed_event,
-                 builder: TimelineBuilder) -> bool:
+def _fast_packet(fast: _Fast, data: bytes, start: int, ip_end: int, seq: int, ack: int, t: float, index: int,
+                 feed_event) -> bool:
     """Apply one ACK-flagged segment without SYN/FIN/RST as Flow.feed + TimelineBuilder would; False
     (nothing changed) when it is not the common case."""
     timeline = fast.timeline
@@ -208,9 +194,8 @@ def _fast_packet(fast: _Fast, data: bytes, start: int, ip_end: int, seq: int, ac
     # The peer's ACK of this direction's bytes (HalfStream.peer_ack) only matters past what we saw.
     peer_next = peer_stream.next_seq
     if peer_next is None or 0 < (ack - peer_next) % SEQ_MOD < SEQ_HALF:
-        peer_stream.peer_ack(ack, raw.timestamp, raw.index, [])
+        peer_stream.peer_ack(ack, t, index, [])
     # ---- TimelineBuilder.feed(SegmentEvent) with no SYN/FIN/RST and no teardown yet -------------
-    t = raw.timestamp
     if t > timeline.last_seen:
         timeline.last_seen = t
     side = fast.side
@@ -238,7 +223,7 @@ def _fast_packet(fast: _Fast, data: bytes, start: int, ip_end: int, seq: int, ac
     stream.next_seq = (stream.next_seq + payload_len) % SEQ_MOD
     decoder = fast.decoder
     if decoder.mode != _FRAMES:
-        for event in decoder.feed(data[start:ip_end], t, raw.index):
+        for event in decoder.feed(data[start:ip_end], t, index):
             feed_event(event)
         return True
     if decoder.buf:
@@ -269,7 +254,7 @@ def _fast_packet(fast: _Fast, data: bytes, start: int, ip_end: int, seq: int, ac
                 if count:
                     _apply_frames(side, t, count, last_type, last_ids)
                     count = 0
-                frame = Frame(timeline.info, fast.direction, t, raw.index, decoder.base + pos - first, FRAME_METHOD,
+                frame = Frame(timeline.info, fast.direction, t, index, decoder.base + pos - first, FRAME_METHOD,
                               channel, size, bytes(buf[pos + 7 : end]), ids[0], ids[1])
                 feed_event(frame)
                 pos = end + 1
@@ -302,7 +287,7 @@ def _fast_packet(fast: _Fast, data: bytes, start: int, ip_end: int, seq: int, ac
         _apply_frames(side, t, count, last_type, last_ids)
     decoder.base += pos - first
     if pos < end_buf:
-        for event in decoder.feed(buf[pos:end_buf], t, raw.index):
+        for event in decoder.feed(buf[pos:end_buf], t, index):
             feed_event(event)
     return True
 
