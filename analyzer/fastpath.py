@@ -22,6 +22,7 @@ plain path's on every shipped capture and on synthetic edge cases.
 """
 from __future__ import annotations
 
+import gc
 import struct
 from typing import BinaryIO, Iterable
 
@@ -46,7 +47,7 @@ from analyzer.records import (
 )
 from analyzer.flows import AMQP
 from analyzer.tcp import SEQ_HALF, SEQ_MOD
-from analyzer.timeline import CHANNEL_CLOSE, KEPT_HEARTBEATS, TimelineBuilder
+from analyzer.timeline import CHANNEL_CLOSE, TimelineBuilder
 
 # From the ethertype to the TCP flags, for a 20-byte IPv4 header: ethertype, version/IHL, total length,
 # flags/fragment offset, protocol, (addresses, ports skipped), seq, ack, data offset, TCP flags.
@@ -88,6 +89,21 @@ def analyze_timelines(
     progress: ProgressCallback | None = None,
 ) -> list:
     """The ConnectionTimelines TimelineBuilder would build from iter_events, in its order."""
+    # The cyclic garbage collector rescans every tracked object whenever enough new ones pile up;
+    # timelines, flows and their decoders live until the end, so on 50,000 short connections
+    # those rescans were 45% of the run (5.6 s -> 3.0 s without them). Nothing here makes
+    # reference cycles per packet, so plain reference counting frees everything in the meantime.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _analyze(fileobj, summary, ports=ports, show_secrets=show_secrets, progress=progress)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _analyze(fileobj: BinaryIO, summary: CaptureSummary, *, ports: Iterable[int], show_secrets: bool,
+             progress: ProgressCallback | None) -> list:
     reader = open_capture(fileobj)
     summary.format = reader.format
     packets = PacketDecoder(summary)
@@ -268,10 +284,7 @@ def _fast_packet(fast: _Fast, data: bytes, start: int, ip_end: int, seq: int, ac
             side.last_frame = t
             side.last_frame_name = "heartbeat"
             side.heartbeats += 1
-            if len(side.heartbeat_times_first) < KEPT_HEARTBEATS:
-                side.heartbeat_times_first.append(t)
-            else:
-                side.heartbeat_times_last.append(t)
+            side.keep_heartbeat_time(t)
             if frame_type == FRAME_HEARTBEAT_OLD or size or channel:
                 side.nonstandard_heartbeats += 1
                 if side.first_nonstandard_heartbeat is None:

@@ -10,6 +10,7 @@ port, the protocol header, the methods each side sends, and lastly the lower por
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 from analyzer.amqp.framing import FrameDecoder
 from analyzer.records import (
@@ -45,6 +46,10 @@ ROLE_TRUST = {"guess": 0, "methods": 1, "connection.start": 2, "protocol-header"
 
 
 def format_ip(packed: bytes) -> str:
+    if len(packed) == 4:
+        # Same dotted quad as ipaddress, which costs about 20 µs a call here (twice per connection:
+        # 2 s over 50,000 short connections).
+        return socket.inet_ntop(socket.AF_INET, packed)
     return str(ipaddress.ip_address(packed))
 
 

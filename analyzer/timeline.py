@@ -69,7 +69,9 @@ class Direction:
     first_ack_only_since_payload: float | None = None
     last_ack_only: float | None = None
     heartbeat_times_first: list[float] = field(default_factory=list)
-    heartbeat_times_last: deque = field(default_factory=lambda: deque(maxlen=KEPT_HEARTBEATS))
+    # Made on the 65th heartbeat: an empty deque(maxlen=64) still costs about 600 bytes, which over
+    # 50,000 short connections (two directions each) was a third of the analyzer's memory.
+    heartbeat_times_last: deque | None = None
     nonstandard_heartbeats: int = 0
     first_nonstandard_heartbeat: float | None = None
     fin: float | None = None
@@ -81,9 +83,17 @@ class Direction:
     decode_errors: list = field(default_factory=list)
     decode_error_count: int = 0
 
+    def keep_heartbeat_time(self, t: float) -> None:
+        if len(self.heartbeat_times_first) < KEPT_HEARTBEATS:
+            self.heartbeat_times_first.append(t)
+        else:
+            if self.heartbeat_times_last is None:
+                self.heartbeat_times_last = deque(maxlen=KEPT_HEARTBEATS)
+            self.heartbeat_times_last.append(t)
+
     def heartbeat_times(self) -> list[float]:
         """Kept heartbeat times in order (the first and the last ones, without repeats)."""
-        last = list(self.heartbeat_times_last)
+        last = list(self.heartbeat_times_last or ())
         if self.heartbeats <= len(self.heartbeat_times_first) + len(last):
             seen = set(self.heartbeat_times_first)
             return self.heartbeat_times_first + [t for t in last if t not in seen]
@@ -217,10 +227,7 @@ class TimelineBuilder:
             if not closing:
                 side.last_frame_name = "heartbeat"
             side.heartbeats += 1
-            if len(side.heartbeat_times_first) < KEPT_HEARTBEATS:
-                side.heartbeat_times_first.append(t)
-            else:
-                side.heartbeat_times_last.append(t)
+            side.keep_heartbeat_time(t)
             if frame.type == FRAME_HEARTBEAT_OLD or frame.size or frame.channel:
                 side.nonstandard_heartbeats += 1
                 if side.first_nonstandard_heartbeat is None:
