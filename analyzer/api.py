@@ -66,11 +66,12 @@ def read_frames(
     payload_bytes: int = 0,
     show_secrets: bool = False,
     summary: CaptureSummary | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Iterator[FrameRecord]:
     """Every AMQP frame in the file, in capture order, with decoded arguments."""
     summary = summary if summary is not None else CaptureSummary()
     with open_file(path) as fileobj:
-        for event in iter_events(fileobj, summary, ports=ports, payload_bytes=payload_bytes):
+        for event in iter_events(fileobj, summary, ports=ports, payload_bytes=payload_bytes, progress=progress):
             if type(event) is not Frame:
                 continue
             if connection is not None and event.connection.id != connection:
