@@ -198,45 +198,11 @@ def make_scaled(src: str, out: str, times: int, server_port: int) -> None:
 
 
 def make_short(out: str, count: int) -> None:
-    """`count` connections of 8 packets each, 1 ms apart, from 10.x.y.z to 10.255.255.254:5672."""
-    from pamqp import commands
-
-    from analyzer.records import ACK, C2S, FIN, PSH, S2C, SYN
     from tests import synth
 
-    steps = [
-        (0.0000, C2S, SYN, b""),
-        (0.0001, S2C, SYN | ACK, b""),
-        (0.0002, C2S, ACK, b""),
-        (0.0003, C2S, PSH | ACK, synth.AMQP_PROTOCOL_HEADER),
-        (0.0004, S2C, PSH | ACK, synth.method_frame(commands.Connection.Start(
-            server_properties={"product": "RabbitMQ"}, mechanisms="PLAIN", locales="en_US"))),
-        (0.0005, C2S, FIN | ACK, b""),
-        (0.0006, S2C, FIN | ACK, b""),
-        (0.0007, C2S, ACK, b""),
-    ]
-    conv = synth.scripted_conversation(steps, client=("10.0.0.1", 40000), server=("10.255.255.254", 5672),
-                                       start=0.0)
-    template = [(s.timestamp, s.direction, synth.ethernet(conv.ip_packet(s))) for s in conv.segments]
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "wb") as w:
-        w.write(synth.pcap_header(synth.LINKTYPE_ETHERNET))
-        base = 1_700_000_000.0
-        for i in range(count):
-            client_ip = bytes((10, 1 + (i >> 16) % 250, (i >> 8) & 0xFF, i & 0xFF))
-            client_port = 1024 + i % 60000
-            for offset, direction, frame in template:
-                pkt = bytearray(frame)
-                # Ethernet(14) + IPv4(20): source address at 26, destination at 30; TCP ports at 34/36.
-                if direction == C2S:
-                    pkt[26:30] = client_ip
-                    struct.pack_into("!H", pkt, 34, client_port)
-                else:
-                    pkt[30:34] = client_ip
-                    struct.pack_into("!H", pkt, 36, client_port)
-                t = base + i * 0.001 + offset
-                sec = int(t)
-                w.write(_PCAP_RECORD.pack(sec, round((t - sec) * 1e6), len(pkt), len(pkt)) + pkt)
+        synth.short_connections_pcap(w, count)
     print(json.dumps({"file": os.path.basename(out), "connections": count, "bytes": os.path.getsize(out)}))
 
 

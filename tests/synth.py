@@ -549,3 +549,42 @@ def handshake_steps(heartbeat: int, *, proposed: int = 60, at: float = 0.0, step
         (t(8), C2S, PSH | ACK, _method(commands.Connection.Open(virtual_host="/"))),
         (t(9), S2C, PSH | ACK, _method(commands.Connection.OpenOk())),
     ]
+
+
+# ---- many short connections (memory and scaling checks) -------------------------------------------
+
+
+def short_connections_pcap(out: BinaryIO, count: int, *, start: float = 1_700_000_000.0) -> None:
+    """Write `count` short connections to `out` as a pcap: SYN, SYN-ACK, ACK, protocol header,
+    connection.start, FIN exchange; client 10.x.y.z (a new address and port each), server
+    10.255.255.254:5672, 1 ms apart. scapy builds one template conversation; the copies are that
+    template with addresses, port and time patched in (checksums are left stale: nothing here
+    verifies them), so 50,000 connections take about a second to write."""
+    steps = [
+        (0.0000, C2S, SYN, b""),
+        (0.0001, S2C, SYN | ACK, b""),
+        (0.0002, C2S, ACK, b""),
+        (0.0003, C2S, PSH | ACK, AMQP_PROTOCOL_HEADER),
+        (0.0004, S2C, PSH | ACK, _method(commands.Connection.Start(
+            server_properties={"product": "RabbitMQ"}, mechanisms="PLAIN", locales="en_US"))),
+        (0.0005, C2S, FIN | ACK, b""),
+        (0.0006, S2C, FIN | ACK, b""),
+        (0.0007, C2S, ACK, b""),
+    ]
+    conv = scripted_conversation(steps, client=("10.0.0.1", 40000), server=("10.255.255.254", 5672), start=0.0)
+    template = [(s.timestamp, s.direction, ethernet(conv.ip_packet(s))) for s in conv.segments]
+    record = struct.Struct("<IIII")
+    out.write(pcap_header(LINKTYPE_ETHERNET))
+    for i in range(count):
+        client_ip = bytes((10, 1 + (i >> 16) % 250, (i >> 8) & 0xFF, i & 0xFF))
+        client_port = struct.pack("!H", 1024 + i % 60000)
+        for offset, direction, frame in template:
+            pkt = bytearray(frame)
+            # Ethernet (14) + IPv4 (20): addresses at 26 and 30, TCP ports at 34 and 36.
+            if direction == C2S:
+                pkt[26:30], pkt[34:36] = client_ip, client_port
+            else:
+                pkt[30:34], pkt[36:38] = client_ip, client_port
+            t = start + i * 0.001 + offset
+            sec = int(t)
+            out.write(record.pack(sec, round((t - sec) * 1e6), len(pkt), len(pkt)) + pkt)
