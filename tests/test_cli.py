@@ -122,3 +122,29 @@ def test_python_dash_m_runs_the_same_cli(conversation_pcap):
     result = subprocess.run([sys.executable, "-m", "analyzer", "analyze", "--format", "csv", str(conversation_pcap)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "graceful" in result.stdout
+
+
+def test_analyze_jobs_keeps_argument_order_and_equals_one_process(captures_dir) -> None:
+    files = [str(captures_dir / name) for name in ("proxy.pcap", "idle.pcap", "blocked-callback.pcap")]
+    one = run("analyze", *files, "--format", "csv")
+    two = run("analyze", *files, "--format", "csv", "--jobs", "2")
+    assert one == two and one[0] == 0
+    assert run("analyze", files[0], "--jobs", "0")[0] == 2
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_line_only_on_a_terminal_after_a_second_and_never_with_quiet(captures_dir, monkeypatch) -> None:
+    from analyzer import cli, pipeline
+
+    monkeypatch.setattr(cli.Progress, "DELAY", 0.0)
+    monkeypatch.setattr(pipeline, "PROGRESS_EVERY", 1)
+    path = str(captures_dir / "idle.pcap")
+    for quiet in (False, True):
+        err = _Terminal()
+        assert cli.main(["frames", path, *(["--quiet"] if quiet else [])], stdout=io.StringIO(), stderr=err) == 0
+        assert ("packets/s" in err.getvalue()) is not quiet
+    assert "packets/s" not in run("frames", path)[2]  # stderr not a terminal
