@@ -92,6 +92,10 @@ class _Chunks:
     def remaining(self) -> int:
         return len(self.buf) - self.pos
 
+    def cut_at(self) -> str:
+        """The start of every truncation warning: where the file ends."""
+        return f"capture file cut at byte {self.file_pos + self.remaining()}: "
+
 
 class CaptureReader:
     format: str = ""
@@ -139,8 +143,7 @@ class PcapReader(CaptureReader):
             if not chunks.fill(16):
                 if chunks.remaining():
                     self.warnings.append(
-                        f"capture file cut at byte {chunks.file_pos + chunks.remaining()}: "
-                        f"record header of packet {index + 1} incomplete"
+                        chunks.cut_at() + f"record header of packet {index + 1} incomplete"
                     )
                 return
             buf, pos = chunks.buf, chunks.pos
@@ -174,7 +177,7 @@ class PcapReader(CaptureReader):
                 return
             if not chunks.fill(16 + incl):
                 self.warnings.append(
-                    f"capture file cut at byte {chunks.file_pos + chunks.remaining()}: packet {index + 1} "
+                    chunks.cut_at() + f"packet {index + 1} "
                     f"declares {incl} bytes but only {chunks.remaining() - 16} remain"
                 )
                 return
@@ -220,7 +223,7 @@ class PcapngReader(CaptureReader):
             if not chunks.fill(12):
                 if chunks.remaining():
                     self.warnings.append(
-                        f"capture file cut at byte {chunks.file_pos + chunks.remaining()}: block header incomplete"
+                        chunks.cut_at() + "block header incomplete"
                     )
                 return
             buf, pos = chunks.buf, chunks.pos
@@ -244,7 +247,7 @@ class PcapngReader(CaptureReader):
                 return
             if not chunks.fill(block_len):
                 self.warnings.append(
-                    f"capture file cut at byte {chunks.file_pos + chunks.remaining()}: block at byte "
+                    chunks.cut_at() + f"block at byte "
                     f"{block_start} declares {block_len} bytes"
                 )
                 return
