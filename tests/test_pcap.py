@@ -359,7 +359,8 @@ def test_reading_is_streaming(tmp_path):
         finally:
             tracemalloc.stop()
     assert count == n and last.index == n
-    assert peak < 4 * 2**20, f"peak {peak} bytes for a {size}-byte file"
+    # One read buffer (1 MiB plus the record it cut) and its columns: bounded, whatever the file size.
+    assert peak < 6 * 2**20, f"peak {peak} bytes for a {size}-byte file"
 
 
 # ---- differential: dpkt's pcap reader ------------------------------------------------------------
