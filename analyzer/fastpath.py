@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import gc
 import struct
+
+import numpy as np
 from typing import BinaryIO, Iterable
 
 from analyzer.amqp import framing
 from analyzer.amqp.spec import METHOD_NAMES
 from analyzer.packets import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, PacketDecoder
-from analyzer.pcap import open_capture
+from analyzer.batch import MIN_RUN, FastSide, Plan
+from analyzer.pcap import RecordBlock, open_capture
 from analyzer.pipeline import DEFAULT_PORTS, PROGRESS_EVERY, ProgressCallback, _new_flow, _summarise
 from analyzer.records import (
     ACK,
@@ -66,20 +69,6 @@ _IP_OFFSETS = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16}
 _CONTENT_NAMES = {FRAME_HEADER: "content header", FRAME_BODY: "content body"}
 
 
-class _Fast:
-    """What the inlined path needs of one direction of one AMQP flow (cached once it exists)."""
-
-    __slots__ = ("timeline", "side", "stream", "peer_stream", "decoder", "direction")
-
-    def __init__(self, timeline, side, stream, peer_stream, decoder, direction) -> None:
-        self.timeline = timeline
-        self.side = side  # the timeline's Direction for what this side sends
-        self.stream = stream
-        self.peer_stream = peer_stream
-        self.decoder = decoder
-        self.direction = direction
-
-
 def analyze_timelines(
     fileobj: BinaryIO,
     summary: CaptureSummary,
@@ -112,55 +101,90 @@ def _analyze(fileobj: BinaryIO, summary: CaptureSummary, *, ports: Iterable[int]
     timelines = builder.timelines
     amqp_ports = frozenset(ports)
     # key: src address + dst address + ports as bytes (one slice of the packet for IPv4)
-    # value: [flow, side, _Fast or None]
+    # value: [flow, side, FastSide or None]
     flows: dict[bytes, list] = {}
     all_flows: list = []
+    unpack_headers = _ETH_IPV4_TCP.unpack_from
+
+    def side_for_key(key: bytes) -> FastSide | None:
+        entry = flows.get(key)
+        if entry is None:
+            return None
+        fast = entry[2]
+        if fast is None:
+            fast = entry[2] = _make_fast(entry, timelines)
+        return fast
+
+    def one_packet(record: tuple) -> None:
+        """One packet the per-packet way: the inlined common case, else the plain stages."""
+        index, timestamp, linktype, data, orig_len = record
+        # ---- Ethernet/SLL + 20-byte IPv4 header + TCP, unpacked at once ------------------------
+        ip = _IP_OFFSETS.get(linktype)
+        if ip is not None and len(data) >= ip + 40:
+            ethertype, ver_ihl, total_len, frag, proto, seq, ack, data_off, flags = unpack_headers(data, ip - 2)
+            if (ethertype == 0x0800 and ver_ihl == 0x45 and proto == 6 and not frag & 0x3FFF
+                    and not flags & _NOT_ACK_ONLY and flags & ACK):
+                entry = flows.get(data[ip + 12 : ip + 24])  # addresses and ports: the flow key
+                if entry is not None:
+                    fast = entry[2]
+                    if fast is None:
+                        fast = entry[2] = _make_fast(entry, timelines)
+                    ip_end = ip + total_len if total_len else orig_len
+                    start = ip + 20 + (data_off >> 4) * 4
+                    if (fast is not None and data_off >= 0x50 and start <= ip_end and start <= len(data)
+                            and _fast_packet(fast, data, start, ip_end, seq, ack, timestamp, index, feed_event)):
+                        return
+        # ---- the plain path: PacketDecoder, Flow.feed and TimelineBuilder.feed -------------------
+        seg = packets.decode(RawPacket(*record))
+        if seg is None:
+            return
+        key = seg.src + seg.dst + _PORTS.pack(seg.sport, seg.dport)
+        entry = flows.get(key)
+        if (entry is not None and seg.flags & (SYN | ACK) == SYN and entry[0].closed
+                and entry[0].streams[entry[1]].syn_seq != seg.seq):
+            entry = None  # the 4-tuple is reused by a new connection (as in pipeline.iter_events)
+        if entry is None:
+            flow = _new_flow(seg, amqp_ports, 0)
+            if flow is None:
+                return
+            all_flows.append(flow)
+            entry = flows[key] = [flow, 0, None]
+            flows[seg.dst + seg.src + _PORTS.pack(seg.dport, seg.sport)] = [flow, 1, None]
+        for event in entry[0].feed(seg, entry[1]):
+            feed_event(event)
+
     index = 0
     timestamp = 0.0
-    unpack_headers = _ETH_IPV4_TCP.unpack_from
     next_progress = PROGRESS_EVERY
     try:
-        for record in reader.records():
-            index, timestamp, linktype, data, orig_len = record
+        for block in reader.blocks():
+            n = len(block.data_start)
             if summary.start_epoch is None:
-                summary.start_epoch = timestamp
+                summary.start_epoch = float(block.timestamp[0])
+            plan = Plan(block, side_for_key)
+            records = None
+            i = 0
+            while i < n:
+                hard = plan.next_hard(i)
+                if hard - i >= MIN_RUN:
+                    end = plan.run_end(i, hard)
+                    if end - i >= MIN_RUN:
+                        plan.apply(i, end)
+                        i = end
+                        continue
+                    hard = end
+                # Packets i..hard (the hard one included) one by one, in capture order.
+                if records is None:
+                    records = _BlockRecords(block)
+                stop = min(hard + 1, n)
+                for k in range(i, stop):
+                    one_packet(records.record(k))
+                i = stop
+            index = block.first_index + n
+            timestamp = float(block.timestamp[-1])
             if progress is not None and index >= next_progress:
-                next_progress += PROGRESS_EVERY
+                next_progress = index + PROGRESS_EVERY
                 progress(index, fileobj.tell())
-            # ---- Ethernet/SLL + 20-byte IPv4 header + TCP, unpacked at once --------------------
-            ip = _IP_OFFSETS.get(linktype)
-            if ip is not None and len(data) >= ip + 40:
-                ethertype, ver_ihl, total_len, frag, proto, seq, ack, data_off, flags = unpack_headers(data, ip - 2)
-                if (ethertype == 0x0800 and ver_ihl == 0x45 and proto == 6 and not frag & 0x3FFF
-                        and not flags & _NOT_ACK_ONLY and flags & ACK):
-                    entry = flows.get(data[ip + 12 : ip + 24])  # addresses and ports: the flow key
-                    if entry is not None:
-                        fast = entry[2]
-                        if fast is None:
-                            fast = entry[2] = _make_fast(entry, timelines)
-                        ip_end = ip + total_len if total_len else orig_len
-                        start = ip + 20 + (data_off >> 4) * 4
-                        if (fast is not None and data_off >= 0x50 and start <= ip_end and start <= len(data)
-                                and _fast_packet(fast, data, start, ip_end, seq, ack, timestamp, index, feed_event)):
-                            continue
-            # ---- the plain path: PacketDecoder, Flow.feed and TimelineBuilder.feed ---------------
-            seg = packets.decode(RawPacket(*record))
-            if seg is None:
-                continue
-            key = seg.src + seg.dst + _PORTS.pack(seg.sport, seg.dport)
-            entry = flows.get(key)
-            if (entry is not None and seg.flags & (SYN | ACK) == SYN and entry[0].closed
-                    and entry[0].streams[entry[1]].syn_seq != seg.seq):
-                entry = None  # the 4-tuple is reused by a new connection (as in pipeline.iter_events)
-            if entry is None:
-                flow = _new_flow(seg, amqp_ports, 0)
-                if flow is None:
-                    continue
-                all_flows.append(flow)
-                entry = flows[key] = [flow, 0, None]
-                flows[seg.dst + seg.src + _PORTS.pack(seg.dport, seg.sport)] = [flow, 1, None]
-            for event in entry[0].feed(seg, entry[1]):
-                feed_event(event)
     finally:
         summary.warnings.extend(reader.warnings)
         if index:
@@ -174,7 +198,29 @@ def _analyze(fileobj: BinaryIO, summary: CaptureSummary, *, ports: Iterable[int]
     return builder.result()
 
 
-def _make_fast(entry: list, timelines: dict) -> _Fast | None:
+class _BlockRecords:
+    """A block's records as the per-packet tuples (index, timestamp, linktype, data, orig_len)."""
+
+    __slots__ = ("buf", "first", "start", "caplen", "timestamp", "orig_len", "linktype")
+
+    def __init__(self, block: RecordBlock) -> None:
+        self.buf = block.buf
+        self.first = block.first_index + 1
+        self.start = block.data_start.tolist()
+        self.caplen = block.caplen.tolist()
+        self.timestamp = block.timestamp.tolist()
+        self.orig_len = block.orig_len.tolist()
+        linktype = block.linktype
+        self.linktype = linktype.tolist() if isinstance(linktype, np.ndarray) else linktype
+
+    def record(self, k: int) -> tuple:
+        start = self.start[k]
+        linktype = self.linktype if type(self.linktype) is int else self.linktype[k]
+        return (self.first + k, self.timestamp[k], linktype, self.buf[start : start + self.caplen[k]],
+                self.orig_len[k])
+
+
+def _make_fast(entry: list, timelines: dict) -> FastSide | None:
     """The cached fast-path view of a flow side, once the flow is AMQP (roles final) and has a timeline."""
     flow, side = entry[0], entry[1]
     if flow.state != AMQP:
@@ -183,11 +229,11 @@ def _make_fast(entry: list, timelines: dict) -> _Fast | None:
     if timeline is None:
         return None
     decoder = flow.decoders[side]
-    return _Fast(timeline, timeline.side(decoder.direction), flow.streams[side], flow.streams[1 - side], decoder,
+    return FastSide(timeline, timeline.side(decoder.direction), flow.streams[side], flow.streams[1 - side], decoder,
                  decoder.direction)
 
 
-def _fast_packet(fast: _Fast, data: bytes, start: int, ip_end: int, seq: int, ack: int, t: float, index: int,
+def _fast_packet(fast: FastSide, data: bytes, start: int, ip_end: int, seq: int, ack: int, t: float, index: int,
                  feed_event) -> bool:
     """Apply one ACK-flagged segment without SYN/FIN/RST as Flow.feed + TimelineBuilder would; False
     (nothing changed) when it is not the common case."""

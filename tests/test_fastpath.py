@@ -22,6 +22,19 @@ from tests.synth import ConvSegment, amqp_conversation, handshake_steps, scripte
 HB = synth.HEARTBEAT_FRAME
 
 
+@pytest.fixture(autouse=True, params=["as-shipped", "every-run-batched-numpy-walk", "every-run-batched-python-walk"])
+def batch_settings(request, monkeypatch):
+    """Every test three times: as shipped (short captures go packet by packet: a flow's packets
+    are batched from the first block that starts after its handshake), and with blocks of a few
+    records and every stretch of ordinary packets, however short, applied by analyzer/batch.py,
+    its frames walked by the numpy rounds or by the Python loop."""
+    if request.param != "as-shipped":
+        monkeypatch.setattr("analyzer.pcap.CHUNK_SIZE", 600)
+        monkeypatch.setattr("analyzer.fastpath.MIN_RUN", 1)
+        monkeypatch.setattr("analyzer.batch._PYTHON_TAIL", 1 if "numpy" in request.param else 1 << 40)
+    return request.param
+
+
 def plain(data: bytes, **kwargs):
     summary = CaptureSummary()
     builder = TimelineBuilder().feed_all(iter_events(io.BytesIO(data), summary, **kwargs))
@@ -163,6 +176,26 @@ def test_reset_and_data_after_teardown() -> None:
     late = [ConvSegment(round(s.timestamp + 1, 6), s.direction, s.flags, s.seq, s.ack, s.payload)
             for s in segs[fin - 6 : fin - 2]]
     assert_same(synth.pcap_bytes(conv.packets(segments=segs[:fin] + [rst] + late)))
+
+
+def test_new_data_after_a_reset() -> None:
+    """The broker resets; the client, not yet aware, keeps publishing new bytes: payload after the
+    teardown is 'late', not liveness."""
+    steps = handshake_steps(10) + [
+        (0.010, C2S, PSH | ACK, synth.method_frame(commands.Channel.Open(), 1)),
+        (0.011, S2C, PSH | ACK, synth.method_frame(commands.Channel.OpenOk(), 1)),
+    ]
+    t = 0.02
+    for i in range(20):
+        steps.append((t, C2S, PSH | ACK, publish(1)))
+        steps.append((t + 0.0005, S2C, ACK, b""))
+        t += 0.01
+    steps.append((t, S2C, RST | ACK, b""))
+    for i in range(20):
+        t += 0.01
+        steps.append((t, C2S, PSH | ACK, publish(2)))
+    timelines = assert_same(synth.pcap_bytes(scripted_conversation(steps).packets()))
+    assert timelines[0].c2s.late_payload is not None
 
 
 # ---- random mixes -----------------------------------------------------------------------------------
