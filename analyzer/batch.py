@@ -44,7 +44,7 @@ from analyzer.tcp import SEQ_HALF, SEQ_MOD
 MIN_RUN = 64
 # When fewer packets than this still have frames to walk, the rest of their frames are walked in
 # Python: a numpy round costs the same for 3 packets as for 3,000.
-_PYTHON_TAIL = 24
+_PYTHON_TAIL = 64
 
 _SEQ_MASK = SEQ_MOD - 1
 _FRAME_END = framing.FRAME_END
@@ -61,7 +61,6 @@ _HEADERS = np.dtype({
     "itemsize": 36,
 })
 _HEADER_WIDTH = 36
-_PAD = bytes(64)  # read past a record's end harmlessly; every value read there is checked before use
 _CONTENT_NAMES = {FRAME_HEADER: "content header", FRAME_BODY: "content body", FRAME_HEARTBEAT: "heartbeat",
                   FRAME_HEARTBEAT_OLD: "heartbeat"}
 
@@ -101,18 +100,20 @@ class Plan:
         self.block = block
         n = self.n = len(block.data_start)
         buf = block.buf
-        self.bytes = np.frombuffer(buf + _PAD, np.uint8)
+        self.bytes = np.frombuffer(buf, np.uint8)
         ordinary = np.zeros(n, dtype=bool)
         self.side_id = side_id = np.full(n, -1, dtype=np.int64)
         self.sides: list[FastSide] = []
         self.hard_list: list[int] = []
 
         offsets = _ip_offsets(block)
-        if offsets is None:
+        if offsets is None or len(buf) < 64:  # 64: no Ethernet + IPv4 + TCP packet with a payload is shorter
             self._finish(ordinary)
             return
         ip, handled = offsets
-        h = _gather(self.bytes, block.data_start + ip - 2, _HEADER_WIDTH).view(_HEADERS)[:, 0]
+        # A record too short for these headers reads the end of the buffer instead: its caplen check fails.
+        h = _gather(self.bytes, np.minimum(block.data_start + ip - 2, len(buf) - _HEADER_WIDTH),
+                    _HEADER_WIDTH).view(_HEADERS)[:, 0]
         flags = h["flags"]
         tcp4 = (handled & (block.caplen >= ip + 40) & (h["ethertype"] == 0x0800) & (h["ver_ihl"] == 0x45)
                 & (h["proto"] == 6) & ((h["frag"] & 0x3FFF) == 0))
@@ -126,8 +127,10 @@ class Plan:
         self.payload_len = np.where(ordinary, ip_end - start, 0)
 
         # ---- flow sides: one dict lookup per distinct key, not per packet ------------------------
-        words = h["key"].copy().view("<u4").reshape(n, 3).astype(np.uint64)
-        key_hash = (words[:, 0] << np.uint64(32) | words[:, 1]) ^ (words[:, 2] * np.uint64(0x9E3779B97F4A7C15))
+        words = h["key"].copy().view("<u4").reshape(n, 3)
+        addresses = words[:, 0].astype(np.uint64) << np.uint64(32) | words[:, 1]
+        ports = words[:, 2]
+        key_hash = addresses ^ (ports.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
         # A SYN may start a new connection on a reused 4-tuple mid-block (a new Flow object):
         # its key's packets stay on the per-packet path for this block.
         syn_keys = key_hash[tcp4 & ((flags & SYN) != 0)]
@@ -149,7 +152,7 @@ class Plan:
         side_id[candidates] = side_of_key[inverse.reshape(-1)]
         # Two keys with one hash would share a side: such packets stay on the per-packet path.
         reps = candidates[first][inverse.reshape(-1)]
-        side_id[candidates[(words[candidates] != words[reps]).any(axis=1)]] = -1
+        side_id[candidates[(addresses[candidates] != addresses[reps]) | (ports[candidates] != ports[reps])]] = -1
         ordinary &= side_id >= 0
         self.peer_id = np.array([stream_side.get(id(s.peer_stream), -1) for s in self.sides], dtype=np.int64)
 
@@ -237,15 +240,19 @@ class Plan:
         while len(active) >= _PYTHON_TAIL:
             c = pos[active]
             e = end[active]
-            frame_type = b[c].astype(np.int64)
-            channel = b[c + 1].astype(np.int64) << 8 | b[c + 2]
-            size = (b[c + 3].astype(np.int64) << 24 | b[c + 4].astype(np.int64) << 16
-                    | b[c + 5].astype(np.int64) << 8 | b[c + 6])
+            # Reads are clipped to the buffer: a frame header (7 bytes) is only used where 8 bytes
+            # remain, and a method frame's ids (4 more) only where the frame ends after them.
+            at = np.minimum(c, len(b) - 7)
+            frame_type = b[at].astype(np.int64)
+            channel = b[at + 1].astype(np.int64) << 8 | b[at + 2]
+            size = (b[at + 3].astype(np.int64) << 24 | b[at + 4].astype(np.int64) << 16
+                    | b[at + 5].astype(np.int64) << 8 | b[at + 6])
             frame_end = c + 7 + size
             good = (e - c >= 8) & (frame_end < e) & (size <= _MAX_BUFFERED_FRAME)
             good &= b[np.where(good, frame_end, c)] == _FRAME_END
-            ids = (b[c + 7].astype(np.int64) << 24 | b[c + 8].astype(np.int64) << 16
-                   | b[c + 9].astype(np.int64) << 8 | b[c + 10])
+            at = np.minimum(c, len(b) - 11)
+            ids = (b[at + 7].astype(np.int64) << 24 | b[at + 8].astype(np.int64) << 16
+                   | b[at + 9].astype(np.int64) << 8 | b[at + 10])
             method = frame_type == FRAME_METHOD
             heartbeat = (frame_type == FRAME_HEARTBEAT) | (frame_type == FRAME_HEARTBEAT_OLD)
             # Connection-class methods and channel.close: TimelineBuilder needs their arguments.
@@ -293,7 +300,8 @@ class Plan:
                     break
                 frame_type, channel, size = unpack_header(buf, p)
                 frame_end = p + 7 + size
-                if frame_end >= e or size > _MAX_BUFFERED_FRAME or buf[frame_end] != _FRAME_END:
+                # (size <= _MAX_BUFFERED_FRAME follows: a frame ends inside one packet's payload.)
+                if frame_end >= e or buf[frame_end] != _FRAME_END:
                     good = False
                     break
                 if frame_type == FRAME_METHOD:
@@ -301,7 +309,7 @@ class Plan:
                         good = False
                         break
                     class_id, method_id = unpack_ids(buf, p + 7)
-                    if class_id == 10 or (class_id, method_id) == (20, 40):
+                    if class_id == 10 or class_id == 20 and method_id == 40:
                         good = False
                         break
                     ids = class_id << 16 | method_id
