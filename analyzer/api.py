@@ -12,14 +12,22 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
+
 from analyzer.amqp.arguments import ArgumentDecodeError, decode_content_header, decode_method_arguments
 from analyzer.amqp.spec import METHOD_NAMES
 from analyzer.diagnose import Diagnosis, diagnose
 from analyzer.errors import CaptureFileError, UsageError
-from analyzer.fastpath import analyze_timelines
+from analyzer.batch import FrameColumns
+from analyzer.fastpath import analyze_timelines, iter_frames
 from analyzer.pipeline import DEFAULT_PORTS, ProgressCallback, iter_events
-from analyzer.records import FRAME_BODY, FRAME_HEADER, FRAME_METHOD, CaptureSummary, Frame
+from analyzer.records import FRAME_BODY, FRAME_HEADER, FRAME_METHOD, FRAME_TYPE_NAMES, CaptureSummary, Frame
 from analyzer.timeline import TimelineBuilder
+
+
+# The method classes whose arguments the analysis reads (connection.tune, connection.close,
+# channel.close, ...): `frames` shows them even without --args.
+CONTROL_CLASSES = frozenset((10, 20))
 
 
 @dataclass(slots=True)
@@ -67,26 +75,116 @@ def read_frames(
     show_secrets: bool = False,
     summary: CaptureSummary | None = None,
     progress: ProgressCallback | None = None,
+    all_arguments: bool = True,
 ) -> Iterator[FrameRecord]:
-    """Every AMQP frame in the file, in capture order, with decoded arguments."""
+    """Every AMQP frame in the file, in capture order, with decoded arguments.
+
+    `all_arguments=False` decodes only what the heartbeat analysis reads — the arguments of
+    connection- and channel-class methods — and leaves `args` None for the rest (basic.*,
+    content headers); it then runs the fast path (analyzer/fastpath.py), several times faster
+    on a busy capture. The frames and every other field are the same either way.
+    """
+    for item in read_frame_batches(path, ports=ports, connection=connection, payload_bytes=payload_bytes,
+                                   show_secrets=show_secrets, summary=summary, progress=progress,
+                                   all_arguments=all_arguments):
+        if type(item) is FrameBatch:
+            yield from item.records()
+        else:
+            yield item
+
+
+def read_frame_batches(path: str | os.PathLike, *, summary: CaptureSummary | None = None,
+                       **kwargs) -> Iterator[FrameRecord | FrameBatch]:
+    """read_frames, with the frames of each run of the fast path as one FrameBatch (columns)."""
     summary = summary if summary is not None else CaptureSummary()
     with open_file(path) as fileobj:
+        yield from frame_records(fileobj, summary, **kwargs)
+
+
+def frame_records(fileobj, summary: CaptureSummary, *, ports: Iterable[int] = DEFAULT_PORTS,
+                  connection: str | None = None, payload_bytes: int = 0, show_secrets: bool = False,
+                  progress: ProgressCallback | None = None,
+                  all_arguments: bool = True) -> Iterator[FrameRecord | FrameBatch]:
+    """read_frame_batches on an open capture file."""
+    if all_arguments or payload_bytes:
         for event in iter_events(fileobj, summary, ports=ports, payload_bytes=payload_bytes, progress=progress):
             if type(event) is not Frame:
                 continue
             if connection is not None and event.connection.id != connection:
                 continue
-            yield frame_record(event, summary.start_epoch, show_secrets=show_secrets, payload_bytes=payload_bytes)
+            yield frame_record(event, summary.start_epoch, show_secrets=show_secrets,
+                               payload_bytes=payload_bytes, all_arguments=all_arguments)
+        return
+    for item in iter_frames(fileobj, summary, ports=ports, progress=progress):
+        if type(item) is Frame:
+            if connection is None or item.connection.id == connection:
+                yield frame_record(item, summary.start_epoch, show_secrets=show_secrets, all_arguments=False)
+            continue
+        batch = FrameBatch(summary.start_epoch, item)
+        if connection is not None:
+            batch = batch.only(connection)
+        if len(batch.columns.packet):
+            yield batch
 
 
-def frame_record(frame: Frame, t0: float, *, show_secrets: bool = False, payload_bytes: int = 0) -> FrameRecord:
+@dataclass(slots=True)
+class FrameBatch:
+    """Consecutive frames as columns: a run of the fast path, where no frame has arguments (no
+    connection or channel method is ever in a run). `records()` gives them as FrameRecords."""
+
+    t0: float
+    columns: FrameColumns
+
+    @property
+    def connection_ids(self) -> list[str]:
+        """By side number (columns.side)."""
+        return [side.timeline.info.id for side in self.columns.sides]
+
+    @property
+    def directions(self) -> list[str]:
+        return [side.direction for side in self.columns.sides]
+
+    def method_names(self) -> tuple[list, np.ndarray]:
+        """(names, index per frame): the method name of each frame as names[index], None if not a method."""
+        columns = self.columns
+        key = np.where(columns.type == FRAME_METHOD, columns.ids, -1)
+        keys, index = np.unique(key, return_inverse=True)
+        names = [None if k < 0 else METHOD_NAMES.get((k >> 16, k & 0xFFFF), f"{k >> 16}.{k & 0xFFFF}")
+                 for k in keys.tolist()]
+        return names, index.reshape(-1)
+
+    def only(self, connection: str) -> "FrameBatch":
+        keep_sides = [i for i, cid in enumerate(self.connection_ids) if cid == connection]
+        keep = np.isin(self.columns.side, keep_sides)
+        c = self.columns
+        return FrameBatch(self.t0, FrameColumns(c.sides, c.side[keep], c.timestamp[keep], c.packet[keep],
+                                                c.offset[keep], c.type[keep], c.channel[keep], c.size[keep],
+                                                c.ids[keep]))
+
+    def records(self) -> Iterator[FrameRecord]:
+        c = self.columns
+        ids = self.connection_ids
+        directions = self.directions
+        names, name_index = self.method_names()
+        t0 = self.t0
+        for side, t, packet, offset, frame_type, channel, size, name in zip(
+                c.side.tolist(), c.timestamp.tolist(), c.packet.tolist(), c.offset.tolist(), c.type.tolist(),
+                c.channel.tolist(), c.size.tolist(), name_index.tolist()):
+            yield FrameRecord(t - t0, t, ids[side], directions[side], channel, FRAME_TYPE_NAMES[frame_type],
+                              names[name], size, packet, offset, None)
+
+
+def frame_record(frame: Frame, t0: float, *, show_secrets: bool = False, payload_bytes: int = 0,
+                 all_arguments: bool = True) -> FrameRecord:
     method = None
     args = None
     try:
         if frame.type == FRAME_METHOD:
             method = METHOD_NAMES.get((frame.class_id, frame.method_id), f"{frame.class_id}.{frame.method_id}")
-            args = decode_method_arguments(frame.class_id, frame.method_id, frame.payload, show_secrets=show_secrets)
-        elif frame.type == FRAME_HEADER:
+            if all_arguments or frame.class_id in CONTROL_CLASSES:
+                args = decode_method_arguments(frame.class_id, frame.method_id, frame.payload,
+                                               show_secrets=show_secrets)
+        elif frame.type == FRAME_HEADER and all_arguments:
             args = decode_content_header(frame.payload)
     except ArgumentDecodeError as exc:
         args = {"error": str(exc)}

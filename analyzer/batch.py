@@ -9,9 +9,9 @@ What a run is. Within one RecordBlock (pcap.py), an *ordinary* packet is one tha
 fast path (fastpath._fast_packet) would apply with no branch taken: IPv4 + TCP, ACK set and no
 SYN/FIN/RST, not snapped, of a flow side whose FastSide existed when the block started, new
 bytes exactly at the next expected sequence number, an ACK that does not pass what the capture
-saw of the peer, and a payload that is whole AMQP frames (no split frame, no damage, none of
-the frames TimelineBuilder needs arguments of). A run is a stretch of consecutive ordinary
-packets. For a run, every counter TimelineBuilder and HalfStream would have ended with is a sum,
+saw of the peer, and a payload that is whole AMQP frames (no split frame, no damage, no
+connection- or channel-class method: their arguments are read). A run is a stretch of
+consecutive ordinary packets. For a run, every counter TimelineBuilder and HalfStream would have ended with is a sum,
 a count, a last or a first over columns, so `Plan.apply` sets them at once; heartbeats are the
 only per-frame Python work. Every other packet ("hard") goes through the per-packet path, in
 capture order, so rare cases keep their one implementation. tests/test_fastpath.py holds the
@@ -90,14 +90,32 @@ class _Walk(NamedTuple):
     heartbeat_nonstandard: np.ndarray  # bool per heartbeat: type 4, or a channel or a size
 
 
+class FrameColumns(NamedTuple):
+    """The frames of one run, in capture order, as columns (for `frames`: Plan.run_frames)."""
+
+    sides: list  # FastSide by side number
+    side: np.ndarray
+    timestamp: np.ndarray
+    packet: np.ndarray  # record number in the file (1-based)
+    offset: np.ndarray  # stream offset of the frame's first byte in its direction
+    type: np.ndarray
+    channel: np.ndarray
+    size: np.ndarray
+    ids: np.ndarray  # class_id << 16 | method_id for method frames
+
+
 class Plan:
     """One block's packets sorted into ordinary and hard; runs of ordinary packets applied at once.
 
     `side_for_key(key)` returns the FastSide for a flow key (addresses + ports, 12 bytes) or None.
+    With `keep_frames`, the walk also keeps every frame, for `run_frames`.
     """
 
-    def __init__(self, block: RecordBlock, side_for_key: Callable[[bytes], FastSide | None]) -> None:
+    def __init__(self, block: RecordBlock, side_for_key: Callable[[bytes], FastSide | None],
+                 keep_frames: bool = False) -> None:
         self.block = block
+        self.keep_frames = keep_frames
+        self.frame_table: tuple | None = None
         n = self.n = len(block.data_start)
         buf = block.buf
         self.bytes = np.frombuffer(buf, np.uint8)
@@ -233,6 +251,7 @@ class Plan:
         last_ids = np.zeros(n, dtype=np.int64)
         hb_packets: list[np.ndarray] = []
         hb_nonstandard: list[np.ndarray] = []
+        kept: list[tuple] | None = [] if self.keep_frames else None  # (packet, position, type, channel, size, ids)
         pos = self.payload_start.copy()
         end = pos + self.payload_len
         ok[payload] = True
@@ -255,8 +274,9 @@ class Plan:
                    | b[at + 9].astype(np.int64) << 8 | b[at + 10])
             method = frame_type == FRAME_METHOD
             heartbeat = (frame_type == FRAME_HEARTBEAT) | (frame_type == FRAME_HEARTBEAT_OLD)
-            # Connection-class methods and channel.close: TimelineBuilder needs their arguments.
-            needs_arguments = method & (((ids >> 16) == 10) | (ids == (20 << 16 | 40)))
+            # Connection and channel methods: TimelineBuilder reads the arguments of some (tune,
+            # close, channel.close) and `frames` shows all of theirs; they are few.
+            needs_arguments = method & (((ids >> 16) == 10) | ((ids >> 16) == 20))
             good &= (method & (size >= 4) & ~needs_arguments) | heartbeat | (frame_type == FRAME_HEADER) | (
                 frame_type == FRAME_BODY)
             ok[active[~good]] = False
@@ -268,11 +288,15 @@ class Plan:
             if beat.any():
                 hb_packets.append(active[beat])
                 hb_nonstandard.append(((frame_type == FRAME_HEARTBEAT_OLD) | (size != 0) | (channel != 0))[beat])
+            if kept is not None:
+                kept.append((moved, c[good], frame_type[good], channel[good], size[good], ids[good]))
             pos[moved] = frame_end[good] + 1
             active = moved[pos[moved] < end[moved]]
         if len(active):
             self._walk_in_python(active.tolist(), pos, end, ok, frames, last_type, last_ids, hb_packets,
-                                 hb_nonstandard)
+                                 hb_nonstandard, kept)
+        if kept:
+            self._keep_frames(kept, ok)
         if hb_packets:
             packets = np.concatenate(hb_packets)
             order = np.argsort(packets, kind="stable")
@@ -281,13 +305,24 @@ class Plan:
             heartbeats = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
         return _Walk(ok, frames, last_type, last_ids, *heartbeats)
 
-    def _walk_in_python(self, active, pos, end, ok, frames, last_type, last_ids, hb_packets, hb_nonstandard):
+    def _keep_frames(self, kept: list[tuple], ok: np.ndarray) -> None:
+        """Every frame of the packets whose walk succeeded, sorted into capture order."""
+        packet, position, frame_type, channel, size, ids = (np.concatenate(column) for column in zip(*kept))
+        whole = ok[packet]
+        packet, position = packet[whole], position[whole]
+        order = np.argsort(packet << 32 | position, kind="stable")
+        self.frame_table = (packet[order], position[order], frame_type[whole][order], channel[whole][order],
+                            size[whole][order], ids[whole][order])
+
+    def _walk_in_python(self, active, pos, end, ok, frames, last_type, last_ids, hb_packets, hb_nonstandard,
+                        kept):
         """The same walk as the numpy rounds, for the few packets that still have frames."""
         buf = self.block.buf
         unpack_header = _FRAME_HEADER.unpack_from
         unpack_ids = _IDS.unpack_from
         beats: list[int] = []
         nonstandard: list[bool] = []
+        rows: list[tuple] | None = [] if kept is not None else None
         for packet in active:
             p = int(pos[packet])
             e = int(end[packet])
@@ -309,7 +344,7 @@ class Plan:
                         good = False
                         break
                     class_id, method_id = unpack_ids(buf, p + 7)
-                    if class_id == 10 or class_id == 20 and method_id == 40:
+                    if class_id == 10 or class_id == 20:
                         good = False
                         break
                     ids = class_id << 16 | method_id
@@ -319,6 +354,8 @@ class Plan:
                 elif frame_type != FRAME_HEADER and frame_type != FRAME_BODY:
                     good = False
                     break
+                if rows is not None:
+                    rows.append((packet, p, frame_type, channel, size, ids if frame_type == FRAME_METHOD else 0))
                 count += 1
                 p = frame_end + 1
             if not good:
@@ -330,6 +367,8 @@ class Plan:
         if beats:
             hb_packets.append(np.array(beats, dtype=np.int64))
             hb_nonstandard.append(np.array(nonstandard, dtype=bool))
+        if rows:
+            kept.append(tuple(np.array(column, dtype=np.int64) for column in zip(*rows)))
 
     # ---- runs --------------------------------------------------------------------------------------
     def next_hard(self, i: int) -> int:
@@ -381,6 +420,26 @@ class Plan:
             if len(past):
                 end = min(end, int(early[past[0]]))
         return end
+
+    def run_frames(self, i: int, j: int) -> FrameColumns:
+        """The frames of packets i..j-1 (a run checked by run_end, before `apply` moves the
+        decoders on: a frame's stream offset counts from where its decoder stands)."""
+        if self.frame_table is None:  # no frame in any ordinary packet of the block
+            self.frame_table = tuple(np.zeros(0, dtype=np.int64) for _ in range(6))
+        packet, position, frame_type, channel, size, ids = self.frame_table
+        lo, hi = np.searchsorted(packet, (i, j))
+        packet, position = packet[lo:hi], position[lo:hi]
+        # Stream offset of each payload packet's first byte: its side's decoder base, plus the
+        # payload of that side's packets before it in the run.
+        first_byte = np.zeros(self.n, dtype=np.int64)
+        for s in np.unique(self.side_id[i:j]).tolist():
+            payload = _between(self.payload_of[s], i, j)
+            lengths = self.payload_len[payload]
+            first_byte[payload] = self.sides[s].decoder.base + np.cumsum(lengths) - lengths
+        return FrameColumns(self.sides, self.side_id[packet], self.block.timestamp[packet],
+                            packet + self.block.first_index + 1,
+                            first_byte[packet] + position - self.payload_start[packet],
+                            frame_type[lo:hi], channel[lo:hi], size[lo:hi], ids[lo:hi])
 
     def apply(self, i: int, j: int) -> None:
         """Packets i..j-1, all ordinary and checked by run_end: what _fast_packet would have done to

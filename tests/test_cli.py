@@ -138,13 +138,17 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_line_only_on_a_terminal_after_a_second_and_never_with_quiet(captures_dir, monkeypatch) -> None:
-    from analyzer import cli, pipeline
+    from analyzer import cli, fastpath, pipeline
 
     monkeypatch.setattr(cli.Progress, "DELAY", 0.0)
     monkeypatch.setattr(pipeline, "PROGRESS_EVERY", 1)
+    monkeypatch.setattr(fastpath, "PROGRESS_EVERY", 1)
     path = str(captures_dir / "idle.pcap")
-    for quiet in (False, True):
-        err = _Terminal()
-        assert cli.main(["frames", path, *(["--quiet"] if quiet else [])], stdout=io.StringIO(), stderr=err) == 0
-        assert ("packets/s" in err.getvalue()) is not quiet
+    # frames --args takes the plain pipeline, frames and analyze the fast path.
+    for command in (["frames"], ["frames", "--args"], ["analyze"]):
+        for quiet in (False, True):
+            err = _Terminal()
+            argv = [*command, path, *(["--quiet"] if quiet else [])]
+            assert cli.main(argv, stdout=io.StringIO(), stderr=err) == 0
+            assert ("packets/s" in err.getvalue()) is not quiet, argv
     assert "packets/s" not in run("frames", path)[2]  # stderr not a terminal

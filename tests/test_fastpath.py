@@ -10,10 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from pamqp import body as pamqp_body, commands, frame as pamqp_frame, header as pamqp_header
 
+from analyzer.api import FrameBatch, frame_record, frame_records
 from analyzer.diagnose import diagnose
 from analyzer.fastpath import analyze_timelines
 from analyzer.pipeline import iter_events
-from analyzer.records import ACK, C2S, FIN, PSH, RST, S2C, CaptureSummary
+from analyzer.records import ACK, C2S, FIN, PSH, RST, S2C, CaptureSummary, Frame
 from analyzer.timeline import TimelineBuilder
 from tests import synth
 from tests.conftest import CAPTURES
@@ -47,13 +48,27 @@ def fast(data: bytes, **kwargs):
 
 
 def assert_same(data: bytes, **kwargs) -> list:
+    """Timelines, diagnoses and the frame listing (`frames` without --args) equal the plain path's."""
     expected, expected_summary = plain(data, **kwargs)
     got, got_summary = fast(data, **kwargs)
     assert got_summary == expected_summary
     assert got == expected
     t0 = expected_summary.start_epoch or 0.0
     assert [diagnose(t, t0) for t in got] == [diagnose(t, t0) for t in expected]
+    assert_same_frames(data, **kwargs)
     return got
+
+
+def assert_same_frames(data: bytes, **kwargs) -> None:
+    summary = CaptureSummary()
+    expected = [frame_record(event, summary.start_epoch, all_arguments=False)
+                for event in iter_events(io.BytesIO(data), summary, **kwargs) if type(event) is Frame]
+    fast_summary = CaptureSummary()
+    got = []
+    for item in frame_records(io.BytesIO(data), fast_summary, all_arguments=False, **kwargs):
+        got.extend(item.records() if isinstance(item, FrameBatch) else [item])
+    assert fast_summary == summary
+    assert got == expected
 
 
 def publish(n: int, channel: int = 1) -> bytes:
