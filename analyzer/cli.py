@@ -168,7 +168,7 @@ def run_frames(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from analyzer.api import analyze_file
-    from analyzer.render.analysis_json import CSV_COLUMNS, analysis_document, connection_row
+    from analyzer.render.analysis_json import CSV_COLUMNS, connection_row, write_analysis_document
     from analyzer.render.text import analysis_report
 
     status = ExitStatus.OK
@@ -181,10 +181,7 @@ def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
             continue
         analysis = outcome
         if args.format == "json":
-            # json.dump writes piece by piece: dumps would hold the whole text, and with indent its
-            # pieces too (about 1 GB for the 100 MB document of 50,000 connections).
-            json.dump(analysis_document(analysis), stdout, indent=2, ensure_ascii=False)
-            stdout.write("\n")
+            write_analysis_document(analysis, stdout)
         elif args.format == "csv":
             if writer is None:
                 writer = csv.DictWriter(stdout, fieldnames=CSV_COLUMNS)

@@ -1,6 +1,8 @@
-"""`frames --format jsonl` writes exactly what json.dumps(frame_fields(record), ensure_ascii=False)
-would, for single records and for FrameBatches (the fast path's runs), and `frames` without
---args lists the same frames as with it, arguments aside."""
+"""Renderers of big outputs, built without json.dumps per object and held equal to it:
+`frames --format jsonl` writes exactly what json.dumps(frame_fields(record), ensure_ascii=False)
+would, for single records and for FrameBatches (the fast path's runs); `frames` without --args
+lists the same frames as with it, arguments aside; `analyze --format json` is the same document
+whether its connections are indented or one per line."""
 from __future__ import annotations
 
 import io
@@ -82,3 +84,19 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | _text,
 def test_line_equals_json_dumps(t, epoch, connection, direction, channel, kind, method, size, packet, args, file) -> None:
     record = FrameRecord(t, epoch, connection, direction, channel, kind, method, size, packet, 0, args)
     assert JsonLines(file).line(record) == json.dumps(frame_fields(record, file), ensure_ascii=False) + "\n"
+
+
+@pytest.mark.parametrize("indented", [100, 0], ids=["indented", "one-line-per-connection"])
+def test_analysis_json_is_the_document_either_way(indented, monkeypatch) -> None:
+    """Above INDENTED_CONNECTIONS connections each is written on one line; the JSON is the same."""
+    from analyzer.api import analyze_file
+    from analyzer.render import analysis_json
+
+    monkeypatch.setattr(analysis_json, "INDENTED_CONNECTIONS", indented)
+    for name in ("proxy.pcap", "idle.pcap"):
+        analysis = analyze_file(CAPTURE_DIR / name)
+        out = io.StringIO()
+        analysis_json.write_analysis_document(analysis, out)
+        text = out.getvalue()
+        assert json.loads(text) == json.loads(json.dumps(analysis_json.analysis_document(analysis)))
+        assert text.endswith("}\n") and (text.count("\n") > 50) is (indented > 0)
