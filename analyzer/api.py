@@ -209,6 +209,7 @@ def analyze_file(
     observer: Callable[[object], None] | None = None,
     show_secrets: bool = False,
     progress: ProgressCallback | None = None,
+    on_connection: Callable[[Diagnosis], None] | None = None,
 ) -> FileAnalysis:
     """Per-connection heartbeat timelines, verdicts and explanations for one capture file.
 
@@ -216,8 +217,18 @@ def analyze_file(
     DataFrames from them in the same pass). Start-ok passwords are redacted in the result
     unless `show_secrets` is true. `progress`, when given, is called now and then with
     (packets read, file bytes read).
+
+    `on_connection` (without `observer`) streams: each connection's Diagnosis is handed to it
+    as soon as it is final — closed fastpath.RETIRE_AFTER seconds of capture time earlier, or at
+    the end of the file — and not kept, so memory follows the connections open at once rather
+    than all of them (`connections` stays empty). Calls come in closing order;
+    `timeline_order(d.timeline)` sorts them into the list's order. Packets that arrive for a
+    connection after it was handed over are counted in a warning, not analyzed.
     """
     summary = CaptureSummary()
+    if on_connection is not None and observer is None:
+        return _analyze_streaming(path, summary, ports=ports, connection=connection, show_secrets=show_secrets,
+                                  progress=progress, on_connection=on_connection)
     with open_file(path) as fileobj:
         if observer is None:
             # No one needs the events themselves: the fast path builds the same timelines without
@@ -236,3 +247,23 @@ def analyze_file(
         if not timelines:
             raise UsageError(f"{path}: no AMQP connection {connection!r} in this capture")
     return FileAnalysis(str(path), summary, [diagnose(t, t0) for t in timelines])
+
+
+def _analyze_streaming(path, summary: CaptureSummary, *, ports, connection, show_secrets, progress,
+                       on_connection: Callable[[Diagnosis], None]) -> FileAnalysis:
+    found = 0
+
+    def hand_over(timeline) -> None:
+        nonlocal found
+        if connection is None or timeline.info.id == connection:
+            found += 1
+            on_connection(diagnose(timeline, summary.start_epoch or 0.0))
+
+    with open_file(path) as fileobj:
+        rest = analyze_timelines(fileobj, summary, ports=ports, show_secrets=show_secrets, progress=progress,
+                                 on_retire=hand_over)
+    for timeline in rest:
+        hand_over(timeline)
+    if connection is not None and not found:
+        raise UsageError(f"{path}: no AMQP connection {connection!r} in this capture")
+    return FileAnalysis(str(path), summary, [])

@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import csv
 import enum
+import io
 import json
 import os
 import sys
+import tempfile
 import time
+from array import array
 from typing import TextIO
 
 from analyzer import __version__
@@ -167,42 +170,109 @@ def run_frames(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from analyzer.api import analyze_file
-    from analyzer.render.analysis_json import CSV_COLUMNS, connection_row, write_analysis_document
-    from analyzer.render.text import analysis_report
+    from analyzer.render.analysis_json import CSV_COLUMNS, connection_json, connection_row, write_document
+    from analyzer.render.text import connection_block, report_head
 
     status = ExitStatus.OK
-    writer = None
     colour = args.format == "text" and stdout.isatty() and not os.environ.get("NO_COLOR")
-    for path, outcome in _analyses(args, stderr):
-        if isinstance(outcome, CaptureFileError):
-            stderr.write(f"amqp-hb: {outcome}\n")
-            status = ExitStatus.BAD_INPUT
-            continue
-        analysis = outcome
+    csv_header = args.format == "csv"
+
+    def render(path: str):
+        """What one connection of `path` becomes in the output."""
         if args.format == "json":
-            write_analysis_document(analysis, stdout)
-        elif args.format == "csv":
-            if writer is None:
-                writer = csv.DictWriter(stdout, fieldnames=CSV_COLUMNS)
-                writer.writeheader()
-            for diagnosis in analysis.connections:
-                writer.writerow(connection_row(analysis.path, diagnosis))
-        else:
-            stdout.write(analysis_report(analysis, colour=colour))
+            return connection_json
+        if args.format == "csv":
+            return lambda d: _csv_line(connection_row(path, d), CSV_COLUMNS)
+        return lambda d: connection_block(d, colour=colour)
+
+    for path, outcome, connections in _analyses(args, stderr, render):
+        with connections:
+            if isinstance(outcome, CaptureFileError):
+                stderr.write(f"amqp-hb: {outcome}\n")
+                status = ExitStatus.BAD_INPUT
+                continue
+            analysis = outcome
+            if args.format == "json":
+                write_document(analysis, connections, len(connections), stdout)
+            elif args.format == "csv":
+                if csv_header:
+                    csv.DictWriter(stdout, fieldnames=CSV_COLUMNS).writeheader()
+                    csv_header = False
+                stdout.writelines(connections)
+            else:
+                stdout.write(report_head(analysis, len(connections), colour=colour))
+                stdout.writelines(connections)
         if args.format != "text":
             for warning in analysis.summary.warnings:
                 stderr.write(f"amqp-hb: warning: {path}: {warning}\n")
     return status
 
 
-def _analyze_one(path: str, ports: tuple[int, ...], connection: str | None, show_secrets: bool, progress=None):
+def _csv_line(row: dict, columns: list[str]) -> str:
+    line = io.StringIO()
+    csv.DictWriter(line, fieldnames=columns).writerow(row)
+    return line.getvalue()
+
+
+class _RenderedConnections:
+    """One file's connections, rendered as they are handed over (in closing order) and kept on an
+    unnamed temporary file; read back in connection order. Memory: 32 bytes a connection."""
+
+    def __init__(self, render) -> None:
+        self._render = render
+        self._file = tempfile.TemporaryFile()
+        self._first_seen = array("d")
+        self._number = array("q")
+        self._offset = array("q")
+        self._length = array("q")
+        self._end = 0
+
+    def add(self, diagnosis) -> None:
+        data = self._render(diagnosis).encode("utf-8")
+        self._file.write(data)
+        self._first_seen.append(diagnosis.timeline.first_seen)
+        self._number.append(diagnosis.timeline.number)
+        self._offset.append(self._end)
+        self._length.append(len(data))
+        self._end += len(data)
+
+    def __len__(self) -> int:
+        return len(self._offset)
+
+    def __iter__(self):
+        self._file.flush()
+        first_seen, number = self._first_seen, self._number
+        for i in sorted(range(len(self)), key=lambda i: (first_seen[i], number[i])):
+            self._file.seek(self._offset[i])
+            yield self._file.read(self._length[i]).decode("utf-8")
+
+    def __enter__(self) -> "_RenderedConnections":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+
+class _Rendered(list):
+    """Connections rendered from a whole FileAnalysis (--jobs): the same interface, in memory."""
+
+    def __enter__(self) -> "_Rendered":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _analyze_one(path: str, ports: tuple[int, ...], connection: str | None, show_secrets: bool, progress=None,
+                 on_connection=None):
     """One file's FileAnalysis, or the CaptureFileError that says why there is none (run in a worker
-    process with --jobs; other errors propagate to main's one place that maps them)."""
+    process with --jobs, where the result is sent back whole; other errors propagate to main's one
+    place that maps them)."""
     from analyzer.api import analyze_file
 
     try:
-        return analyze_file(path, ports=ports, connection=connection, show_secrets=show_secrets, progress=progress)
+        return analyze_file(path, ports=ports, connection=connection, show_secrets=show_secrets, progress=progress,
+                            on_connection=on_connection)
     except CaptureFileError as exc:
         return exc
     finally:
@@ -210,12 +280,18 @@ def _analyze_one(path: str, ports: tuple[int, ...], connection: str | None, show
             progress.done()
 
 
-def _analyses(args: argparse.Namespace, stderr: TextIO):
-    """(path, FileAnalysis or CaptureFileError) in argument order; files in parallel with --jobs N."""
+def _analyses(args: argparse.Namespace, stderr: TextIO, render):
+    """(path, FileAnalysis or CaptureFileError, its rendered connections) in argument order. One
+    file at a time, connections are rendered as they close and kept on a temporary file (memory
+    follows the connections open at once); with --jobs N, files in parallel, each process sending
+    its whole result back."""
     ports = _ports(args)
     if args.jobs == 1 or len(args.files) == 1:
         for path in args.files:
-            yield path, _analyze_one(path, ports, args.connection, args.show_secrets, _progress(args, path, stderr))
+            connections = _RenderedConnections(render(path))
+            outcome = _analyze_one(path, ports, args.connection, args.show_secrets, _progress(args, path, stderr),
+                                   on_connection=connections.add)
+            yield path, outcome, connections
         return
     from concurrent.futures import ProcessPoolExecutor
 
@@ -223,8 +299,11 @@ def _analyses(args: argparse.Namespace, stderr: TextIO):
     # back. map() hands them over in argument order, whichever finishes first.
     with ProcessPoolExecutor(max_workers=min(args.jobs, len(args.files))) as pool:
         count = len(args.files)
-        yield from zip(args.files, pool.map(_analyze_one, args.files, [ports] * count, [args.connection] * count,
-                                            [args.show_secrets] * count))
+        for path, outcome in zip(args.files, pool.map(_analyze_one, args.files, [ports] * count,
+                                                      [args.connection] * count, [args.show_secrets] * count)):
+            rendered = _Rendered() if isinstance(outcome, CaptureFileError) else _Rendered(
+                map(render(path), outcome.connections))
+            yield path, outcome, rendered
 
 
 def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:

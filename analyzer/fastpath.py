@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import gc
 import struct
+from collections import deque
 from contextlib import contextmanager
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -49,9 +50,9 @@ from analyzer.records import (
     Frame,
     RawPacket,
 )
-from analyzer.flows import AMQP
+from analyzer.flows import AMQP, Flow
 from analyzer.tcp import SEQ_HALF, SEQ_MOD
-from analyzer.timeline import CHANNEL_CLOSE, TimelineBuilder
+from analyzer.timeline import CHANNEL_CLOSE, ConnectionTimeline, TimelineBuilder
 
 # From the ethertype to the TCP flags, for a 20-byte IPv4 header: ethertype, version/IHL, total length,
 # flags/fragment offset, protocol, (addresses, ports skipped), seq, ack, data offset, TCP flags.
@@ -77,11 +78,19 @@ def analyze_timelines(
     ports: Iterable[int] = DEFAULT_PORTS,
     show_secrets: bool = False,
     progress: ProgressCallback | None = None,
+    on_retire: Callable[[ConnectionTimeline], None] | None = None,
 ) -> list:
-    """The ConnectionTimelines TimelineBuilder would build from iter_events, in its order."""
+    """The ConnectionTimelines TimelineBuilder would build from iter_events, in its order.
+
+    With `on_retire`, a connection closed (FIN both ways, or RST) more than RETIRE_AFTER seconds
+    of capture time ago is handed to it and forgotten — its flow, decoders and timeline — so memory
+    follows the connections open at once, not all of them; the list returned holds the rest.
+    A packet that still arrives for a retired connection is not analyzed (summary warning).
+    """
     builder = TimelineBuilder(show_secrets=show_secrets)
     with _no_cyclic_gc():
-        for _ in _drive(fileobj, summary, builder, ports=ports, progress=progress, keep_frames=False):
+        for _ in _drive(fileobj, summary, builder, ports=ports, progress=progress, keep_frames=False,
+                        on_retire=on_retire):
             pass
     return builder.result()
 
@@ -117,7 +126,8 @@ def _no_cyclic_gc():
 
 
 def _drive(fileobj: BinaryIO, summary: CaptureSummary, builder: TimelineBuilder, *, ports: Iterable[int],
-           progress: ProgressCallback | None, keep_frames: bool) -> Iterator[list]:
+           progress: ProgressCallback | None, keep_frames: bool,
+           on_retire: Callable[[ConnectionTimeline], None] | None = None) -> Iterator[list]:
     """The engine: feeds `builder` everything iter_events would, block by block. With
     `keep_frames`, yields after each block the frames it completed (Frames and FrameColumns, in
     capture order); the per-packet inlined path, which counts frames without listing them, is
@@ -129,15 +139,16 @@ def _drive(fileobj: BinaryIO, summary: CaptureSummary, builder: TimelineBuilder,
     timelines = builder.timelines
     amqp_ports = frozenset(ports)
     # key: src address + dst address + ports as bytes (one slice of the packet for IPv4)
-    # value: [flow, side, FastSide or None]
+    # value: [flow, side, FastSide or None], or _RETIRED
     flows: dict[bytes, list] = {}
-    all_flows: list = []
+    all_flows: dict[int, Flow] = {}  # by id(flow), in creation order
     unpack_headers = _ETH_IPV4_TCP.unpack_from
     out: list = []  # this block's frames, when kept
+    retiring = _Retirement(flows, all_flows, timelines, on_retire, summary) if on_retire is not None else None
 
     def side_for_key(key: bytes) -> FastSide | None:
         entry = flows.get(key)
-        if entry is None:
+        if entry is None or entry is _RETIRED:
             return None
         fast = entry[2]
         if fast is None:
@@ -154,7 +165,7 @@ def _drive(fileobj: BinaryIO, summary: CaptureSummary, builder: TimelineBuilder,
             if (ethertype == 0x0800 and ver_ihl == 0x45 and proto == 6 and not frag & 0x3FFF
                     and not flags & _NOT_ACK_ONLY and flags & ACK):
                 entry = flows.get(data[ip + 12 : ip + 24])  # addresses and ports: the flow key
-                if entry is not None:
+                if entry is not None and entry is not _RETIRED:
                     fast = entry[2]
                     if fast is None:
                         fast = entry[2] = _make_fast(entry, timelines)
@@ -169,6 +180,11 @@ def _drive(fileobj: BinaryIO, summary: CaptureSummary, builder: TimelineBuilder,
             return
         key = seg.src + seg.dst + _PORTS.pack(seg.sport, seg.dport)
         entry = flows.get(key)
+        if entry is _RETIRED:
+            if seg.flags & (SYN | ACK) != SYN:
+                retiring.late_packets += 1
+                return
+            entry = None  # a new connection on the 4-tuple
         if (entry is not None and seg.flags & (SYN | ACK) == SYN and entry[0].closed
                 and entry[0].streams[entry[1]].syn_seq != seg.seq):
             entry = None  # the 4-tuple is reused by a new connection (as in pipeline.iter_events)
@@ -176,13 +192,15 @@ def _drive(fileobj: BinaryIO, summary: CaptureSummary, builder: TimelineBuilder,
             flow = _new_flow(seg, amqp_ports, 0)
             if flow is None:
                 return
-            all_flows.append(flow)
+            all_flows[id(flow)] = flow
             entry = flows[key] = [flow, 0, None]
             flows[seg.dst + seg.src + _PORTS.pack(seg.dport, seg.sport)] = [flow, 1, None]
         for event in entry[0].feed(seg, entry[1]):
             feed_event(event)
             if keep_frames and type(event) is Frame:
                 out.append(event)
+        if retiring is not None and seg.flags & (FIN | RST):
+            retiring.closing(entry[0], key, seg.dst + seg.src + _PORTS.pack(seg.dport, seg.sport), seg.timestamp)
 
     index = 0
     timestamp = 0.0
@@ -221,13 +239,17 @@ def _drive(fileobj: BinaryIO, summary: CaptureSummary, builder: TimelineBuilder,
             if out:
                 yield out
                 out = []
+            if retiring is not None:
+                retiring.retire(timestamp)
     finally:
         summary.warnings.extend(reader.warnings)
         if index:
             summary.packets = index
             summary.end_epoch = timestamp
+    if retiring is not None:
+        retiring.report()
     if index:
-        for flow in all_flows:
+        for flow in all_flows.values():
             for event in flow.finish(timestamp, index):
                 feed_event(event)
                 if keep_frames and type(event) is Frame:
@@ -235,6 +257,64 @@ def _drive(fileobj: BinaryIO, summary: CaptureSummary, builder: TimelineBuilder,
         _summarise(summary)
     if out:
         yield out
+
+
+# Capture seconds after a connection's close before it is retired (on_retire). A FIN retransmitted
+# with exponential backoff (0.2 + 0.4 + 0.8 + 1.6 s) still arrives within it.
+RETIRE_AFTER = 5.0
+# A retired connection's 4-tuple is remembered this long, so that its stragglers are counted
+# rather than taken for a new connection seen mid-stream; then it is forgotten too.
+RETIRED_KEYS_KEPT = 15.0
+_RETIRED: list = [None, 0, None]  # the flows-dict entry of a retired connection
+
+
+class _Retirement:
+    """Closed connections waiting out RETIRE_AFTER, and the retired ones' keys."""
+
+    def __init__(self, flows: dict, all_flows: dict, timelines: dict, on_retire, summary: CaptureSummary) -> None:
+        self.flows = flows
+        self.all_flows = all_flows
+        self.timelines = timelines
+        self.on_retire = on_retire
+        self.summary = summary
+        self.waiting: dict[int, tuple] = {}  # id(flow) -> (flow, its two keys, time of its last FIN or RST)
+        self.retired_keys: deque = deque()  # (retired at, key, reverse key)
+        self.late_packets = 0
+
+    def closing(self, flow: Flow, key: bytes, reverse: bytes, t: float) -> None:
+        if flow.closed:
+            self.waiting[id(flow)] = (flow, key, reverse, t)
+
+    def retire(self, now: float) -> None:
+        """Hand over and forget the connections closed before now - RETIRE_AFTER."""
+        flows = self.flows
+        for flow_id, (flow, key, reverse, closed_at) in list(self.waiting.items()):
+            if now - closed_at <= RETIRE_AFTER:
+                continue
+            del self.waiting[flow_id]
+            if flows.get(key, _RETIRED)[0] is flow:
+                flows[key] = _RETIRED
+            if flows.get(reverse, _RETIRED)[0] is flow:
+                flows[reverse] = _RETIRED
+            self.retired_keys.append((now, key, reverse))
+            self.all_flows.pop(flow_id, None)
+            timeline = self.timelines.pop(id(flow.info), None)
+            if timeline is not None:
+                self.on_retire(timeline)
+        while self.retired_keys and now - self.retired_keys[0][0] > RETIRED_KEYS_KEPT:
+            _, key, reverse = self.retired_keys.popleft()
+            for k in (key, reverse):
+                if flows.get(k) is _RETIRED:
+                    del flows[k]
+
+    def report(self) -> None:
+        n = self.late_packets
+        if n:
+            one = n == 1
+            self.summary.warnings.append(
+                f"{n} packet{'' if one else 's'} arrived more than {RETIRE_AFTER:g} s after "
+                f"{'its' if one else 'their'} connection closed and {'was' if one else 'were'} not analyzed "
+                "(the connection was already reported)")
 
 
 class _BlockRecords:

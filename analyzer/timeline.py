@@ -130,6 +130,7 @@ class ConnectionTimeline:
     blocked: list = field(default_factory=list)  # (time, "blocked"|"unblocked")
     teardown: float | None = None  # the first FIN or RST from either side
     argument_errors: int = 0
+    number: int = 0  # creation order: ties of first_seen keep it (TimelineBuilder.result)
 
     def side(self, direction: str) -> Direction:
         return self.c2s if direction == C2S else self.s2c
@@ -139,12 +140,18 @@ class ConnectionTimeline:
         return self.protocol_header is not None or self.start is not None or self.tune is not None
 
 
+def timeline_order(timeline: ConnectionTimeline) -> tuple[float, int]:
+    """Connections are listed by their first packet, ties in the order they were seen."""
+    return (timeline.first_seen, timeline.number)
+
+
 class TimelineBuilder:
     """Consumes pipeline events; `timelines` holds one ConnectionTimeline per connection id."""
 
     def __init__(self, *, show_secrets: bool = False) -> None:
         self.timelines: dict[int, ConnectionTimeline] = {}
         self.show_secrets = show_secrets  # start-ok passwords are redacted unless asked for
+        self.created = 0
 
     def feed_all(self, events: Iterable) -> "TimelineBuilder":
         for event in events:
@@ -152,13 +159,15 @@ class TimelineBuilder:
         return self
 
     def result(self) -> list[ConnectionTimeline]:
-        return sorted(self.timelines.values(), key=lambda t: t.first_seen)
+        return sorted(self.timelines.values(), key=timeline_order)
 
     def feed(self, event) -> None:
         info = event.connection
         timeline = self.timelines.get(id(info))
         if timeline is None:
-            timeline = self.timelines[id(info)] = ConnectionTimeline(info, event.timestamp, event.timestamp)
+            timeline = self.timelines[id(info)] = ConnectionTimeline(info, event.timestamp, event.timestamp,
+                                                                     number=self.created)
+            self.created += 1
         if event.timestamp > timeline.last_seen:
             timeline.last_seen = event.timestamp
         kind = type(event)

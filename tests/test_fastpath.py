@@ -15,7 +15,7 @@ from analyzer.diagnose import diagnose
 from analyzer.fastpath import analyze_timelines
 from analyzer.pipeline import iter_events
 from analyzer.records import ACK, C2S, FIN, PSH, RST, S2C, CaptureSummary, Frame
-from analyzer.timeline import TimelineBuilder
+from analyzer.timeline import TimelineBuilder, timeline_order
 from tests import synth
 from tests.conftest import CAPTURES
 from tests.synth import ConvSegment, amqp_conversation, handshake_steps, scripted_conversation
@@ -238,3 +238,50 @@ def test_random_cuts_drops_duplicates_swaps_and_flipped_bytes(data) -> None:
         at = data.draw(st.integers(100, len(blob) - 1))
         blob[at] ^= data.draw(st.integers(1, 255))
     assert_same(bytes(blob))
+
+
+# ---- bounded memory: connections handed over once closed (analyze_file(on_connection=...)) --------
+
+
+def analyses(tmp_path, data: bytes):
+    from analyzer.api import analyze_file
+
+    path = tmp_path / "capture.pcap"
+    path.write_bytes(data)
+    whole = analyze_file(path)
+    handed_over = []
+    bounded = analyze_file(path, on_connection=handed_over.append)
+    assert bounded.connections == []
+    return whole, bounded, sorted(handed_over, key=lambda d: timeline_order(d.timeline))
+
+
+def test_retired_connections_are_diagnosed_the_same(tmp_path, monkeypatch) -> None:
+    """300 short connections 1 ms apart, each retired 2 ms after its close: the same diagnoses in
+    the same order as when all are kept to the end."""
+    monkeypatch.setattr("analyzer.fastpath.RETIRE_AFTER", 0.002)
+    monkeypatch.setattr("analyzer.fastpath.RETIRED_KEYS_KEPT", 0.01)
+    buf = io.BytesIO()
+    synth.short_connections_pcap(buf, 300)
+    whole, bounded, retired = analyses(tmp_path, buf.getvalue())
+    assert len(retired) == 300
+    assert retired == whole.connections
+    assert bounded.summary == whole.summary
+
+
+def test_a_straggler_after_retirement_is_counted_and_a_reused_port_is_a_new_connection(tmp_path, monkeypatch) -> None:
+    """After RETIRE_AFTER (5 s) a closed connection is reported; a late ACK for it is not analyzed
+    (and says so), a new SYN on the same ports is a new connection."""
+    monkeypatch.setattr("analyzer.pcap.CHUNK_SIZE", 600)  # retiring happens between read blocks
+    first = busy_conversation()
+    close = first.segments[-1].timestamp - 1_700_000_000.0
+    other = scripted_conversation(handshake_steps(10), client=("127.0.0.1", 41000), start=1_700_000_000.0 + close + 6)
+    last = first.segments[-1]
+    straggler = ConvSegment(round(last.timestamp + 7, 6), C2S, ACK, last.seq, last.ack, b"")
+    again = scripted_conversation(handshake_steps(10), start=1_700_000_000.0 + close + 8, client_isn=90_000)
+    packets = (first.packets() + other.packets() + first.packets(segments=[straggler]) + again.packets())
+    whole, bounded, retired = analyses(tmp_path, synth.pcap_bytes(sorted(packets, key=lambda p: p[0])))
+    assert [d.timeline.info.id for d in retired] == [d.timeline.info.id for d in whole.connections]
+    assert len(retired) == 3 and retired[0].timeline.info.id == retired[2].timeline.info.id
+    assert retired[1:] == whole.connections[1:]
+    assert retired[0].timeline.c2s.segments == whole.connections[0].timeline.c2s.segments - 1
+    assert any("1 packet arrived more than 5 s after its connection closed" in w for w in bounded.summary.warnings)

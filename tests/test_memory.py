@@ -2,7 +2,8 @@
 never with packets, frames or declared sizes.
 
 - 50,000 short connections: peak per connection is a few KB (the timeline the result needs, its
-  flow and decoders), not a copy of the traffic.
+  flow and decoders), not a copy of the traffic; streamed (on_connection, as the CLI runs), the peak follows
+  the connections open at once: three times as many connections, about the same peak.
 - A frame declaring 400 MiB, followed by 4 MiB of its body: bodies are counted, never held.
 - A method frame declaring 4 GiB: rejected when its header arrives, nothing allocated for it.
 - Ten times the traffic on one connection: the same peak.
@@ -48,6 +49,27 @@ def test_50000_short_connections_cost_a_few_kilobytes_each() -> None:
     # decoders, flow-table entries); 6 KB leaves room without hiding per-packet state
     # (eight packets a connection here).
     assert peak / 50_000 < 6 * 1024, f"{peak / 50_000:.0f} bytes per connection"
+
+
+def test_bounded_memory_follows_connections_open_at_once_not_all(tmp_path, monkeypatch) -> None:
+    """analyze_file(on_connection=...), what the CLI runs: each connection handed over once closed
+    and forgotten, so three times the connections (1 ms apart) cost about the same peak.
+    (Retirement after 1 s and retired ports kept 2 s instead of 5 s and 15 s: the steady state
+    within a short capture.)"""
+    from analyzer.api import analyze_file
+
+    monkeypatch.setattr("analyzer.fastpath.RETIRE_AFTER", 1.0)
+    monkeypatch.setattr("analyzer.fastpath.RETIRED_KEYS_KEPT", 2.0)
+    peaks = []
+    for count in (5_000, 15_000):
+        path = tmp_path / f"short-{count}.pcap"
+        with open(path, "wb") as f:
+            synth.short_connections_pcap(f, count)
+        verdicts = []
+        peaks.append(peak_of(lambda: analyze_file(path, on_connection=lambda d: verdicts.append(d.verdict))))
+        assert len(verdicts) == count
+    small, large = peaks
+    assert large < small * 1.3, f"{small / MB:.1f} MB for 5,000 connections, {large / MB:.1f} MB for 15,000"
 
 
 def _huge_frame_capture(size: int, frame_type: int, body_bytes: int) -> bytes:

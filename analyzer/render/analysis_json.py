@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Iterable
 
 from analyzer.api import FileAnalysis
 from analyzer.diagnose import Diagnosis
@@ -34,21 +35,32 @@ INDENTED_CONNECTIONS = 100
 
 
 def write_analysis_document(analysis: FileAnalysis, stream) -> None:
-    """analysis_document as JSON text on `stream`, a connection at a time (the whole document of a
-    50,000-connection capture is never held), followed by a newline."""
-    if len(analysis.connections) <= INDENTED_CONNECTIONS:
+    """analysis_document as JSON text on `stream`, followed by a newline."""
+    write_document(analysis, (connection_json(d) for d in analysis.connections), len(analysis.connections), stream)
+
+
+def connection_json(d: Diagnosis) -> str:
+    """One connection's document as compact JSON text."""
+    return json.dumps(connection_document(d), ensure_ascii=False)
+
+
+def write_document(analysis: FileAnalysis, connections: Iterable[str], count: int, stream) -> None:
+    """The document of `analysis` whose `count` connections are the connection_json texts
+    `connections`, written a connection at a time (the document of a 50,000-connection capture
+    is never held whole)."""
+    head = analysis_document(FileAnalysis(analysis.path, analysis.summary))
+    if count <= INDENTED_CONNECTIONS:
+        head["connections"] = [json.loads(text) for text in connections]
         # json.dump writes piece by piece: dumps would hold the whole text.
-        json.dump(analysis_document(analysis), stream, indent=2, ensure_ascii=False)
+        json.dump(head, stream, indent=2, ensure_ascii=False)
         stream.write("\n")
         return
-    head = analysis_document(FileAnalysis(analysis.path, analysis.summary))
     del head["connections"]
     text = json.dumps(head, indent=2, ensure_ascii=False)
     stream.write(text[: text.rindex("}")].rstrip() + ',\n  "connections": [\n')
-    last = len(analysis.connections) - 1
-    for i, d in enumerate(analysis.connections):
-        stream.write("    " + json.dumps(connection_document(d), ensure_ascii=False) + (",\n" if i < last else "\n"))
-    stream.write("  ]\n}\n")
+    for i, connection in enumerate(connections):
+        stream.write(("    " if i == 0 else ",\n    ") + connection)
+    stream.write("\n  ]\n}\n")
 
 
 def connection_document(d: Diagnosis) -> dict:

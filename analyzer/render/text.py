@@ -18,17 +18,24 @@ def _paint(text: str, code: str, colour: bool) -> str:
 
 
 def analysis_report(analysis: FileAnalysis, *, colour: bool = False) -> str:
+    return report_head(analysis, len(analysis.connections), colour=colour) + "".join(
+        connection_block(d, colour=colour) for d in analysis.connections)
+
+
+def report_head(analysis: FileAnalysis, connections: int, *, colour: bool = False) -> str:
+    """The file's line and its warnings; the connections follow as connection_blocks."""
     s = analysis.summary
     lines = [_paint(f"{analysis.path}", "1", colour) + f"  ({s.format}, {s.packets} packets, {s.duration:.3f} s, "
-             f"{len(analysis.connections)} AMQP connection{'s' if len(analysis.connections) != 1 else ''})"]
+             f"{connections} AMQP connection{'s' if connections != 1 else ''})"]
     for warning in s.warnings:
         lines.append(_paint(f"warning: {warning}", "33", colour))
-    if not analysis.connections:
+    if not connections:
         lines.append("no AMQP 0-9-1 connection found (try --port N if the broker listens elsewhere)")
-    for d in analysis.connections:
-        lines.append("")
-        lines.extend(connection_report(d, colour=colour))
     return "\n".join(lines) + "\n"
+
+
+def connection_block(d: Diagnosis, *, colour: bool = False) -> str:
+    return "\n" + "\n".join(connection_report(d, colour=colour)) + "\n"
 
 
 def connection_report(d: Diagnosis, *, colour: bool = False) -> list[str]:
