@@ -1,24 +1,30 @@
-"""File → ConnectionTimelines without per-packet or per-frame records: `analyze_file`'s engine.
+"""File → ConnectionTimelines (analyze) or frames (frames) without an event per packet and frame.
 
 Why it exists: the plain path (pipeline.iter_events → TimelineBuilder.feed) builds a Segment, a
 SegmentEvent and a Frame for every packet and frame and dispatches each one; on a publish/deliver
 capture that is most of the time. A timeline needs none of them for the common packet.
 
 Strategy: the *same* state objects as the plain path (Flow, HalfStream, FrameDecoder,
-TimelineBuilder), the same order of updates, with the common case of each stage inlined:
-  - an Ethernet/SLL + IPv4 + TCP header is unpacked here in one call; anything else goes to PacketDecoder;
-  - a segment of an AMQP flow whose timeline exists, with no SYN/FIN/RST, that starts exactly at
-    the next expected byte (or is a whole retransmission), with no reordering buffer or pending
-    capture-loss ACK in either direction, is applied to HalfStream's counters directly;
-  - its bytes are scanned for whole frames with one struct call per frame, and the timeline
-    gets the frame count, the last frame's name and each heartbeat time (all frames of one packet
-    share its timestamp); connection-class methods and channel.close become a Frame and go through
-    TimelineBuilder like on the plain path (their arguments are needed there).
-Everything else — the first packets of a flow, probing, SYN/FIN/RST, holes, split or damaged
-frames, bodies spanning packets — goes through the plain stage that owns it (Flow.feed,
-FrameDecoder.feed) and its events through TimelineBuilder.feed. So the rare cases have exactly
-one implementation, and tests/test_fastpath.py checks that timelines and diagnoses equal the
-plain path's on every shipped capture and on synthetic edge cases.
+TimelineBuilder), the same order of updates, at three speeds:
+  - batch.py: within a read block, each run of ordinary packets (no SYN/FIN/RST, in sequence,
+    whole frames, ...) is applied at once from numpy columns; with keep_frames its frames are
+    listed as FrameColumns. Packets of a flow are batched from the first block that starts after
+    its handshake.
+  - _fast_packet: any other packet of an AMQP flow with no SYN/FIN/RST that starts at the next
+    expected byte (or is a whole retransmission), with no reordering buffer or pending
+    capture-loss ACK in either direction, is applied to HalfStream's counters directly and its
+    whole frames scanned with one struct call each; connection-class methods and channel.close
+    become a Frame for TimelineBuilder (their arguments are needed there). Not used with
+    keep_frames, which needs every frame listed.
+  - everything else — the first packets of a flow, probing, SYN/FIN/RST, holes, split or damaged
+    frames, bodies spanning packets — goes through the plain stage that owns it (Flow.feed,
+    FrameDecoder.feed) and its events through TimelineBuilder.feed.
+So the rare cases have exactly one implementation, and tests/test_fastpath.py checks that
+timelines, diagnoses and frame listings equal the plain path's on every shipped capture and on
+synthetic edge cases, with read blocks as shipped and of a few records.
+
+With on_retire, connections closed RETIRE_AFTER seconds of capture time earlier are handed over
+and forgotten (_Retirement), so memory follows the connections open at once.
 """
 from __future__ import annotations
 
@@ -103,11 +109,17 @@ def iter_frames(
     progress: ProgressCallback | None = None,
 ) -> Iterator[Frame | FrameColumns]:
     """Every AMQP frame iter_events would give, in its order: a Frame for each frame of a packet
-    that took the plain path, a FrameColumns for each run of ordinary packets."""
+    that took the plain path, a FrameColumns for each run of ordinary packets. Connections closed
+    RETIRE_AFTER seconds earlier are forgotten, as with analyze_timelines' on_retire."""
     builder = TimelineBuilder()
     with _no_cyclic_gc():
-        for items in _drive(fileobj, summary, builder, ports=ports, progress=progress, keep_frames=True):
+        for items in _drive(fileobj, summary, builder, ports=ports, progress=progress, keep_frames=True,
+                            on_retire=_forget):
             yield from items
+
+
+def _forget(timeline: ConnectionTimeline) -> None:
+    """A retired connection's timeline, when only frames are listed: nothing to keep."""
 
 
 @contextmanager
