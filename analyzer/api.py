@@ -93,12 +93,23 @@ def read_frames(
             yield item
 
 
-def read_frame_batches(path: str | os.PathLike, *, summary: CaptureSummary | None = None,
-                       **kwargs) -> Iterator[FrameRecord | FrameBatch]:
-    """read_frames, with the frames of each run of the fast path as one FrameBatch (columns)."""
+def read_frame_batches(
+    path: str | os.PathLike,
+    *,
+    ports: Iterable[int] = DEFAULT_PORTS,
+    connection: str | None = None,
+    payload_bytes: int = 0,
+    show_secrets: bool = False,
+    summary: CaptureSummary | None = None,
+    progress: ProgressCallback | None = None,
+    all_arguments: bool = True,
+) -> Iterator[FrameRecord | FrameBatch]:
+    """read_frames, with the frames of each run of the fast path as one FrameBatch (columns):
+    what `frames --format jsonl` writes from without a FrameRecord per frame."""
     summary = summary if summary is not None else CaptureSummary()
     with open_file(path) as fileobj:
-        yield from frame_records(fileobj, summary, **kwargs)
+        yield from frame_records(fileobj, summary, ports=ports, connection=connection, payload_bytes=payload_bytes,
+                                 show_secrets=show_secrets, progress=progress, all_arguments=all_arguments)
 
 
 def frame_records(fileobj, summary: CaptureSummary, *, ports: Iterable[int] = DEFAULT_PORTS,
