@@ -14,7 +14,12 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from analyzer.amqp.arguments import ArgumentDecodeError, decode_content_header, decode_method_arguments
+from analyzer.amqp.arguments import (
+    CONTROL_CLASSES,
+    ArgumentDecodeError,
+    decode_content_header,
+    decode_method_arguments,
+)
 from analyzer.amqp.spec import METHOD_NAMES
 from analyzer.diagnose import Diagnosis, diagnose
 from analyzer.errors import CaptureFileError, UsageError
@@ -23,11 +28,6 @@ from analyzer.fastpath import analyze_timelines, iter_frames
 from analyzer.pipeline import DEFAULT_PORTS, ProgressCallback, iter_events
 from analyzer.records import FRAME_BODY, FRAME_HEADER, FRAME_METHOD, FRAME_TYPE_NAMES, CaptureSummary, Frame
 from analyzer.timeline import TimelineBuilder
-
-
-# The method classes whose arguments the analysis reads (connection.tune, connection.close,
-# channel.close, ...): `frames` shows them even without --args.
-CONTROL_CLASSES = frozenset((10, 20))
 
 
 @dataclass(slots=True)

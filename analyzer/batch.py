@@ -33,11 +33,13 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from analyzer.amqp import framing
+from analyzer.amqp.arguments import CONTROL_CLASSES
 from analyzer.amqp.spec import METHOD_NAMES
 from analyzer.pcap import RecordBlock
-from analyzer.packets import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL
+from analyzer.packets import IP_OFFSETS
 from analyzer.records import ACK, FIN, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_HEARTBEAT_OLD, FRAME_METHOD, RST, SYN
 from analyzer.tcp import SEQ_HALF, SEQ_MOD
+from analyzer.timeline import FRAME_KIND_NAMES
 
 # A run shorter than this is cheaper packet by packet than its fixed numpy cost (measured on
 # big.pcap: ~100 µs per run against ~1.5 µs per packet).
@@ -51,8 +53,6 @@ _FRAME_END = framing.FRAME_END
 _MAX_BUFFERED_FRAME = framing.MAX_BUFFERED_FRAME
 _FRAME_HEADER = framing._HEADER
 _IDS = framing._IDS
-# Where the IPv4 header starts for the link types handled here (packets.py decodes the rest).
-_IP_OFFSETS = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16}
 # From the ethertype (2 bytes before the IP header) to the TCP flags, for a 20-byte IPv4 header.
 _HEADERS = np.dtype({
     "names": ["ethertype", "ver_ihl", "total_len", "frag", "proto", "key", "seq", "ack", "data_off", "flags"],
@@ -61,8 +61,6 @@ _HEADERS = np.dtype({
     "itemsize": 36,
 })
 _HEADER_WIDTH = 36
-_CONTENT_NAMES = {FRAME_HEADER: "content header", FRAME_BODY: "content body", FRAME_HEARTBEAT: "heartbeat",
-                  FRAME_HEARTBEAT_OLD: "heartbeat"}
 
 
 class FastSide:
@@ -122,7 +120,6 @@ class Plan:
         ordinary = np.zeros(n, dtype=bool)
         self.side_id = side_id = np.full(n, -1, dtype=np.int64)
         self.sides: list[FastSide] = []
-        self.hard_list: list[int] = []
 
         offsets = _ip_offsets(block)
         if offsets is None or len(buf) < 64:  # 64: no Ethernet + IPv4 + TCP packet with a payload is shorter
@@ -276,7 +273,11 @@ class Plan:
             heartbeat = (frame_type == FRAME_HEARTBEAT) | (frame_type == FRAME_HEARTBEAT_OLD)
             # Connection and channel methods: TimelineBuilder reads the arguments of some (tune,
             # close, channel.close) and `frames` shows all of theirs; they are few.
-            needs_arguments = method & (((ids >> 16) == 10) | ((ids >> 16) == 20))
+            class_id = ids >> 16
+            needs_arguments = np.zeros(len(c), dtype=bool)
+            for control in CONTROL_CLASSES:
+                needs_arguments |= class_id == control
+            needs_arguments &= method
             good &= (method & (size >= 4) & ~needs_arguments) | heartbeat | (frame_type == FRAME_HEADER) | (
                 frame_type == FRAME_BODY)
             ok[active[~good]] = False
@@ -295,7 +296,7 @@ class Plan:
         if len(active):
             self._walk_in_python(active.tolist(), pos, end, ok, frames, last_type, last_ids, hb_packets,
                                  hb_nonstandard, kept)
-        if kept:
+        if kept is not None:
             self._keep_frames(kept, ok)
         if hb_packets:
             packets = np.concatenate(hb_packets)
@@ -307,6 +308,9 @@ class Plan:
 
     def _keep_frames(self, kept: list[tuple], ok: np.ndarray) -> None:
         """Every frame of the packets whose walk succeeded, sorted into capture order."""
+        if not kept:
+            self.frame_table = tuple(np.zeros(0, dtype=np.int64) for _ in range(6))
+            return
         packet, position, frame_type, channel, size, ids = (np.concatenate(column) for column in zip(*kept))
         whole = ok[packet]
         packet, position = packet[whole], position[whole]
@@ -344,7 +348,7 @@ class Plan:
                         good = False
                         break
                     class_id, method_id = unpack_ids(buf, p + 7)
-                    if class_id == 10 or class_id == 20:
+                    if class_id in CONTROL_CLASSES:
                         good = False
                         break
                     ids = class_id << 16 | method_id
@@ -424,8 +428,6 @@ class Plan:
     def run_frames(self, i: int, j: int) -> FrameColumns:
         """The frames of packets i..j-1 (a run checked by run_end, before `apply` moves the
         decoders on: a frame's stream offset counts from where its decoder stands)."""
-        if self.frame_table is None:  # no frame in any ordinary packet of the block
-            self.frame_table = tuple(np.zeros(0, dtype=np.int64) for _ in range(6))
         packet, position, frame_type, channel, size, ids = self.frame_table
         lo, hi = np.searchsorted(packet, (i, j))
         packet, position = packet[lo:hi], position[lo:hi]
@@ -482,7 +484,7 @@ class Plan:
                     ids = int(walk.last_ids[last])
                     side.last_frame_name = METHOD_NAMES.get((ids >> 16, ids & 0xFFFF), "unknown method")
                 else:
-                    side.last_frame_name = _CONTENT_NAMES[kind]
+                    side.last_frame_name = FRAME_KIND_NAMES[kind]
                 beats, nonstandard = self.heartbeats_of[s]
                 lo, hi = np.searchsorted(beats, (i, j))
                 for packet, odd in zip(beats[lo:hi].tolist(), nonstandard[lo:hi].tolist()):
@@ -513,11 +515,11 @@ def _ip_offsets(block: RecordBlock):
     """(where the IPv4 header would start in each record, which records have a link type handled
     here): scalars when the block has one link type; None when no record is handled."""
     if not isinstance(block.linktype, np.ndarray):
-        offset = _IP_OFFSETS.get(block.linktype)
+        offset = IP_OFFSETS.get(block.linktype)
         return None if offset is None else (offset, True)
     offsets = np.full(len(block.linktype), 14, dtype=np.int64)
     handled = np.zeros(len(block.linktype), dtype=bool)
-    for linktype, offset in _IP_OFFSETS.items():
+    for linktype, offset in IP_OFFSETS.items():
         mine = block.linktype == linktype
         offsets[mine] = offset
         handled |= mine

@@ -38,7 +38,7 @@ import numpy as np
 
 from analyzer.amqp import framing
 from analyzer.amqp.spec import METHOD_NAMES
-from analyzer.packets import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, PacketDecoder
+from analyzer.packets import IP_OFFSETS, PacketDecoder
 from analyzer.batch import MIN_RUN, FastSide, FrameColumns, Plan
 from analyzer.pcap import RecordBlock, open_capture
 from analyzer.pipeline import DEFAULT_PORTS, PROGRESS_EVERY, ProgressCallback, _new_flow, _summarise
@@ -58,7 +58,7 @@ from analyzer.records import (
 )
 from analyzer.flows import AMQP, Flow
 from analyzer.tcp import SEQ_HALF, SEQ_MOD
-from analyzer.timeline import CHANNEL_CLOSE, ConnectionTimeline, TimelineBuilder
+from analyzer.timeline import CHANNEL_CLOSE, FRAME_KIND_NAMES, ConnectionTimeline, TimelineBuilder
 
 # From the ethertype to the TCP flags, for a 20-byte IPv4 header: ethertype, version/IHL, total length,
 # flags/fragment offset, protocol, (addresses, ports skipped), seq, ack, data offset, TCP flags.
@@ -70,11 +70,6 @@ _FRAMES = framing._FRAMES  # decoder mode: between frames
 _FRAME_END = framing.FRAME_END
 _MAX_BUFFERED_FRAME = framing.MAX_BUFFERED_FRAME
 _NOT_ACK_ONLY = SYN | FIN | RST
-# Where the IPv4 header starts for the link types handled inline (packets.py decodes the rest).
-# Where the IPv4 header starts for the link types handled inline; its ethertype is the 2 bytes before.
-_IP_OFFSETS = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16}
-# Frame names as TimelineBuilder._frame writes them into Direction.last_frame_name.
-_CONTENT_NAMES = {FRAME_HEADER: "content header", FRAME_BODY: "content body"}
 
 
 def analyze_timelines(
@@ -171,7 +166,7 @@ def _drive(fileobj: BinaryIO, summary: CaptureSummary, builder: TimelineBuilder,
         """One packet the per-packet way: the inlined common case, else the plain stages."""
         index, timestamp, linktype, data, orig_len = record
         # ---- Ethernet/SLL + 20-byte IPv4 header + TCP, unpacked at once ------------------------
-        ip = _IP_OFFSETS.get(linktype)
+        ip = IP_OFFSETS.get(linktype)
         if ip is not None and len(data) >= ip + 40 and not keep_frames:
             ethertype, ver_ihl, total_len, frag, proto, seq, ack, data_off, flags = unpack_headers(data, ip - 2)
             if (ethertype == 0x0800 and ver_ihl == 0x45 and proto == 6 and not frag & 0x3FFF
@@ -489,4 +484,4 @@ def _apply_frames(side, t: float, count: int, last_type: int, last_ids) -> None:
     if last_type == FRAME_METHOD:
         side.last_frame_name = METHOD_NAMES.get(last_ids, "unknown method")
     else:
-        side.last_frame_name = _CONTENT_NAMES[last_type]
+        side.last_frame_name = FRAME_KIND_NAMES[last_type]

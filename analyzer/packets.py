@@ -14,14 +14,18 @@ from analyzer.records import CaptureSummary, RawPacket, Segment
 # Link types (https://www.tcpdump.org/linktypes.html).
 LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW_12 = 12  # OpenBSD's DLT_RAW value
-LINKTYPE_RAW_14 = 14  # BSD/OS's DLT_RAW value
+LINKTYPE_RAW_12 = 12  # DLT_RAW's value on most systems (BSD/OS's bpf.h)
+LINKTYPE_RAW_14 = 14  # DLT_RAW's value on OpenBSD
 LINKTYPE_RAW = 101
 LINKTYPE_LOOP = 108
 LINKTYPE_LINUX_SLL = 113
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
 LINKTYPE_LINUX_SLL2 = 276
+
+# Where an untagged IPv4/IPv6 header starts for the two link types the fast paths read inline
+# (Ethernet: 14-byte header; Linux cooked v1: 16 bytes); its ethertype is the 2 bytes before.
+IP_OFFSETS = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16}
 
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD

@@ -11,7 +11,7 @@ Damage inside a readable file never raises: the reader stops at the damage and s
 from __future__ import annotations
 
 import struct
-from itertools import starmap
+from itertools import count, repeat, starmap
 from typing import BinaryIO, Iterator, NamedTuple
 
 import numpy as np
@@ -110,6 +110,15 @@ class RecordBlock(NamedTuple):
     timestamp: np.ndarray  # float64 epoch seconds, computed as the per-record path does
     linktype: int | np.ndarray  # one link type for the block, or one per record (pcapng)
 
+    def records(self) -> Iterator[tuple[int, float, int, bytes, int]]:
+        """(index, timestamp, linktype, data, orig_len) per record: a RawPacket's fields."""
+        buf = self.buf
+        linktypes = self.linktype.tolist() if isinstance(self.linktype, np.ndarray) else repeat(self.linktype)
+        for index, start, caplen, timestamp, orig_len, linktype in zip(
+                count(self.first_index + 1), self.data_start.tolist(), self.caplen.tolist(),
+                self.timestamp.tolist(), self.orig_len.tolist(), linktypes):
+            yield (index, timestamp, linktype, buf[start : start + caplen], orig_len)
+
 
 def _gather(buf: bytes, positions: np.ndarray, width: int) -> np.ndarray:
     """`width` bytes at each position of buf as an (n, width) uint8 array (positions + width <= len(buf))."""
@@ -123,11 +132,15 @@ class CaptureReader:
     def __init__(self) -> None:
         self.warnings: list[str] = []
 
-    def __iter__(self) -> Iterator[RawPacket]:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def __iter__(self) -> Iterator[RawPacket]:
+        return starmap(RawPacket, self.records())
 
-    def records(self) -> Iterator[tuple[int, float, int, bytes, int]]:  # pragma: no cover - overridden
-        """(index, timestamp, linktype, data, orig_len): a RawPacket's fields, without the object."""
+    def records(self) -> Iterator[tuple[int, float, int, bytes, int]]:
+        """RawPacket fields as plain tuples (building a tuple costs a fifth of a RawPacket)."""
+        for block in self.blocks():
+            yield from block.records()
+
+    def blocks(self) -> Iterator["RecordBlock"]:  # pragma: no cover - overridden
         raise NotImplementedError
 
 
@@ -145,20 +158,6 @@ class PcapReader(CaptureReader):
         # The top bits of the link-type word carry FCS information (pcap spec, LinkType field).
         self.linktype = network & 0x0FFFFFFF
         self._chunks = _Chunks(fileobj, b"", 24)
-
-    def __iter__(self) -> Iterator[RawPacket]:
-        return starmap(RawPacket, self.records())
-
-    def records(self) -> Iterator[tuple[int, float, int, bytes, int]]:
-        """RawPacket fields as plain tuples (building a tuple costs a fifth of a RawPacket)."""
-        linktype = self.linktype
-        for block in self.blocks():
-            buf = block.buf
-            index = block.first_index
-            for start, caplen, timestamp, orig_len in zip(block.data_start.tolist(), block.caplen.tolist(),
-                                                         block.timestamp.tolist(), block.orig_len.tolist()):
-                index += 1
-                yield (index, timestamp, linktype, buf[start : start + caplen], orig_len)
 
     def blocks(self) -> Iterator["RecordBlock"]:
         """The file's records a buffer at a time: the one walk over record headers (records() reads it too).
@@ -251,22 +250,6 @@ class PcapngReader(CaptureReader):
         else:
             raise CaptureFileError("pcapng section header has no valid byte-order magic")
         self._chunks = _Chunks(fileobj, magic + rest, 0)
-
-    def __iter__(self) -> Iterator[RawPacket]:
-        return starmap(RawPacket, self.records())
-
-    def records(self) -> Iterator[tuple[int, float, int, bytes, int]]:
-        """RawPacket fields as plain tuples."""
-        for block in self.blocks():
-            buf = block.buf
-            index = block.first_index
-            linktypes = block.linktype.tolist() if isinstance(block.linktype, np.ndarray) else None
-            for i, (start, caplen, timestamp, orig_len) in enumerate(zip(
-                    block.data_start.tolist(), block.caplen.tolist(), block.timestamp.tolist(),
-                    block.orig_len.tolist())):
-                index += 1
-                linktype = linktypes[i] if linktypes is not None else block.linktype
-                yield (index, timestamp, linktype, buf[start : start + caplen], orig_len)
 
     def blocks(self) -> Iterator["RecordBlock"]:
         """Packet records a buffer at a time. Runs of well-formed enhanced packet blocks (what

@@ -18,12 +18,12 @@ from analyzer.records import (
     ACK,
     C2S,
     FIN,
+    FRAME_BODY,
     FRAME_HEADER,
     FRAME_HEARTBEAT,
     FRAME_HEARTBEAT_OLD,
     FRAME_METHOD,
     RST,
-    S2C,
     SYN,
     ConnectionInfo,
     DecodeError,
@@ -42,6 +42,9 @@ KEPT_RARE_EVENTS = 200
 CONNECTION_CLOSE = (10, 50)
 CONNECTION_CLOSE_OK = (10, 51)
 CHANNEL_CLOSE = (20, 40)
+# Direction.last_frame_name of frames other than methods (methods: their dotted name).
+FRAME_KIND_NAMES = {FRAME_HEADER: "content header", FRAME_BODY: "content body", FRAME_HEARTBEAT: "heartbeat",
+                    FRAME_HEARTBEAT_OLD: "heartbeat"}
 NEGOTIATION_METHODS = {(10, 10): "start", (10, 11): "start_ok", (10, 30): "tune", (10, 31): "tune_ok"}
 BLOCKED, UNBLOCKED = (10, 60), (10, 61)
 
@@ -234,7 +237,7 @@ class TimelineBuilder:
             side.last_frame = t
         if frame.type == FRAME_HEARTBEAT or frame.type == FRAME_HEARTBEAT_OLD:
             if not closing:
-                side.last_frame_name = "heartbeat"
+                side.last_frame_name = FRAME_KIND_NAMES[frame.type]
             side.heartbeats += 1
             side.keep_heartbeat_time(t)
             if frame.type == FRAME_HEARTBEAT_OLD or frame.size or frame.channel:
@@ -244,7 +247,7 @@ class TimelineBuilder:
             return
         if frame.type != FRAME_METHOD:
             if not closing:
-                side.last_frame_name = "content header" if frame.type == FRAME_HEADER else "content body"
+                side.last_frame_name = FRAME_KIND_NAMES[frame.type]  # the decoder emits known types only
             return
         ids = (frame.class_id, frame.method_id)
         if not closing:

@@ -25,19 +25,19 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
+from analyzer.packets import (  # noqa: F401  (link types: the analyzer's own table, re-exported for the tests)
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+    LINKTYPE_RAW_12,
+    LINKTYPE_RAW_14,
+)
 from analyzer.records import ACK, C2S, FIN, PSH, S2C, SYN
-
-# ---- link types (pcap LINKTYPE_* values, https://www.tcpdump.org/linktypes.html) ----------------
-LINKTYPE_NULL = 0
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW_12 = 12  # DLT_RAW on some BSDs
-LINKTYPE_RAW_14 = 14  # DLT_RAW on OpenBSD
-LINKTYPE_RAW = 101
-LINKTYPE_LOOP = 108
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276
 
 # Address-family values in NULL/LOOP headers (the writer's own AF_* constants).
 AF_INET = 2

@@ -6,7 +6,6 @@ strict JSON accepts, or raise ArgumentDecodeError; any other exception is a bug.
 from __future__ import annotations
 
 import datetime
-import decimal
 import json
 import struct
 

@@ -23,7 +23,7 @@ from pamqp import commands
 
 from analyzer.api import analyze_file
 from analyzer.cli import ExitStatus
-from analyzer.records import ACK, C2S, FIN, PSH, S2C, SYN
+from analyzer.records import ACK, C2S, FIN, PSH, S2C
 from tests import synth
 from tests.mutations import RECORD_HEADER, run_cli, split_pcap, to_pcapng
 

@@ -42,6 +42,9 @@ from pamqp import decode as _decode
 from .spec import METHOD_NAMES
 
 REDACTED = "<redacted>"
+# Connection and channel: the method classes whose arguments the analysis reads (tune, close,
+# channel.close, ...) and `frames` always shows; the fast paths hand their frames to the plain stages.
+CONTROL_CLASSES = frozenset((10, 20))
 
 _IDS = struct.Struct(">HH")
 _LONG = struct.Struct(">I")

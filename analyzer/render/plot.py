@@ -189,7 +189,7 @@ def plot_connection(
     # ---- axes, legend, caption ---------------------------------------------------------------------
     ticks = {y: LANE_NAMES[direction] for direction, y in LANES.items()}
     for which, y in lane_y.items():
-        ticks[y] = (f"RabbitMQ checks\n(every T from tune-ok)" if which == "broker"
+        ticks[y] = ("RabbitMQ checks\n(every T from tune-ok)" if which == "broker"
                     else "pika checks\n(every T+5 s)")
     ax.set_yticks(list(ticks), list(ticks.values()))
     bottom = min(lane_y.values(), default=1.0)
