@@ -21,11 +21,11 @@ from analyzer.amqp.arguments import (
     decode_method_arguments,
 )
 from analyzer.amqp.spec import METHOD_NAMES
-from analyzer.diagnose import Diagnosis, diagnose
+from analyzer.diagnosis.diagnose import Diagnosis, diagnose
 from analyzer.errors import CaptureFileError, UsageError
-from analyzer.batch import FrameColumns
-from analyzer.fastpath import analyze_timelines, iter_frames
-from analyzer.pipeline import DEFAULT_PORTS, ProgressCallback, iter_events
+from analyzer.engine.batch import FrameColumns
+from analyzer.engine.fastpath import analyze_timelines, iter_frames
+from analyzer.engine.pipeline import DEFAULT_PORTS, ProgressCallback, iter_events
 from analyzer.records import FRAME_BODY, FRAME_HEADER, FRAME_METHOD, FRAME_TYPE_NAMES, CaptureSummary, Frame
 from analyzer.timeline import TimelineBuilder
 
@@ -81,7 +81,7 @@ def read_frames(
 
     `all_arguments=False` decodes only what the heartbeat analysis reads — the arguments of
     connection- and channel-class methods — and leaves `args` None for the rest (basic.*,
-    content headers); it then runs the fast path (analyzer/fastpath.py), several times faster
+    content headers); it then runs the fast path (analyzer/engine/fastpath.py), several times faster
     on a busy capture. The frames and every other field are the same either way.
     """
     for item in read_frame_batches(path, ports=ports, connection=connection, payload_bytes=payload_bytes,
@@ -243,7 +243,7 @@ def analyze_file(
     with open_file(path) as fileobj:
         if observer is None:
             # No one needs the events themselves: the fast path builds the same timelines without
-            # them (analyzer/fastpath.py; tests/test_fastpath.py holds it equal to the loop below).
+            # them (analyzer/engine/fastpath.py; tests/test_fastpath.py holds it equal to the loop below).
             timelines = analyze_timelines(fileobj, summary, ports=ports, show_secrets=show_secrets,
                                           progress=progress)
         else:

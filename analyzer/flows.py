@@ -29,7 +29,7 @@ from analyzer.records import (
     Segment,
     SegmentEvent,
 )
-from analyzer.tcp import HalfStream, StreamData
+from analyzer.net.tcp import HalfStream, StreamData
 
 # Bytes per direction (and events per flow) a flow on an unknown port may show before we give
 # up on it: connection.start is about 500 bytes, so 8 KiB is many frames of evidence.

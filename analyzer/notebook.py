@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from analyzer.api import FileAnalysis, analyze_file, frame_record
-from analyzer.diagnose import Diagnosis
+from analyzer.diagnosis.diagnose import Diagnosis
 from analyzer.errors import UsageError
-from analyzer.pipeline import DEFAULT_PORTS
+from analyzer.engine.pipeline import DEFAULT_PORTS
 from analyzer.records import ACK, FIN, PSH, RST, SYN, DecodeError, Frame, Gap, SegmentEvent
 
 # Method arguments promoted to their own frame columns (None where a method has no such argument);

@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/make_capture.py scale --times 10  # big-x10.pcap: big.pcap ten times over
     .venv/bin/python benchmarks/make_capture.py short --count 50000  # short.pcap: 50,000 short connections
 
-`real` starts a throwaway RabbitMQ node (analyzer.broker.LocalBroker), records loopback with
-tcpdump (analyzer.capture.LiveCapture, full snap length) while a publisher process and a
+`real` starts a throwaway RabbitMQ node (analyzer.lab.broker.LocalBroker), records loopback with
+tcpdump (analyzer.lab.capture.LiveCapture, full snap length) while a publisher process and a
 consumer process (pika, heartbeat on) move MESSAGES small messages through one queue. The
 publisher pauses a few times for longer than the heartbeat interval so both peers' heartbeat
 frames are in the capture too. The broker's AMQP port and tcpdump's drop count go to big.json.
@@ -87,7 +87,7 @@ def _consumer(url: str, queue: str, count: int, ready) -> None:
 
 
 def _bulk_capture_class():
-    from analyzer.capture import LiveCapture
+    from analyzer.lab.capture import LiveCapture
 
     class BulkCapture(LiveCapture):
         # LiveCapture runs tcpdump in --immediate-mode, which makes libpcap use one ring slot per
@@ -105,7 +105,7 @@ def _bulk_capture_class():
 def make_real(out: str, messages: int) -> None:
     import pika
 
-    from analyzer.broker import LocalBroker
+    from analyzer.lab.broker import LocalBroker
 
     LiveCapture = _bulk_capture_class()
 

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from analyzer.broker import LocalBroker
+from analyzer.lab.broker import LocalBroker
 from analyzer.errors import EnvironmentProblem
 
 

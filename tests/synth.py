@@ -25,7 +25,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
-from analyzer.packets import (  # noqa: F401  (link types: the analyzer's own table, re-exported for the tests)
+from analyzer.net.packets import (  # noqa: F401  (link types: the analyzer's own table, re-exported for the tests)
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,

@@ -8,8 +8,8 @@ import time
 import pika
 import pytest
 
-from analyzer import broker as broker_mod
-from analyzer.broker import ExternalBroker, LocalBroker, free_port, probe
+from analyzer.lab import broker as broker_mod
+from analyzer.lab.broker import ExternalBroker, LocalBroker, free_port, probe
 from analyzer.errors import EnvironmentProblem, UsageError
 from tests.fixtures_broker import processes_matching
 

@@ -13,8 +13,8 @@ import pytest
 from scapy.layers.inet import TCP
 from scapy.utils import rdpcap
 
-from analyzer import capture as capture_mod
-from analyzer.capture import LiveCapture, available_backends, count_pcap_records
+from analyzer.lab import capture as capture_mod
+from analyzer.lab.capture import LiveCapture, available_backends, count_pcap_records
 from analyzer.cli import main
 from analyzer.errors import EnvironmentProblem, UsageError
 from tests.fixtures_broker import processes_matching

@@ -13,7 +13,7 @@ import pathlib
 import pytest
 
 from analyzer.api import analyze_file
-from analyzer.pcap import open_capture
+from analyzer.sources.pcap import open_capture
 from tests import synth
 
 CAPTURES = pathlib.Path(__file__).resolve().parent.parent / "captures"

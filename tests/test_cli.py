@@ -138,7 +138,8 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_line_only_on_a_terminal_after_a_second_and_never_with_quiet(captures_dir, monkeypatch) -> None:
-    from analyzer import cli, fastpath, pipeline
+    from analyzer import cli
+    from analyzer.engine import fastpath, pipeline
 
     monkeypatch.setattr(cli.Progress, "DELAY", 0.0)
     monkeypatch.setattr(pipeline, "PROGRESS_EVERY", 1)

@@ -1,4 +1,4 @@
-"""analyzer/fastpath.py builds exactly the timelines (and so the diagnoses) of the plain path,
+"""analyzer/engine/fastpath.py builds exactly the timelines (and so the diagnoses) of the plain path,
 pipeline.iter_events → TimelineBuilder, on every shipped capture and on synthetic edge cases:
 frames split and packed across segments, retransmissions, reordering, loss, mid-stream starts,
 snapped payloads, other ports and link types, damaged bytes, and random mixes of those."""
@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from pamqp import body as pamqp_body, commands, frame as pamqp_frame, header as pamqp_header
 
 from analyzer.api import FrameBatch, frame_record, frame_records
-from analyzer.diagnose import diagnose
-from analyzer.fastpath import analyze_timelines
-from analyzer.pipeline import iter_events
+from analyzer.diagnosis.diagnose import diagnose
+from analyzer.engine.fastpath import analyze_timelines
+from analyzer.engine.pipeline import iter_events
 from analyzer.records import ACK, C2S, FIN, PSH, RST, S2C, CaptureSummary, Frame
 from analyzer.timeline import TimelineBuilder, timeline_order
 from tests import synth
@@ -27,12 +27,12 @@ HB = synth.HEARTBEAT_FRAME
 def batch_settings(request, monkeypatch):
     """Every test three times: as shipped (short captures go packet by packet: a flow's packets
     are batched from the first block that starts after its handshake), and with blocks of a few
-    records and every stretch of ordinary packets, however short, applied by analyzer/batch.py,
+    records and every stretch of ordinary packets, however short, applied by analyzer/engine/batch.py,
     its frames walked by the numpy rounds or by the Python loop."""
     if request.param != "as-shipped":
-        monkeypatch.setattr("analyzer.pcap.CHUNK_SIZE", 600)
-        monkeypatch.setattr("analyzer.fastpath.MIN_RUN", 1)
-        monkeypatch.setattr("analyzer.batch._PYTHON_TAIL", 1 if "numpy" in request.param else 1 << 40)
+        monkeypatch.setattr("analyzer.sources.pcap.CHUNK_SIZE", 600)
+        monkeypatch.setattr("analyzer.engine.fastpath.MIN_RUN", 1)
+        monkeypatch.setattr("analyzer.engine.batch._PYTHON_TAIL", 1 if "numpy" in request.param else 1 << 40)
     return request.param
 
 
@@ -258,8 +258,8 @@ def analyses(tmp_path, data: bytes):
 def test_retired_connections_are_diagnosed_the_same(tmp_path, monkeypatch) -> None:
     """300 short connections 1 ms apart, each retired 2 ms after its close: the same diagnoses in
     the same order as when all are kept to the end."""
-    monkeypatch.setattr("analyzer.fastpath.RETIRE_AFTER", 0.002)
-    monkeypatch.setattr("analyzer.fastpath.RETIRED_KEYS_KEPT", 0.01)
+    monkeypatch.setattr("analyzer.engine.fastpath.RETIRE_AFTER", 0.002)
+    monkeypatch.setattr("analyzer.engine.fastpath.RETIRED_KEYS_KEPT", 0.01)
     buf = io.BytesIO()
     synth.short_connections_pcap(buf, 300)
     whole, bounded, retired = analyses(tmp_path, buf.getvalue())
@@ -271,7 +271,7 @@ def test_retired_connections_are_diagnosed_the_same(tmp_path, monkeypatch) -> No
 def test_a_straggler_after_retirement_is_counted_and_a_reused_port_is_a_new_connection(tmp_path, monkeypatch) -> None:
     """After RETIRE_AFTER (5 s) a closed connection is reported; a late ACK for it is not analyzed
     (and says so), a new SYN on the same ports is a new connection."""
-    monkeypatch.setattr("analyzer.pcap.CHUNK_SIZE", 600)  # retiring happens between read blocks
+    monkeypatch.setattr("analyzer.sources.pcap.CHUNK_SIZE", 600)  # retiring happens between read blocks
     first = busy_conversation()
     close = first.segments[-1].timestamp - 1_700_000_000.0
     other = scripted_conversation(handshake_steps(10), client=("127.0.0.1", 41000), start=1_700_000_000.0 + close + 6)

@@ -1,10 +1,10 @@
-"""The pika HeartbeatChecker model at its window edges (analyzer/models/pika.py)."""
+"""The pika HeartbeatChecker model at its window edges (analyzer/diagnosis/models/pika.py)."""
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from analyzer.models.common import ON_TICK_TOLERANCE
-from analyzer.models.pika import (
+from analyzer.diagnosis.models.common import ON_TICK_TOLERANCE
+from analyzer.diagnosis.models.pika import (
     check_interval,
     pika_check_times,
     pika_send_times,

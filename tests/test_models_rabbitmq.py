@@ -1,13 +1,13 @@
 """The RabbitMQ broker model at its window edges, its blocked-connection rule and its inference
-of T and tick phase from the broker's own heartbeats (analyzer/models/rabbitmq.py)."""
+of T and tick phase from the broker's own heartbeats (analyzer/diagnosis/models/rabbitmq.py)."""
 import math
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from analyzer.models.common import ON_TICK_TOLERANCE, Check
-from analyzer.models.rabbitmq import (
+from analyzer.diagnosis.models.common import ON_TICK_TOLERANCE, Check
+from analyzer.diagnosis.models.rabbitmq import (
     broker_tick_times,
     infer_tick_anchor,
     infer_timeout_from_heartbeats,

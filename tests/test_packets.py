@@ -1,4 +1,4 @@
-"""Tests of analyzer.packets: link, IP and TCP headers → Segment, and the counting of the rest.
+"""Tests of analyzer.net.packets: link, IP and TCP headers → Segment, and the counting of the rest.
 
 Fuzz invariant (checked with hypothesis below): any bytes under any link type give a Segment or
 None with exactly one summary counter raised; an exception is a bug.
@@ -19,8 +19,8 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.l2 import ARP, Ether
 
-from analyzer import packets
-from analyzer.packets import PacketDecoder
+from analyzer.net import packets
+from analyzer.net.packets import PacketDecoder
 from analyzer.records import ACK, PSH, SYN, CaptureSummary, RawPacket, Segment
 from tests import synth
 from tests.synth import ethernet, loop, null, sll, sll2, tcp_packet, wrap

@@ -1,4 +1,4 @@
-"""Tests of analyzer.pcap: pcap and pcapng files → RawPacket records, streaming, damage → warnings.
+"""Tests of analyzer.sources.pcap: pcap and pcapng files → RawPacket records, streaming, damage → warnings.
 
 Timestamp tolerance: the reader returns float epoch seconds. Near 1.7e9 s one ulp of a float is
 2.4e-7 s, so sub-microsecond digits cannot survive; a correct reader is within an ulp or two of
@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from analyzer.errors import CaptureFileError
-from analyzer.pcap import open_capture
+from analyzer.sources.pcap import open_capture
 from analyzer.records import RawPacket
 from tests import synth
 from tests.synth import (

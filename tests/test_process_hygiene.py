@@ -20,9 +20,9 @@ import time
 
 import pytest
 
-from analyzer.broker import free_port
-from analyzer.capture import count_pcap_records
-from analyzer.pcap import open_capture
+from analyzer.lab.broker import free_port
+from analyzer.lab.capture import count_pcap_records
+from analyzer.sources.pcap import open_capture
 from tests.fixtures_broker import live_children, processes_matching
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

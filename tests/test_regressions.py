@@ -10,7 +10,7 @@ import tracemalloc
 import pytest
 
 from analyzer.api import analyze_file
-from analyzer.pcap import MAX_RECORD_SIZE, open_capture
+from analyzer.sources.pcap import MAX_RECORD_SIZE, open_capture
 from tests import synth
 from tests.mutations import RECORD_HEADER, split_pcap, to_pcapng
 
@@ -73,7 +73,7 @@ def test_declared_pcapng_block_length_is_not_a_read_size(tmp_path):
 @pytest.mark.parametrize("chunk", [1, 7, 4096])
 def test_reading_in_small_pieces_gives_the_same_packets(chunk, monkeypatch):
     """fill() now joins pieces: the packets must not depend on how the file is read."""
-    import analyzer.pcap as pcap
+    import analyzer.sources.pcap as pcap
 
     data = (CAPTURES / "proxy.pcap").read_bytes()
     reference = [(p.index, p.timestamp, p.data) for p in open_capture(io.BytesIO(data))]

@@ -35,8 +35,8 @@ def batched(request, monkeypatch):
     """As shipped, and with blocks of a few records and every run batched (so that the shipped
     captures, a few dozen packets each, have FrameBatches)."""
     if request.param == "tiny-blocks":
-        monkeypatch.setattr("analyzer.pcap.CHUNK_SIZE", 600)
-        monkeypatch.setattr("analyzer.fastpath.MIN_RUN", 1)
+        monkeypatch.setattr("analyzer.sources.pcap.CHUNK_SIZE", 600)
+        monkeypatch.setattr("analyzer.engine.fastpath.MIN_RUN", 1)
     return request.param
 
 
@@ -49,8 +49,8 @@ def test_jsonl_equals_json_dumps_on_every_capture(path, batched) -> None:
 
 
 def test_batches_are_used(monkeypatch) -> None:
-    monkeypatch.setattr("analyzer.pcap.CHUNK_SIZE", 600)
-    monkeypatch.setattr("analyzer.fastpath.MIN_RUN", 1)
+    monkeypatch.setattr("analyzer.sources.pcap.CHUNK_SIZE", 600)
+    monkeypatch.setattr("analyzer.engine.fastpath.MIN_RUN", 1)
     items = list(read_frame_batches(CAPTURE_DIR / "blocked-callback.pcap", all_arguments=False))
     assert any(isinstance(item, FrameBatch) for item in items)
 

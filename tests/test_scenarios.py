@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from analyzer.scenarios import catalog
-from analyzer.scenarios.runner import run_scenario
+from analyzer.lab.scenarios import catalog
+from analyzer.lab.scenarios.runner import run_scenario
 from tests.fixtures_broker import live_children
 from tests.scenario_wire import summarize
 

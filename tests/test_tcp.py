@@ -1,4 +1,4 @@
-"""HalfStream: one direction's reassembly into ordered bytes and explicit gaps (analyzer/tcp.py).
+"""HalfStream: one direction's reassembly into ordered bytes and explicit gaps (analyzer/net/tcp.py).
 
 Each test feeds segment fields by hand and checks the StreamData / StreamGap records exactly.
 The hypothesis properties at the end cut a random byte stream into random segments, deliver
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from analyzer.tcp import MAX_PENDING_BYTES, REORDER_WINDOW, SEQ_MOD, HalfStream, StreamData, StreamGap
+from analyzer.net.tcp import MAX_PENDING_BYTES, REORDER_WINDOW, SEQ_MOD, HalfStream, StreamData, StreamGap
 
 ISN = 1000  # the SYN's sequence number; the first data byte is ISN + 1
 

@@ -5,7 +5,7 @@ import json
 from typing import Iterable
 
 from analyzer.api import FileAnalysis
-from analyzer.diagnose import Diagnosis
+from analyzer.diagnosis.diagnose import Diagnosis
 
 SCHEMA = "amqp-hb/analysis/1"
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 import textwrap
 from typing import Any, Iterable
 
-from analyzer.diagnose import Diagnosis
-from analyzer.models import pika as pika_model
-from analyzer.models import rabbitmq as rabbitmq_model
-from analyzer.models.common import ON_TICK_TOLERANCE, grid_times
+from analyzer.diagnosis.diagnose import Diagnosis
+from analyzer.diagnosis.models import pika as pika_model
+from analyzer.diagnosis.models import rabbitmq as rabbitmq_model
+from analyzer.diagnosis.models.common import ON_TICK_TOLERANCE, grid_times
 from analyzer.records import C2S, S2C
 
 LANES = {C2S: 2.0, S2C: 1.0}

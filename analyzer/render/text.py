@@ -5,7 +5,7 @@ import json
 import textwrap
 
 from analyzer.api import FileAnalysis, FrameRecord
-from analyzer.diagnose import Diagnosis
+from analyzer.diagnosis.diagnose import Diagnosis
 
 VERDICT_COLOURS = {
     "missed-client-heartbeats": "31", "missed-server-heartbeats": "31", "reset": "33",

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from analyzer.flows import Flow
-from analyzer.packets import PacketDecoder
-from analyzer.pcap import open_capture
+from analyzer.net.packets import PacketDecoder
+from analyzer.sources.pcap import open_capture
 from analyzer.records import ACK, RST, SYN, CaptureSummary
 
 DEFAULT_PORTS = (5672,)

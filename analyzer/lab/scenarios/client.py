@@ -1,6 +1,6 @@
 """The scripted pika programs (edge): one process per scenario run, logging what it did as JSON lines.
 
-Run as `python -m analyzer.scenarios.client NAME PARAMS_JSON`. It runs in its own process so that a
+Run as `python -m analyzer.lab.scenarios.client NAME PARAMS_JSON`. It runs in its own process so that a
 client blocked in a callback can be killed, and so that its log survives it: every event is one
 JSON object per line, flushed at once, with an epoch timestamp `t`. PARAMS_JSON carries the broker
 URL (`url`, maybe a proxy), the direct broker URL for the publisher (`publish_url`), the queue, the

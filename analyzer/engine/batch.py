@@ -35,10 +35,10 @@ import numpy as np
 from analyzer.amqp import framing
 from analyzer.amqp.arguments import CONTROL_CLASSES
 from analyzer.amqp.spec import METHOD_NAMES
-from analyzer.pcap import RecordBlock
-from analyzer.packets import IP_OFFSETS
+from analyzer.sources.pcap import RecordBlock
+from analyzer.net.packets import IP_OFFSETS
 from analyzer.records import ACK, FIN, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_HEARTBEAT_OLD, FRAME_METHOD, RST, SYN
-from analyzer.tcp import SEQ_HALF, SEQ_MOD
+from analyzer.net.tcp import SEQ_HALF, SEQ_MOD
 from analyzer.timeline import FRAME_KIND_NAMES
 
 # A run shorter than this is cheaper packet by packet than its fixed numpy cost (measured on

@@ -28,7 +28,7 @@ the client was not servicing its I/O loop for that long, not that the model is o
 """
 from __future__ import annotations
 
-from analyzer.models.common import Check, Prediction, first_tick_index, grid_times
+from analyzer.diagnosis.models.common import Check, Prediction, first_tick_index, grid_times
 
 # pika/heartbeat.py line 65: the check interval is the negotiated timeout plus 5 s.
 CHECK_MARGIN = 5.0

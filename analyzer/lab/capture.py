@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from analyzer.broker import die_with_parent
+from analyzer.lab.broker import die_with_parent
 from analyzer.errors import EnvironmentProblem, UsageError
 
 BACKENDS = ("tcpdump", "dumpcap", "scapy")

@@ -23,11 +23,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from analyzer.broker import LocalBroker, die_with_parent, open_broker
-from analyzer.capture import LiveCapture
+from analyzer.lab.broker import LocalBroker, die_with_parent, open_broker
+from analyzer.lab.capture import LiveCapture
 from analyzer.errors import EnvironmentProblem, UsageError
-from analyzer.scenarios import catalog
-from analyzer.scenarios.proxy import TcpProxy
+from analyzer.lab.scenarios import catalog
+from analyzer.lab.scenarios.proxy import TcpProxy
 
 SCHEMA = "amqp-hb/scenario-run/1"
 # pika checks received bytes every T+5 s and gives up after one silent window (pika/heartbeat.py),
@@ -240,12 +240,12 @@ def _wait_event(log: EventLog, client, event: str, timeout: float) -> dict:
 
 
 def _start_client(name: str, params: dict, work_dir: str) -> subprocess.Popen:
-    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     env = dict(os.environ)
     env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
     out = open(os.path.join(work_dir, "client.out"), "wb")
     try:
-        return subprocess.Popen([sys.executable, "-m", "analyzer.scenarios.client", name, json.dumps(params)],
+        return subprocess.Popen([sys.executable, "-m", "analyzer.lab.scenarios.client", name, json.dumps(params)],
                                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=die_with_parent)
     finally:

@@ -12,9 +12,9 @@ import signal
 import threading
 from typing import TextIO
 
-from analyzer.capture import BACKENDS
+from analyzer.lab.capture import BACKENDS
 from analyzer.errors import UsageError
-from analyzer.scenarios import catalog
+from analyzer.lab.scenarios import catalog
 
 DISAGREE = 1  # the analyzer contradicts the ground truth: a bug in one of them
 
@@ -69,7 +69,7 @@ def sigterm_as_interrupt():
 
 
 def run_capture_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from analyzer.capture import run_capture
+    from analyzer.lab.capture import run_capture
 
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be positive")
@@ -100,7 +100,7 @@ def run_list(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 def run_scenario_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from analyzer.scenarios.runner import run_scenario
+    from analyzer.lab.scenarios.runner import run_scenario
 
     catalog.get(args.name)  # unknown name: one line, before anything starts
 

@@ -19,9 +19,9 @@ from typing import TextIO
 
 from analyzer import __version__
 from analyzer.errors import AmqpHbError, CaptureFileError
-from analyzer.pipeline import DEFAULT_PORTS
-from analyzer.render.plot_cli import register as register_plot
-from analyzer.scenarios.cli import register as register_scenarios
+from analyzer.engine.pipeline import DEFAULT_PORTS
+from analyzer.cli.plot import register as register_plot
+from analyzer.lab.scenarios.cli import register as register_scenarios
 
 
 class ExitStatus(enum.IntEnum):

@@ -40,7 +40,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from analyzer.models.common import AnchorKind, Check, Prediction, first_tick_index, grid_times
+from analyzer.diagnosis.models.common import AnchorKind, Check, Prediction, first_tick_index, grid_times
 
 # Timer slip per Erlang `after` tick, seconds (heartbeat-model.md: "about 1 ms drift per tick",
 # measured on the sender, assumed for the monitor).

@@ -1,17 +1,17 @@
 """ConnectionTimeline → Diagnosis: negotiation, how it ended, verdict, prediction and findings.
 
 All times in a Diagnosis are seconds since the first packet of the file (`t0`). The verdict
-comes from the peers' real timing models (analyzer.models), never from a bare threshold: a
+comes from the peers' real timing models (analyzer.diagnosis.models), never from a bare threshold: a
 teardown is blamed on missed heartbeats only when it falls where the model says it would.
-The plain-language explanation is written by analyzer.explain from the Diagnosis.
+The plain-language explanation is written by analyzer.diagnosis.explain from the Diagnosis.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from analyzer.models import pika as pika_model
-from analyzer.models import rabbitmq as rabbitmq_model
-from analyzer.models.common import Prediction
+from analyzer.diagnosis.models import pika as pika_model
+from analyzer.diagnosis.models import rabbitmq as rabbitmq_model
+from analyzer.diagnosis.models.common import Prediction
 from analyzer.records import C2S
 from analyzer.timeline import ConnectionTimeline, Direction
 
@@ -96,7 +96,7 @@ class Diagnosis:
 
 
 def diagnose(timeline: ConnectionTimeline, t0: float) -> Diagnosis:
-    from analyzer.explain import explain
+    from analyzer.diagnosis.explain import explain
 
     d = Diagnosis(timeline, t0, _heartbeat(timeline), _close(timeline, t0))
     _verdict(d)

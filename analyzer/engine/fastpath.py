@@ -38,10 +38,10 @@ import numpy as np
 
 from analyzer.amqp import framing
 from analyzer.amqp.spec import METHOD_NAMES
-from analyzer.packets import IP_OFFSETS, PacketDecoder
-from analyzer.batch import MIN_RUN, FastSide, FrameColumns, Plan
-from analyzer.pcap import RecordBlock, open_capture
-from analyzer.pipeline import DEFAULT_PORTS, PROGRESS_EVERY, ProgressCallback, _new_flow, _summarise
+from analyzer.net.packets import IP_OFFSETS, PacketDecoder
+from analyzer.engine.batch import MIN_RUN, FastSide, FrameColumns, Plan
+from analyzer.sources.pcap import RecordBlock, open_capture
+from analyzer.engine.pipeline import DEFAULT_PORTS, PROGRESS_EVERY, ProgressCallback, _new_flow, _summarise
 from analyzer.records import (
     ACK,
     FIN,
@@ -57,7 +57,7 @@ from analyzer.records import (
     RawPacket,
 )
 from analyzer.flows import AMQP, Flow
-from analyzer.tcp import SEQ_HALF, SEQ_MOD
+from analyzer.net.tcp import SEQ_HALF, SEQ_MOD
 from analyzer.timeline import CHANNEL_CLOSE, FRAME_KIND_NAMES, ConnectionTimeline, TimelineBuilder
 
 # From the ethertype to the TCP flags, for a 20-byte IPv4 header: ethertype, version/IHL, total length,

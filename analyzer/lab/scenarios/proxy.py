@@ -12,7 +12,7 @@ import contextlib
 import socket
 import threading
 
-from analyzer.broker import free_port
+from analyzer.lab.broker import free_port
 
 BUFFER = 65536
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from analyzer.diagnose import CLOSE_HANDSHAKE_SLACK
+from analyzer.diagnosis.diagnose import CLOSE_HANDSHAKE_SLACK
 
 if TYPE_CHECKING:
-    from analyzer.diagnose import Diagnosis
+    from analyzer.diagnosis.diagnose import Diagnosis
 
 FIX_CLIENT_BLOCKED = (
     "Fix: run long work in a thread and ack from it with "
