@@ -8,6 +8,10 @@ tool must read what it can of a damaged capture.
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 from analyzer.records import CaptureSummary, RawPacket, Segment
 
@@ -163,3 +167,79 @@ class PacketDecoder:
         # ports, seq, ack and flags: the segment counts, its payload is missing (a snapped gap).
         payload = data[payload_start : min(ip_end, len(data))]
         return Segment(raw.index, raw.timestamp, src, sport, dst, dport, seq, ack, flags, window, payload, ip_end - payload_start)
+
+
+# ---- the common packet, for the engine's quick paths ----------------------------------------------
+# IPv4 with a 20-byte header, unfragmented, carrying TCP with a whole header and a payload the
+# snap length did not cut, over a link in IP_OFFSETS. Anything else (IPv6, VLAN tags, IP options,
+# TSO's zero total length, snapped payloads) takes PacketDecoder.decode, which handles it all.
+# ipv4_tcp_columns is the same rule over a block of records; tests/test_packets.py holds them equal.
+
+IPV4_HEADER_BYTES = 20
+TCP_HEADER_MIN_BYTES = 20
+MIN_TCP_DATA_OFFSET = 0x50  # data offset 5 (words) in the high nibble
+IPV4_VER_IHL_PLAIN = 0x45  # version 4, header length 5 words: no options
+IPV4_FRAGMENT_BITS = 0x3FFF  # more-fragments flag and fragment offset
+# From the ethertype (2 bytes before the IP header) to the TCP flags: ethertype, version/IHL, total
+# length, flags/fragment offset, protocol, (checksum skipped) addresses and ports (the flow key, 12
+# bytes), seq, ack, data offset, flags.
+_QUICK = struct.Struct("!HBxH2xHxB2x12sIIBB")
+QUICK_HEADER_BYTES = 36
+_QUICK_COLUMNS = np.dtype({
+    "names": ["ethertype", "ver_ihl", "total_len", "frag", "proto", "key", "seq", "ack", "data_off", "flags"],
+    "formats": [">u2", "u1", ">u2", ">u2", "u1", "V12", ">u4", ">u4", "u1", "u1"],
+    "offsets": [0, 2, 4, 8, 11, 14, 26, 30, 34, 35],
+    "itemsize": QUICK_HEADER_BYTES,
+})
+
+
+class QuickTcp(NamedTuple):
+    key: bytes  # source and destination addresses, then ports: flows.flow_key's form
+    seq: int
+    ack: int
+    flags: int
+    start: int  # the payload is data[start:end]
+    end: int
+
+
+def ipv4_tcp_fields(data: bytes, ip: int) -> QuickTcp | None:
+    """The common packet's TCP fields, or None when the packet is anything else."""
+    if len(data) < ip + IPV4_HEADER_BYTES + TCP_HEADER_MIN_BYTES:
+        return None
+    ethertype, ver_ihl, total_len, frag, proto, key, seq, ack, data_off, flags = _QUICK.unpack_from(data, ip - 2)
+    start = ip + IPV4_HEADER_BYTES + (data_off >> 4) * 4
+    end = ip + total_len
+    if (ethertype != ETHERTYPE_IPV4 or ver_ihl != IPV4_VER_IHL_PLAIN or proto != IPPROTO_TCP
+            or frag & IPV4_FRAGMENT_BITS or data_off < MIN_TCP_DATA_OFFSET or not total_len
+            or start > end or end > len(data)):
+        return None
+    return QuickTcp(key, seq, ack, flags, start, end)
+
+
+class QuickTcpColumns(NamedTuple):
+    ok: npt.NDArray[np.bool_]  # the record is the common packet (the rest of the columns hold junk where not)
+    key: npt.NDArray[np.void]  # 12-byte flow keys
+    seq: npt.NDArray[np.int64]
+    ack: npt.NDArray[np.int64]
+    flags: npt.NDArray[np.uint8]
+    start: npt.NDArray[np.int64]  # payload start and end, as offsets into the block's buffer
+    end: npt.NDArray[np.int64]
+
+
+def ipv4_tcp_columns(buf: bytes, data_start: npt.NDArray[np.int64], caplen: npt.NDArray[np.int64],
+                     ip: int | npt.NDArray[np.int64], handled: bool | npt.NDArray[np.bool_]) -> QuickTcpColumns:
+    """ipv4_tcp_fields for every record of a block: record k is buf[data_start[k]:][:caplen[k]],
+    its IP header at `ip` (per record, or one for all) where `handled` (its link type is in
+    IP_OFFSETS). The buffer must hold at least QUICK_HEADER_BYTES."""
+    b = np.frombuffer(buf, dtype=np.uint8)
+    # A record too short for these headers reads the end of the buffer instead: its caplen check fails.
+    at = np.minimum(data_start + ip - 2, len(b) - QUICK_HEADER_BYTES)
+    h = np.lib.stride_tricks.sliding_window_view(b, QUICK_HEADER_BYTES)[at].view(_QUICK_COLUMNS)[:, 0]
+    start = ip + IPV4_HEADER_BYTES + (h["data_off"] >> 4).astype(np.int64) * 4
+    end = ip + h["total_len"].astype(np.int64)
+    ok = (handled & (caplen >= ip + IPV4_HEADER_BYTES + TCP_HEADER_MIN_BYTES) & (h["ethertype"] == ETHERTYPE_IPV4)
+          & (h["ver_ihl"] == IPV4_VER_IHL_PLAIN) & (h["proto"] == IPPROTO_TCP)
+          & ((h["frag"] & IPV4_FRAGMENT_BITS) == 0) & (h["data_off"] >= MIN_TCP_DATA_OFFSET)
+          & (h["total_len"] > 0) & (start <= end) & (end <= caplen))
+    return QuickTcpColumns(ok, h["key"], h["seq"].astype(np.int64), h["ack"].astype(np.int64), h["flags"],
+                           data_start + start, data_start + end)
