@@ -219,3 +219,53 @@ def test_shipped_capture(captures_dir, name, request):
         request.applymarker(pytest.mark.xfail(reason=KNOWN_DISAGREEMENTS[name], strict=False))
     got = {(getattr(c, "id", None) or c.timeline.info.id): c.verdict for c in api.analyze_file(str(pcap)).connections}
     assert got == meta["expected_verdicts"]
+
+
+# ---- every-method: one connection carrying every method the analyzer's timeline reads ---------------
+
+TIMINGS["every-method"] = dict(heartbeat=T, work=1)  # work: seconds the memory alarm stays up after Blocked
+
+
+def frames_of(payload: bytes) -> list[tuple]:
+    """(type, channel, class_id, method_id) of every frame in one direction's payload (after the
+    8-byte protocol header, when present); class and method are None except for method frames."""
+    at, out = (8 if payload.startswith(b"AMQP") else 0), []
+    while at + 7 <= len(payload):
+        kind, channel, size = payload[at], int.from_bytes(payload[at + 1:at + 3], "big"), \
+            int.from_bytes(payload[at + 3:at + 7], "big")
+        body = payload[at + 7:at + 7 + size]
+        assert payload[at + 7 + size] == 0xCE, f"frame end missing at byte {at}"
+        ids = (int.from_bytes(body[0:2], "big"), int.from_bytes(body[2:4], "big")) if kind == 1 else (None, None)
+        out.append((kind, channel, *ids))
+        at += 8 + size
+    assert at == len(payload)
+    return out
+
+
+def test_every_method(runs):
+    r = runs("every-method")
+    c, pub = wire(r, "consumer"), wire(r, "publisher")
+    c2s, s2c = frames_of(bytes(c.client.payload)), frames_of(bytes(c.server.payload))
+    sent = {(ch, cls, m) for kind, ch, cls, m in c2s if kind == 1}
+    received = {(ch, cls, m) for kind, ch, cls, m in s2c if kind == 1}
+    # start-ok, tune-ok, open, channel.open, queue.declare, basic.qos, basic.consume, basic.publish,
+    # basic.ack, channel.open (2), channel.close-ok (2), connection.close
+    assert {(0, 10, 11), (0, 10, 31), (0, 10, 40), (1, 20, 10), (1, 50, 10), (1, 60, 10), (1, 60, 20),
+            (1, 60, 40), (1, 60, 80), (2, 20, 10), (2, 20, 41), (0, 10, 50)} <= sent, sent
+    # start, tune, open-ok, channel.close (2), basic.deliver, blocked, unblocked, basic.cancel, close-ok
+    assert {(0, 10, 10), (0, 10, 30), (0, 10, 41), (2, 20, 40), (1, 60, 60), (0, 10, 60), (0, 10, 61),
+            (1, 60, 30), (0, 10, 51)} <= received, received
+    assert b"\x00\x14\x00\x28\x01\x94" in c.server.payload  # Channel.Close 404 NOT_FOUND
+    assert [k for k, *_ in s2c].count(2) == [k for k, *_ in s2c].count(3) == 2  # 2 deliveries: header + body
+    assert [k for k, *_ in c2s].count(2) == [k for k, *_ in c2s].count(3) == 1  # 1 publish: header + body
+    assert c.heartbeats("client") >= 3 and c.heartbeats("server") >= 3
+    assert events(r, "connected")[0]["heartbeat"] == T
+    blocked, unblocked = events(r, "blocked"), events(r, "unblocked")
+    assert len(blocked) == len(unblocked) == 1 and blocked[0]["t"] < unblocked[0]["t"]
+    assert [e["delivery_tag"] for e in events(r, "ack")] == [1, 2] and events(r, "consumer_cancelled")
+    assert r.metadata["observed_exceptions"] == ["ChannelClosedByBroker"]
+    assert "404" in events(r, "exception")[0]["text"]
+    assert_graceful(c)
+    assert_graceful(pub)
+    # only the connection that published during the alarm is blocked
+    assert (0, 10, 60) not in {(ch, cls, m) for kind, ch, cls, m in frames_of(bytes(pub.server.payload))}

@@ -40,6 +40,9 @@ class Scenario:
     # The consumer idles (heartbeats both ways) before the message is published, as in the blog:
     # the client's last byte before the callback is then a heartbeat, as in the blog's capture.
     idle_first: bool = False
+    # The runner raises the broker's memory alarm when the client asks (event `alarm_wanted`) and
+    # clears it `work` seconds after the client saw Connection.Blocked.
+    memory_alarm: bool = False
 
     def describe(self) -> str:
         params = f"heartbeat={self.heartbeat} work={self.work:g} ({self.work_means}) messages={self.messages}"
@@ -85,6 +88,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              heartbeat=3, work=10, messages=1,
              verdicts={CONSUMER: MISSED_CLIENT, UPSTREAM: MISSED_CLIENT, PUBLISHER: GRACEFUL},
              exception="StreamLostError", proxy=True),
+    # One small capture with every method the analyzer's timeline reads, from a real broker.
+    Scenario("every-method", "a T=2 consumer sees every method the analyzer reads: 404 Channel.Close, "
+             "Connection.Blocked/Unblocked (memory alarm), broker Basic.Cancel, normal close",
+             heartbeat=2, work=1, messages=2, verdicts=_both(GRACEFUL), exception="ChannelClosedByBroker",
+             work_means="seconds the memory alarm stays up after Connection.Blocked",
+             needs_local_broker=True, idle_first=True, memory_alarm=True),
 ]}
 
 

@@ -213,6 +213,93 @@ def consumer_timeout(p: dict) -> None:
     close(conn, "consumer")
 
 
+def wait_for(conn: pika.BlockingConnection, done, what: str, timeout: float = 30.0) -> None:
+    """Service `conn`'s I/O (heartbeats, callbacks) in short slices until done() or the timeout."""
+    deadline = time.time() + timeout
+    while not done():
+        if time.time() > deadline:
+            raise TimeoutError(f"no {what} within {timeout:g} s")
+        conn.sleep(0.05)
+
+
+def every_method(p: dict) -> None:
+    """Every method the analyzer's timeline reads, on one consumer connection (heartbeat T).
+
+    Handshake, channel 1, queue, consumer; idle with heartbeats both ways; message 1 from the
+    publisher connection delivered and acked; channel 2: passive declare of a missing queue, so
+    the broker sends Channel.Close 404 (pika answers Close-Ok); the runner raises the broker's
+    memory alarm, message 2 is published on this connection, the broker sends Connection.Blocked,
+    then Connection.Unblocked once the runner clears the alarm; message 2 is delivered and acked;
+    the publisher connection deletes the queue, so the broker sends Basic.Cancel to the consumer;
+    both connections close normally.
+    """
+    conn = connect(p["url"], "consumer", p["heartbeat"])
+    state = {"acked": 0, "blocked": False, "unblocked": False, "cancelled": False}
+
+    def on_blocked(_conn, frame):
+        state["blocked"] = True
+        emit("blocked", role="consumer", reason=frame.method.reason)
+
+    def on_unblocked(_conn, _frame):
+        state["unblocked"] = True
+        emit("unblocked", role="consumer")
+
+    conn.add_on_connection_blocked_callback(on_blocked)
+    conn.add_on_connection_unblocked_callback(on_unblocked)
+    ch = conn.channel()
+    declare(ch, p["queue"])
+    ch.basic_qos(prefetch_count=1)
+
+    def on_message(channel, method, _props, body):
+        emit("message", delivery_tag=method.delivery_tag, bytes=len(body))
+        channel.basic_ack(delivery_tag=method.delivery_tag)
+        emit("ack", delivery_tag=method.delivery_tag)
+        state["acked"] += 1
+
+    def on_cancel(frame):
+        state["cancelled"] = True
+        emit("consumer_cancelled", by="broker", consumer_tag=frame.method.consumer_tag)
+
+    ch.add_on_cancel_callback(on_cancel)
+    ch.basic_consume(queue=p["queue"], on_message_callback=on_message)
+    emit("consuming", role="consumer", queue=p["queue"])
+    conn.sleep(p["idle_first"])  # services I/O: heartbeats both ways every T/2
+    emit("idled", seconds=p["idle_first"])
+
+    # Message 1: publisher connection -> queue -> this consumer; acked.
+    pub = connect(p["publish_url"], "publisher", None)
+    pch = pub.channel()
+    pch.basic_publish(exchange="", routing_key=p["queue"], body=b"message 1 of 2")
+    emit("published", role="publisher", messages=1)
+    wait_for(conn, lambda: state["acked"] >= 1, "delivery and ack of message 1")
+
+    # Channel.Close 404 NOT_FOUND from the broker on a second channel.
+    ch2 = conn.channel()
+    try:
+        ch2.queue_declare(queue=p["queue"] + "-missing", passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        log_exception(exc)
+    else:
+        raise RuntimeError("passive declare of a missing queue did not close the channel")
+
+    # Connection.Blocked / Unblocked: the runner raises the memory alarm, this connection publishes.
+    emit("alarm_wanted")
+    wait_for(conn, lambda: os.path.exists(p["runner_signal"]), "memory alarm from the runner")
+    ch.basic_publish(exchange="", routing_key=p["queue"], body=b"message 2 of 2")
+    emit("published", role="consumer", messages=1)
+    wait_for(conn, lambda: state["blocked"], "Connection.Blocked", timeout=10)
+    wait_for(conn, lambda: state["unblocked"], "Connection.Unblocked")
+    wait_for(conn, lambda: state["acked"] >= 2, "delivery and ack of message 2")
+
+    # Basic.Cancel from the broker: another connection deletes the queue being consumed.
+    pch.queue_delete(queue=p["queue"])
+    emit("queue_deleted", role="publisher", queue=p["queue"])
+    wait_for(conn, lambda: state["cancelled"], "Basic.Cancel from the broker", timeout=10)
+    close(pub, "publisher")
+    emit("finished")
+    close(conn, "consumer")
+
+
 SCENARIOS = {
     "idle": functools.partial(consumer, mode="idle"),
     "blocked-callback": functools.partial(consumer, mode="blocking"),
@@ -224,6 +311,7 @@ SCENARIOS = {
     "broker-paused": functools.partial(consumer, mode="blocking"),
     "consumer-timeout": consumer_timeout,
     "proxy": functools.partial(consumer, mode="blocking"),
+    "every-method": every_method,
 }
 
 

@@ -4,8 +4,9 @@ Strategy: everything a run starts is entered on one ExitStack, so a failing scen
 SIGTERM (turned into an exception by the CLI) still kills the client, stops the capture, closes
 the proxy, restores broker settings and stops a node we started, in that order. The client runs
 as a subprocess (client.py) writing JSON lines; the runner polls that log to time its own
-actions (pause the broker, kill an idle publisher, stop the capture of a connection held open),
-merges client, proxy and runner events by time, and writes `<out>/<name>-<UTC>.pcap` + `.json`.
+actions (pause the broker, kill an idle publisher, stop the capture of a connection held open,
+raise and clear the broker's memory alarm), merges client, proxy and runner events by time, and
+writes `<out>/<name>-<UTC>.pcap` + `.json`.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from analyzer.lab.broker import LocalBroker, die_with_parent, open_broker
+from analyzer.lab.broker import CTL_SCRIPTS, INSTALL_HINT, LocalBroker, die_with_parent, open_broker
 from analyzer.lab.capture import LiveCapture
 from analyzer.errors import EnvironmentProblem, UsageError
 from analyzer.lab.scenarios import catalog
@@ -159,7 +160,9 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
         log.add("runner", "capture_started", backend=cap.backend, filter=cap.filter)
         client_params = {**params, "url": client_url, "publish_url": publish_url,
                          "queue": f"amqphb-{name}-{uuid.uuid4().hex[:8]}", "events": log.path,
-                         "idle_first": catalog.idle_seconds(scenario, params["heartbeat"])}
+                         "idle_first": catalog.idle_seconds(scenario, params["heartbeat"]),
+                         # the runner creates this file once it has raised the memory alarm
+                         "runner_signal": os.path.join(work_dir, ALARM_SIGNAL)}
         say(f"running {name} (heartbeat={params['heartbeat']} work={params['work']:g})")
         client = _start_client(name, client_params, work_dir)
         stack.callback(_kill, client)
@@ -210,6 +213,8 @@ def _orchestrate(scenario, params, broker, client, log: EventLog, cap) -> int | 
         log.add("runner", "client_killed", signal="SIGKILL")
         time.sleep(SETTLE_AFTER_CLIENT)
         return client.returncode
+    elif scenario.memory_alarm:
+        _memory_alarm(broker, client, log, params, budget)
     elif scenario.hold:
         _wait_event(log, client, "holding", budget)
         return None  # the caller stops the capture, then kills the client: the connection stays open
@@ -220,6 +225,36 @@ def _orchestrate(scenario, params, broker, client, log: EventLog, cap) -> int | 
         return None
     time.sleep(SETTLE_AFTER_CLIENT)
     return status
+
+
+# A high watermark this small puts any node over it: the memory alarm goes up at once.
+ALARM_WATERMARK = "0.0000001"
+ALARM_SIGNAL = "memory-alarm-raised"  # created in the run directory (the client polls for it) once raised
+
+
+def _memory_alarm(broker, client, log: EventLog, params: dict, budget: float) -> None:
+    """Raise the node's memory alarm when the client asks, clear it `work` s after Connection.Blocked.
+
+    The watermark is set with `rabbitmqctl eval vm_memory_monitor:set_vm_memory_high_watermark(...)`
+    (what `rabbitmqctl set_vm_memory_high_watermark` calls), and always put back to the node's
+    previous value, even when the client fails. The client is told through a file (runner_signal).
+    """
+    ctl = next((p for p in CTL_SCRIPTS if os.access(p, os.X_OK)), None)
+    if ctl is None:
+        raise EnvironmentProblem(INSTALL_HINT)
+    previous = broker._ctl(ctl, "vm_memory_monitor:get_vm_memory_high_watermark().")  # e.g. 0.4
+    _wait_event(log, client, "alarm_wanted", budget)
+    try:
+        requested = time.time()
+        broker._ctl(ctl, f"vm_memory_monitor:set_vm_memory_high_watermark({ALARM_WATERMARK}).")
+        log.add("runner", "memory_alarm_raised", vm_memory_high_watermark=ALARM_WATERMARK, requested=requested)
+        open(os.path.join(os.path.dirname(log.path), ALARM_SIGNAL), "w").close()
+        _wait_event(log, client, "blocked", CLIENT_SLACK)
+        time.sleep(params["work"])
+    finally:
+        requested = time.time()  # the broker may unblock before rabbitmqctl returns: log both times
+        broker._ctl(ctl, f"vm_memory_monitor:set_vm_memory_high_watermark({previous}).")
+        log.add("runner", "memory_alarm_cleared", vm_memory_high_watermark=previous, requested=requested)
 
 
 def _wait_event(log: EventLog, client, event: str, timeout: float) -> dict:
