@@ -7,97 +7,61 @@ The plain-language explanation is written by analyzer.diagnosis.explain from the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
+from analyzer.diagnosis.explain import explain
 from analyzer.diagnosis.models import pika as pika_model
 from analyzer.diagnosis.models import rabbitmq as rabbitmq_model
 from analyzer.diagnosis.models.common import Prediction
-from analyzer.records import C2S
+from analyzer.diagnosis.results import (
+    CLOSE_HANDSHAKE_SLACK,
+    CLOSED_WITH_ERROR,
+    GRACEFUL,
+    MISSED_CLIENT,
+    MISSED_SERVER,
+    OPEN,
+    RESET,
+    UNKNOWN,
+    Close,
+    CloseHow,
+    Diagnosis,
+    Finding,
+    Heartbeat,
+    Peer,
+)
+from analyzer.records import C2S, S2C
 from analyzer.timeline import ConnectionTimeline, Direction
 
-# Verdicts (the exact strings of the JSON contract).
-MISSED_CLIENT = "missed-client-heartbeats"
-MISSED_SERVER = "missed-server-heartbeats"
-GRACEFUL = "graceful"
-CLOSED_WITH_ERROR = "closed-with-error"
-RESET = "reset"
-OPEN = "open"
-UNKNOWN = "unknown"
+# The record types and verdicts live in results.py (explain.py reads them too); importers of this
+# module keep finding them here.
+__all__ = [
+    "CLOSED_WITH_ERROR",
+    "CLOSE_HANDSHAKE_SLACK",
+    "GRACEFUL",
+    "MISSED_CLIENT",
+    "MISSED_SERVER",
+    "OPEN",
+    "RESET",
+    "UNKNOWN",
+    "Close",
+    "Diagnosis",
+    "Finding",
+    "Heartbeat",
+    "diagnose",
+]
 
 # How far outside the model's window an observed teardown may fall and still be the model's doing:
 # capture timestamps and socket teardown add a few ms on loopback; a capture taken on another host
 # adds the path delay. Beyond this the teardown "does not fit" and we say so.
 WINDOW_EARLY_TOLERANCE = 0.05
 WINDOW_LATE_TOLERANCE = 0.5
-# RabbitMQ's reply code for a normal close (AMQP 0-9-1 spec, reply-success).
+# Reply codes (AMQP 0-9-1 spec 1.9, constants): reply-success, and precondition-failed, which
+# RabbitMQ's consumer timeout closes the channel with.
 REPLY_SUCCESS = 200
 PRECONDITION_FAILED = 406
-# A close handshake (connection.close, close-ok, then FIN or RST) takes milliseconds; bytes lost or
-# cut by the snap length within this long of a teardown without a captured close may have held it.
-CLOSE_HANDSHAKE_SLACK = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    time: float
-    kind: str
-    channel: int | None
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    server_proposed: int | None
-    client_requested: int | None
-    effective: float | None
-    source: str  # negotiated, inferred, unknown
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    time: float | None
-    initiator: str | None  # client, server
-    how: str  # connection.close, fin, rst, open
-    reply_code: int | None = None
-    reply_text: str | None = None
-    benign_rst: float | None = None  # RabbitMQ's linger-0 RST after a clean close handshake
-
-
-@dataclass(slots=True)
-class Diagnosis:
-    timeline: ConnectionTimeline
-    t0: float
-    heartbeat: Heartbeat
-    close: Close
-    verdict: str = UNKNOWN
-    silence: float | None = None
-    prediction: Prediction | None = None
-    prediction_fits: bool | None = None
-    alternative: Prediction | None = None  # the other phase when the grid was inferred
-    misfit: str | None = None  # why the observed teardown does not fit the model
-    # Capture loss in the silent direction after its last captured byte: the peer may have spoken
-    # as late as `gap_last`; `gap_prediction` is the model's answer for that later last byte.
-    gap_last: float | None = None
-    gap_prediction: Prediction | None = None
-    gap_fits: bool | None = None
-    findings: list[Finding] = field(default_factory=list)
-    explanation: str = ""
-
-    def rel(self, t: float | None) -> float | None:
-        return None if t is None else t - self.t0
-
-    @property
-    def last_client_byte(self) -> float | None:
-        return self.rel(self.timeline.c2s.last_payload)
-
-    @property
-    def last_server_byte(self) -> float | None:
-        return self.rel(self.timeline.s2c.last_payload)
 
 
 def diagnose(timeline: ConnectionTimeline, t0: float) -> Diagnosis:
-    from analyzer.diagnosis.explain import explain
-
     d = Diagnosis(timeline, t0, _heartbeat(timeline), _close(timeline, t0))
     _verdict(d)
     if d.verdict == RESET:
@@ -135,15 +99,23 @@ def _close(tl: ConnectionTimeline, t0: float) -> Close:
         return Close(close.time - t0, "client" if close.direction == C2S else "server", "connection.close",
                      close.args.get("reply_code"), close.args.get("reply_text"), benign)
     first_fin = _first(tl.c2s.fin, tl.s2c.fin)
-    ends = [(first[0], how, first[1]) for how, first in (("rst", first_rst), ("fin", first_fin)) if first]
+    ends: list[tuple[float, CloseHow, Peer]] = []
+    if first_rst:
+        ends.append((first_rst[0], "rst", first_rst[1]))
+    if first_fin:
+        ends.append((first_fin[0], "fin", first_fin[1]))
     if not ends:
         return Close(None, None, "open")
     t, how, who = min(ends)
     return Close(t - t0, who, how)
 
 
-def _first(client_time: float | None, server_time: float | None) -> tuple[float, str] | None:
-    candidates = [(t, who) for t, who in ((client_time, "client"), (server_time, "server")) if t is not None]
+def _first(client_time: float | None, server_time: float | None) -> tuple[float, Peer] | None:
+    candidates: list[tuple[float, Peer]] = []
+    if client_time is not None:
+        candidates.append((client_time, "client"))
+    if server_time is not None:
+        candidates.append((server_time, "server"))
     return min(candidates) if candidates else None
 
 
@@ -152,7 +124,8 @@ def _first(client_time: float | None, server_time: float | None) -> tuple[float,
 
 def _verdict(d: Diagnosis) -> None:
     close, tl = d.close, d.timeline
-    if close.how == "open":
+    observed = close.time
+    if close.how == "open" or observed is None:  # (the time is None exactly when it is open)
         d.verdict = OPEN
         return
     if close.how == "connection.close":
@@ -167,29 +140,29 @@ def _verdict(d: Diagnosis) -> None:
         # last byte came before the first packet, which bounds it from above.
         last = d.rel(tl.first_seen)
     if last is not None and not before_capture:
-        d.silence = close.time - last
+        d.silence = observed - last
     if not timeout or last is None:
         d.verdict = RESET
         if not timeout and d.heartbeat.source != "unknown":
             d.misfit = "heartbeats were disabled, so no heartbeat timer closed it"
         return
-    prediction, d.alternative = _predict(d, last)
+    prediction, d.alternative = _predict(d, last, timeout, observed)
     if prediction is None:
         d.verdict = RESET
         return
     d.prediction = prediction
-    observed = close.time
     fits = _fits(prediction, observed)
     if before_capture:
         # Only an upper bound on the last byte: any teardown up to the bound's window end fits, once
         # the capture shows at least one full timeout of silence.
-        fits = timeout - WINDOW_EARLY_TOLERANCE <= observed - last < 3 * timeout + WINDOW_LATE_TOLERANCE
+        latest = rabbitmq_model.WINDOW_END_PERIODS * timeout + WINDOW_LATE_TOLERANCE
+        fits = timeout - WINDOW_EARLY_TOLERANCE <= observed - last < latest
         d.misfit = (f"the {'client' if close.initiator == 'server' else 'broker'} sent nothing during the capture, "
                     f"so its last byte came before the capture started ({last:.3f} s); the prediction uses "
                     "that bound and may be late")
     d.prediction_fits = fits
     if not before_capture:
-        _gap_sensitivity(d, silent_side, last)
+        _gap_sensitivity(d, silent_side, last, timeout, observed)
     if fits:
         d.verdict = MISSED_CLIENT if close.initiator == "server" else MISSED_SERVER
         if close.initiator == "server" and close.how == "fin":
@@ -213,6 +186,8 @@ def _hidden_close(d: Diagnosis) -> None:
     """A FIN/RST with no connection.close in the capture, right where the capture lost or cut bytes:
     the close may be in them, so how the connection ended cannot be told (never guess "reset")."""
     tl, end = d.timeline, d.close.time
+    if end is None:  # still open: nothing was hidden
+        return
     hidden = [g for side in (tl.c2s, tl.s2c) for g in side.gaps
               if abs(d.rel(g.timestamp) - end) <= CLOSE_HANDSHAKE_SLACK]
     if not hidden:
@@ -232,38 +207,38 @@ def _fits(prediction: Prediction, observed: float) -> bool:
     return lo - WINDOW_EARLY_TOLERANCE <= observed < hi + WINDOW_LATE_TOLERANCE + prediction.lateness_allowance
 
 
-def _gap_sensitivity(d: Diagnosis, silent_side: Direction, last: float) -> None:
+def _gap_sensitivity(d: Diagnosis, silent_side: Direction, last: float, timeout: float, close: float) -> None:
     """Capture loss is never silence: bytes of the silent peer lost after its last captured byte
     were sent before the loss became visible (the ACK or segment that revealed the hole), so its
     real last byte may be that late. Ask the model again with that bound."""
-    close = d.close.time
     seen = [d.rel(g.timestamp) for g in silent_side.gaps if g.reason != "snapped"]
     later = [t for t in seen if last < t <= close + WINDOW_EARLY_TOLERANCE]
     if not later:
         return
     latest = min(max(later), close)
-    prediction, _ = _predict(d, latest)
+    prediction, _ = _predict(d, latest, timeout, close)
     d.gap_last = latest
     if prediction is not None:
         d.gap_prediction = prediction
         d.gap_fits = _fits(prediction, close)
 
 
-def _predict(d: Diagnosis, last: float) -> tuple[Prediction | None, Prediction | None]:
-    """The model of whoever tore the connection down, for a silent peer whose last byte was `last`;
-    the second value is the other candidate when the broker's grid phase had to be inferred."""
+def _predict(d: Diagnosis, last: float, timeout: float, close: float) -> tuple[Prediction | None, Prediction | None]:
+    """The model of whoever tore the connection down at `close`, for a silent peer whose last byte
+    was `last` and a heartbeat timeout `timeout`; the second value is the other candidate when the
+    broker's grid phase had to be inferred."""
     if d.close.initiator == "server":
-        return _broker_prediction(d, last)
-    return _client_prediction(d, last), None
+        return _broker_prediction(d, last, timeout, close)
+    return _client_prediction(d, last, timeout), None
 
 
-def _broker_prediction(d: Diagnosis, last_client: float) -> tuple[Prediction | None, Prediction | None]:
+def _broker_prediction(d: Diagnosis, last_client: float, timeout: float,
+                       close: float) -> tuple[Prediction | None, Prediction | None]:
     tl = d.timeline
-    timeout = d.heartbeat.effective
     if tl.tune_ok is not None:
         tune_ok = d.rel(tl.tune_ok.time)
         periods = _blocked_periods(d)
-        anchor = rabbitmq_model.monitor_anchor(tune_ok, periods, at=d.close.time)
+        anchor = rabbitmq_model.monitor_anchor(tune_ok, periods, at=close)
         if anchor is None:
             return None, None  # the monitor was paused when the connection died: not a heartbeat timeout
         return rabbitmq_model.predict_missed_client_heartbeats(
@@ -273,16 +248,16 @@ def _broker_prediction(d: Diagnosis, last_client: float) -> tuple[Prediction | N
         return None, None
     first, second = rabbitmq_model.predict_from_tick_phase(last_client, phase)
     # The broker's heartbeats fix the grid only up to T/2: keep the candidate the teardown matches.
-    best, other = sorted((first, second), key=lambda p: abs(p.error(d.close.time)))
+    best, other = sorted((first, second), key=lambda p: abs(p.error(close)))
     return best, other
 
 
-def _client_prediction(d: Diagnosis, last_server: float) -> Prediction | None:
+def _client_prediction(d: Diagnosis, last_server: float, timeout: float) -> Prediction | None:
     tl = d.timeline
     start = tl.tune_ok or tl.tune
     if start is None:
         return None
-    return pika_model.predict_missed_server_heartbeats(last_server, d.rel(start.time), d.heartbeat.effective)
+    return pika_model.predict_missed_server_heartbeats(last_server, d.rel(start.time), timeout)
 
 
 def _blocked_periods(d: Diagnosis) -> list[tuple[float, float | None]]:
@@ -298,21 +273,23 @@ def _blocked_periods(d: Diagnosis) -> list[tuple[float, float | None]]:
 # ---- findings -------------------------------------------------------------------------------------
 
 
-def _findings(d: Diagnosis):
+def _findings(d: Diagnosis) -> Iterator[Finding]:
     tl, hb = d.timeline, d.heartbeat
     end = d.close.time if d.close.time is not None else d.rel(tl.last_seen)
     timeout = hb.effective
     if hb.effective == 0:
         yield Finding(d.rel(tl.tune_ok.time) if tl.tune_ok else 0.0, "heartbeat-disabled", None,
                       "heartbeat 0 in connection.tune-ok: neither peer will ever detect a dead connection")
-    if hb.client_requested and hb.server_proposed is not None and hb.client_requested > hb.server_proposed:
+    # (client_requested comes from the tune-ok)
+    if (tl.tune_ok is not None and hb.client_requested and hb.server_proposed is not None
+            and hb.client_requested > hb.server_proposed):
         yield Finding(d.rel(tl.tune_ok.time), "heartbeat-above-proposal", None,
                       f"the client asked for {hb.client_requested} s, more than the broker's {hb.server_proposed} s; "
                       "RabbitMQ accepts it as is (pika's int heartbeat always overrides the broker)")
     if timeout:
         for side, peer, kind in ((tl.c2s, tl.s2c, "client"), (tl.s2c, tl.c2s, "broker")):
             yield from _silence_findings(d, side, peer, kind, end, timeout)
-    for direction, side in ((C2S, tl.c2s), ("s2c", tl.s2c)):
+    for direction, side in ((C2S, tl.c2s), (S2C, tl.s2c)):
         for gap in side.gaps:
             yield Finding(d.rel(gap.timestamp), "capture-gap", None,
                           f"{gap.missing} bytes {direction} missing from the capture ({gap.reason}) at stream offset "
@@ -321,8 +298,9 @@ def _findings(d: Diagnosis):
             yield Finding(d.rel(side.gaps[-1].timestamp), "capture-gap", None,
                           f"{side.gap_count - len(side.gaps)} more gaps {direction} not listed")
         for error in side.decode_errors:
-            yield Finding(d.rel(error.timestamp), "decode-error", None, f"{direction} offset {error.offset}: {error.reason}")
-        if side.nonstandard_heartbeats:
+            yield Finding(d.rel(error.timestamp), "decode-error", None,
+                          f"{direction} offset {error.offset}: {error.reason}")
+        if side.nonstandard_heartbeats and side.first_nonstandard_heartbeat is not None:
             yield Finding(d.rel(side.first_nonstandard_heartbeat), "nonstandard-heartbeat-frame", 0,
                           f"{side.nonstandard_heartbeats} heartbeat frames {direction} with type 4, a payload or a "
                           "non-zero channel (accepted, but not what the 0-9-1 spec says)")
@@ -336,7 +314,8 @@ def _findings(d: Diagnosis):
                           f"the broker closed channel {close.channel}: {text} (the connection stays open; "
                           "ack sooner or raise consumer_timeout)")
         else:
-            yield Finding(d.rel(close.time), "channel-error", close.channel, f"{who} closed channel {close.channel}: {code} {text}")
+            yield Finding(d.rel(close.time), "channel-error", close.channel,
+                          f"{who} closed channel {close.channel}: {code} {text}")
     for t, what in tl.blocked:
         yield Finding(d.rel(t), "connection-blocked", None,
                       "broker sent connection.blocked (resource alarm): it pauses its heartbeat monitor"
@@ -346,7 +325,8 @@ def _findings(d: Diagnosis):
                       f"this connection speaks {tl.protocol}, not AMQP 0-9-1: its frames are not decoded")
 
 
-def _silence_findings(d: Diagnosis, side: Direction, peer: Direction, kind: str, end: float, timeout: float):
+def _silence_findings(d: Diagnosis, side: Direction, peer: Direction, kind: str, end: float,
+                      timeout: float) -> Iterator[Finding]:
     """The silent side's kernel ACKs or does not: app blocked, or peer unreachable."""
     if side.last_payload is None:
         return
@@ -358,7 +338,8 @@ def _silence_findings(d: Diagnosis, side: Direction, peer: Direction, kind: str,
     if side.ack_only_since_payload:
         name = "client-app-blocked" if kind == "client" else "broker-app-blocked"
         other = "broker" if kind == "client" else "client"
-        loop = "pika's I/O loop (a long callback?)" if kind == "client" else "its Erlang processes (SIGSTOP, GC, overload?)"
+        loop = ("pika's I/O loop (a long callback?)" if kind == "client"
+                else "its Erlang processes (SIGSTOP, GC, overload?)")
         yield Finding(last, name, None,
                       f"the {kind} sent no AMQP bytes for {silence:.3f} s after {last:.3f} s while its kernel ACKed "
                       f"{side.ack_only_since_payload} {other} segments: the process was alive but not running {loop}")

@@ -1,12 +1,18 @@
 """Diagnosis → a few plain sentences a user can act on: times, window arithmetic, cause, fix."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from analyzer.diagnosis.diagnose import CLOSE_HANDSHAKE_SLACK
-
-if TYPE_CHECKING:
-    from analyzer.diagnosis.diagnose import Diagnosis
+from analyzer.diagnosis.results import (
+    CLOSE_HANDSHAKE_SLACK,
+    CLOSED_WITH_ERROR,
+    GRACEFUL,
+    MISSED_CLIENT,
+    MISSED_SERVER,
+    OPEN,
+    RESET,
+    UNKNOWN,
+    Diagnosis,
+)
+from analyzer.timeline import Direction
 
 FIX_CLIENT_BLOCKED = (
     "Fix: run long work in a thread and ack from it with "
@@ -18,29 +24,33 @@ FIX_BROKER_BLOCKED = (
     "Check the broker: a stopped (SIGSTOP), overloaded or partitioned node stops sending while its kernel "
     "still ACKs; its logs and `rabbitmq-diagnostics status` tell which."
 )
+# A gap revealed by the packet of a side's last byte or of the teardown carries (about) the same
+# timestamp; this much slack keeps it "near" whichever way the float arithmetic rounds.
+GAP_NEAR_SLACK = 0.001
 
 
-def explain(d: "Diagnosis") -> str:
+def explain(d: Diagnosis) -> str:
     tl, close = d.timeline, d.close
     parts: list[str] = []
     verdict = d.verdict
-    if verdict == "open":
+    if verdict == OPEN:
         end = d.rel(tl.last_seen)
         parts.append(f"Still open when the capture ended (last packet of this connection at {end:.3f} s).")
         parts.append(_last_bytes(d))
-    elif verdict in ("graceful", "closed-with-error"):
+    elif verdict in (GRACEFUL, CLOSED_WITH_ERROR):
         reply = f"{close.reply_code} {close.reply_text or ''}".strip()
-        parts.append(f"The {close.initiator} closed the connection with connection.close ({reply}) at {close.time:.3f} s.")
+        parts.append(f"The {close.initiator} closed the connection with connection.close ({reply}) "
+                     f"at {close.time:.3f} s.")
         if close.benign_rst is not None:
             parts.append(f"The RST at {close.benign_rst:.3f} s is RabbitMQ's linger-0 socket close after the close "
                          "handshake: benign.")
-        if verdict == "closed-with-error":
+        if verdict == CLOSED_WITH_ERROR:
             parts.append("The reply code says why; the broker log has the same text.")
-    elif verdict == "missed-client-heartbeats":
-        parts.extend(_missed(d, silent="client", closer="RabbitMQ"))
-    elif verdict == "missed-server-heartbeats":
-        parts.extend(_missed(d, silent="broker", closer="the client"))
-    elif verdict == "reset":
+    elif verdict == MISSED_CLIENT:
+        parts.extend(_missed(d, silent="client"))
+    elif verdict == MISSED_SERVER:
+        parts.extend(_missed(d, silent="broker"))
+    elif verdict == RESET:
         what = "an RST" if close.how == "rst" else "a FIN"
         parts.append(f"The {close.initiator} ended the connection with {what} at {close.time:.3f} s, "
                      "without an AMQP connection.close.")
@@ -60,11 +70,13 @@ def explain(d: "Diagnosis") -> str:
     return " ".join(p for p in parts if p)
 
 
-def _missed(d: "Diagnosis", *, silent: str, closer: str) -> list[str]:
+def _missed(d: Diagnosis, *, silent: str) -> list[str]:
     tl, close, pred = d.timeline, d.close, d.prediction
     side = tl.c2s if silent == "client" else tl.s2c
     last = d.rel(side.last_payload)
-    t = d.heartbeat.effective
+    t, end = d.heartbeat.effective, close.time
+    # diagnose() blames missed heartbeats only on a teardown that fits a timer's prediction
+    assert pred is not None and t is not None and end is not None, "missed heartbeats without a prediction"
     if last is None:
         out = [f"The {silent} sent nothing during the capture; heartbeat timeout {t:g} s ({d.heartbeat.source})."]
     else:
@@ -72,8 +84,8 @@ def _missed(d: "Diagnosis", *, silent: str, closer: str) -> list[str]:
                f"({d.heartbeat.source})."]
     explained = pred.explain()
     how = "RST" if close.how == "rst" else "FIN"
-    error_ms = pred.error(close.time) * 1000
-    out.append(f"{explained[:-1]} (observed {how} at {close.time:.3f} s, {error_ms:+.0f} ms from the prediction).")
+    error_ms = pred.error(end) * 1000
+    out.append(f"{explained[:-1]} (observed {how} at {end:.3f} s, {error_ms:+.0f} ms from the prediction).")
     if pred.model == "rabbitmq" and d.silence is not None:
         out.append(f"So the teardown comes {d.silence:.3f} s ({d.silence / t:.2f} T) after the last byte: RabbitMQ "
                    f"looks only every T and needs two silent looks, so it always lands between 2T and 3T "
@@ -97,13 +109,13 @@ def _missed(d: "Diagnosis", *, silent: str, closer: str) -> list[str]:
     return out
 
 
-def _last_thing(d: "Diagnosis", side) -> str:
+def _last_thing(d: Diagnosis, side: Direction) -> str:
     if side.last_frame is not None and side.last_frame == side.last_payload:
         return "a heartbeat" if side.last_frame_name == "heartbeat" else f"a {side.last_frame_name} frame"
     return "a payload byte"
 
 
-def _last_bytes(d: "Diagnosis") -> str:
+def _last_bytes(d: Diagnosis) -> str:
     words = []
     for name, value in (("client", d.last_client_byte), ("server", d.last_server_byte)):
         if value is not None:
@@ -111,7 +123,7 @@ def _last_bytes(d: "Diagnosis") -> str:
     return ("Activity: " + ", ".join(words) + ".") if words else ""
 
 
-def _gap_caveat(d: "Diagnosis") -> list[str]:
+def _gap_caveat(d: Diagnosis) -> list[str]:
     """Capture loss is never silence: say when a gap falls where the verdict assumes quiet.
 
     Lost bytes (sequence holes, bytes ACKed but never captured) were sent at an unknown time
@@ -121,13 +133,13 @@ def _gap_caveat(d: "Diagnosis") -> list[str]:
     """
     tl, close = d.timeline, d.close
     end = close.time if close.time is not None else d.rel(tl.last_seen)
-    no_amqp_close = close.how in ("fin", "rst") and d.verdict != "unknown"  # unknown already says so
+    no_amqp_close = close.how in ("fin", "rst") and d.verdict != UNKNOWN  # unknown already says so
     out = []
     for name, side in (("client", tl.c2s), ("server", tl.s2c)):
         if side.last_payload is None:
             continue
         last = d.rel(side.last_payload)
-        near = [g for g in side.gaps if last - 0.001 <= d.rel(g.timestamp) <= end + 0.001]
+        near = [g for g in side.gaps if last - GAP_NEAR_SLACK <= d.rel(g.timestamp) <= end + GAP_NEAR_SLACK]
         lost = [g for g in near if g.reason != "snapped"]
         snapped = [g for g in near if g.reason == "snapped"]
         if lost:
@@ -142,17 +154,17 @@ def _gap_caveat(d: "Diagnosis") -> list[str]:
             out.append(text + ".")
         if snapped:
             missing = sum(g.missing for g in snapped)
-            text = (f"The capture's snap length cut {missing} {name} bytes at {d.rel(snapped[0].timestamp):.3f} s: they "
-                    "count as activity, but what they carried is not in the capture")
+            text = (f"The capture's snap length cut {missing} {name} bytes at {d.rel(snapped[0].timestamp):.3f} s: "
+                    "they count as activity, but what they carried is not in the capture")
             if no_amqp_close and d.rel(snapped[-1].timestamp) >= end - CLOSE_HANDSHAKE_SLACK:
                 text += " (an AMQP connection.close may be among them)"
             out.append(text + ".")
-    if d.gap_prediction is not None and d.verdict in ("missed-client-heartbeats", "missed-server-heartbeats", "reset"):
+    if d.gap_prediction is not None and d.verdict in (MISSED_CLIENT, MISSED_SERVER, RESET):
         who = "client" if close.initiator == "server" else "broker"
         lo, hi = d.gap_prediction.window
         head = (f"Had the {who} sent its lost bytes as late as {d.gap_last:.3f} s, the model's window would be "
                 f"[{lo:.3f}, {hi:.3f})")
-        if d.verdict != "reset":
+        if d.verdict != RESET:
             out.append(head + (" and the teardown would still fit: the verdict holds either way." if d.gap_fits else
                                " and the teardown would not fit: this verdict depends on what the capture lost."))
         elif d.gap_fits:

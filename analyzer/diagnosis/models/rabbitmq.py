@@ -36,6 +36,7 @@ broker's close later, than the broker does (by the one-way latency each).
 """
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,9 +46,18 @@ from analyzer.diagnosis.models.common import AnchorKind, Check, Prediction, firs
 # Timer slip per Erlang `after` tick, seconds (heartbeat-model.md: "about 1 ms drift per tick",
 # measured on the sender, assumed for the monitor).
 TICK_SLIP = 0.001
+# The close window after the client's last byte L is [L + 2T, L + 3T): heartbeater/3 closes at the
+# second silent look ("we will time out between 2 and 3 intervals after the last data has been
+# received", its comment); the look that saw L is at most one T after it.
+WINDOW_START_PERIODS = 2
+WINDOW_END_PERIODS = 3
 # Heartbeat intervals within this fraction of each other belong to the same cadence: drift is ~1 ms
 # on a T/2 of at least 500 ms, scheduling jitter a few ms more.
 _SAME_INTERVAL = 0.05
+# An inferred T this near a whole number of seconds is that number (the wire carries an integer): the
+# ~1 ms drift per tick and scheduling jitter stay well inside max(50 ms, 2 %).
+_WHOLE_SECONDS_ABS = 0.05
+_WHOLE_SECONDS_REL = 0.02
 
 
 def broker_tick_times(tune_ok_time: float, timeout: float, start: float, end: float) -> list[float]:
@@ -74,7 +84,7 @@ def predict_missed_client_heartbeats(
     if timeout <= 0:
         return None
     anchor = tune_ok_time if monitor_anchor is None else monitor_anchor
-    kind = "tune-ok" if monitor_anchor is None else "unblocked"
+    kind: AnchorKind = "tune-ok" if monitor_anchor is None else "unblocked"
     k = max(1, first_tick_index(anchor, timeout, last_client_byte))  # look 1 always counts
     return _closing(last_client_byte, max(last_client_byte, anchor), anchor, kind, timeout, k,
                     slip_ticks=k + 2)
@@ -140,7 +150,7 @@ def infer_tick_anchor(broker_heartbeat_times: Sequence[float], timeout: float) -
     else:
         period, intercept = statistics.linear_regression(index, kept)
         last = intercept + period * index[-1]
-    spread = max(abs(t - (last - period * (index[-1] - j))) for t, j in zip(kept, index))
+    spread = max(abs(t - (last - period * (index[-1] - j))) for t, j in zip(kept, index, strict=True))
     return TickPhase(timeout, (last - half, last), period, spread, len(kept))
 
 
@@ -170,7 +180,7 @@ def infer_timeout_from_heartbeats(broker_heartbeat_times: Sequence[float]) -> fl
     than 3.7.9 sends every T, not T/2, and would read as 2T.
     """
     times = sorted(broker_heartbeat_times)
-    gaps = [b - a for a, b in zip(times, times[1:]) if b > a]
+    gaps = [b - a for a, b in itertools.pairwise(times) if b > a]
     best: list[float] = []
     for g in sorted(gaps):
         cluster = [h for h in gaps if abs(h - g) <= _SAME_INTERVAL * g]
@@ -180,7 +190,7 @@ def infer_timeout_from_heartbeats(broker_heartbeat_times: Sequence[float]) -> fl
         return None
     estimate = 2 * statistics.median(best)
     whole = round(estimate)
-    if whole >= 1 and abs(estimate - whole) <= max(0.05, 0.02 * whole):
+    if whole >= 1 and abs(estimate - whole) <= max(_WHOLE_SECONDS_ABS, _WHOLE_SECONDS_REL * whole):
         return float(whole)
     return estimate
 
@@ -194,7 +204,8 @@ def _closing(last_byte: float, effective: float, anchor: float, kind: AnchorKind
     seen, silent1, close = (anchor + i * timeout for i in (k, k + 1, k + 2))
     return Prediction(
         model="rabbitmq", timeout=timeout, period=timeout, anchor=anchor, anchor_kind=kind,
-        last_byte=last_byte, window=(effective + 2 * timeout, effective + 3 * timeout),
+        last_byte=last_byte,
+        window=(effective + WINDOW_START_PERIODS * timeout, effective + WINDOW_END_PERIODS * timeout),
         predicted=close,
         checks=(Check(seen, True), Check(silent1, False), Check(close, False)),
         lateness_allowance=slip_ticks * TICK_SLIP + extra,

@@ -1,0 +1,103 @@
+"""The Diagnosis record and its parts: what diagnose.py fills in and explain.py reads.
+
+Its own module so that the two depend on it and not on each other: diagnose → explain → results.
+The string values are the JSON contract (`amqp-hb/analysis/1`, README.md); the Literal types keep
+every other spelling out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final, Literal, overload
+
+from analyzer.diagnosis.models.common import Prediction
+from analyzer.timeline import ConnectionTimeline
+
+Verdict = Literal[
+    "missed-client-heartbeats",
+    "missed-server-heartbeats",
+    "graceful",
+    "closed-with-error",
+    "reset",
+    "open",
+    "unknown",
+]
+MISSED_CLIENT: Final = "missed-client-heartbeats"
+MISSED_SERVER: Final = "missed-server-heartbeats"
+GRACEFUL: Final = "graceful"
+CLOSED_WITH_ERROR: Final = "closed-with-error"
+RESET: Final = "reset"
+OPEN: Final = "open"
+UNKNOWN: Final = "unknown"
+
+Peer = Literal["client", "server"]
+CloseHow = Literal["connection.close", "fin", "rst", "open"]
+HeartbeatSource = Literal["negotiated", "inferred", "unknown"]
+
+# A close handshake (connection.close, close-ok, then FIN or RST) takes milliseconds; bytes lost or
+# cut by the snap length within this long of a teardown without a captured close may have held it.
+CLOSE_HANDSHAKE_SLACK = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    time: float
+    kind: str
+    channel: int | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    server_proposed: int | None
+    client_requested: int | None
+    effective: float | None
+    source: HeartbeatSource
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    time: float | None  # None exactly when `how` is "open"
+    initiator: Peer | None
+    how: CloseHow
+    reply_code: int | None = None
+    reply_text: str | None = None
+    benign_rst: float | None = None  # RabbitMQ's linger-0 RST after a clean close handshake
+
+
+@dataclass(slots=True)
+class Diagnosis:
+    timeline: ConnectionTimeline
+    t0: float
+    heartbeat: Heartbeat
+    close: Close
+    verdict: Verdict = UNKNOWN
+    silence: float | None = None
+    prediction: Prediction | None = None
+    prediction_fits: bool | None = None
+    alternative: Prediction | None = None  # the other phase when the grid was inferred
+    misfit: str | None = None  # why the observed teardown does not fit the model
+    # Capture loss in the silent direction after its last captured byte: the peer may have spoken
+    # as late as `gap_last`; `gap_prediction` is the model's answer for that later last byte.
+    gap_last: float | None = None
+    gap_prediction: Prediction | None = None
+    gap_fits: bool | None = None
+    findings: list[Finding] = field(default_factory=list)
+    explanation: str = ""
+
+    @overload
+    def rel(self, t: float) -> float: ...
+    @overload
+    def rel(self, t: None) -> None: ...
+    @overload
+    def rel(self, t: float | None) -> float | None: ...
+    def rel(self, t: float | None) -> float | None:
+        """An epoch time as seconds since the first packet of the file; None stays None."""
+        return None if t is None else t - self.t0
+
+    @property
+    def last_client_byte(self) -> float | None:
+        return self.rel(self.timeline.c2s.last_payload)
+
+    @property
+    def last_server_byte(self) -> float | None:
+        return self.rel(self.timeline.s2c.last_payload)
