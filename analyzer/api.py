@@ -23,11 +23,17 @@ from analyzer.amqp.arguments import (
 from analyzer.amqp.spec import METHOD_NAMES
 from analyzer.diagnosis.diagnose import Diagnosis, diagnose
 from analyzer.errors import CaptureFileError, UsageError
-from analyzer.engine.batch import FrameColumns
-from analyzer.engine.fastpath import analyze_timelines, iter_frames
-from analyzer.engine.pipeline import DEFAULT_PORTS, ProgressCallback, iter_events
-from analyzer.records import FRAME_BODY, FRAME_HEADER, FRAME_METHOD, FRAME_TYPE_NAMES, CaptureSummary, Frame
-from analyzer.timeline import TimelineBuilder
+from analyzer.engine import (
+    DEFAULT_PORTS,
+    EventObserver,
+    FrameColumns,
+    ProgressCallback,
+    analyze_timelines,
+    iter_events,
+    iter_frames,
+)
+from analyzer.records import FRAME_BODY, FRAME_HEADER, FRAME_METHOD, FRAME_TYPE_NAMES, CaptureSummary, Event, Frame
+from analyzer.timeline import ConnectionTimeline
 
 
 @dataclass(slots=True)
@@ -81,8 +87,9 @@ def read_frames(
 
     `all_arguments=False` decodes only what the heartbeat analysis reads — the arguments of
     connection- and channel-class methods — and leaves `args` None for the rest (basic.*,
-    content headers); it then runs the fast path (analyzer/engine/fastpath.py), several times faster
-    on a busy capture. The frames and every other field are the same either way.
+    content headers); the engine's runs then stay columns (FrameBatch) instead of a Frame per
+    frame, several times faster on a busy capture. The frames and every other field are the same
+    either way.
     """
     for item in read_frame_batches(path, ports=ports, connection=connection, payload_bytes=payload_bytes,
                                    show_secrets=show_secrets, summary=summary, progress=progress,
@@ -104,7 +111,7 @@ def read_frame_batches(
     progress: ProgressCallback | None = None,
     all_arguments: bool = True,
 ) -> Iterator[FrameRecord | FrameBatch]:
-    """read_frames, with the frames of each run of the fast path as one FrameBatch (columns):
+    """read_frames, with the frames of each of the engine's runs as one FrameBatch (columns):
     what `frames --format jsonl` writes from without a FrameRecord per frame."""
     summary = summary if summary is not None else CaptureSummary()
     with open_file(path) as fileobj:
@@ -140,7 +147,7 @@ def frame_records(fileobj, summary: CaptureSummary, *, ports: Iterable[int] = DE
 
 @dataclass(slots=True)
 class FrameBatch:
-    """Consecutive frames as columns: a run of the fast path, where no frame has arguments (no
+    """Consecutive frames as columns: one of the engine's runs, where no frame has arguments (no
     connection or channel method is ever in a run). `records()` gives them as FrameRecords."""
 
     t0: float
@@ -149,7 +156,7 @@ class FrameBatch:
     @property
     def connection_ids(self) -> list[str]:
         """By side number (columns.side)."""
-        return [side.timeline.info.id for side in self.columns.sides]
+        return [side.info.id for side in self.columns.sides]
 
     @property
     def directions(self) -> list[str]:
@@ -170,7 +177,7 @@ class FrameBatch:
         c = self.columns
         return FrameBatch(self.t0, FrameColumns(c.sides, c.side[keep], c.timestamp[keep], c.packet[keep],
                                                 c.offset[keep], c.type[keep], c.channel[keep], c.size[keep],
-                                                c.ids[keep]))
+                                                c.ids[keep], c.position[keep]))
 
     def records(self) -> Iterator[FrameRecord]:
         c = self.columns
@@ -217,7 +224,7 @@ def analyze_file(
     *,
     ports: Iterable[int] = DEFAULT_PORTS,
     connection: str | None = None,
-    observer: Callable[[object], None] | None = None,
+    observer: Callable[[Event], None] | None = None,
     show_secrets: bool = False,
     progress: ProgressCallback | None = None,
     on_connection: Callable[[Diagnosis], None] | None = None,
@@ -230,7 +237,7 @@ def analyze_file(
     (packets read, file bytes read).
 
     `on_connection` (without `observer`) streams: each connection's Diagnosis is handed to it
-    as soon as it is final — closed fastpath.RETIRE_AFTER seconds of capture time earlier, or at
+    as soon as it is final — closed flows.RETIRE_AFTER seconds of capture time earlier, or at
     the end of the file — and not kept, so memory follows the connections open at once rather
     than all of them (`connections` stays empty). Calls come in closing order;
     `timeline_order(d.timeline)` sorts them into the list's order. Packets that arrive for a
@@ -241,17 +248,8 @@ def analyze_file(
         return _analyze_streaming(path, summary, ports=ports, connection=connection, show_secrets=show_secrets,
                                   progress=progress, on_connection=on_connection)
     with open_file(path) as fileobj:
-        if observer is None:
-            # No one needs the events themselves: the fast path builds the same timelines without
-            # them (analyzer/engine/fastpath.py; tests/test_fastpath.py holds it equal to the loop below).
-            timelines = analyze_timelines(fileobj, summary, ports=ports, show_secrets=show_secrets,
-                                          progress=progress)
-        else:
-            builder = TimelineBuilder(show_secrets=show_secrets)
-            for event in iter_events(fileobj, summary, ports=ports, progress=progress):
-                observer(event)
-                builder.feed(event)
-            timelines = builder.result()
+        timelines = analyze_timelines(fileobj, summary, ports=ports, show_secrets=show_secrets, progress=progress,
+                                      observer=None if observer is None else _CallbackObserver(observer))
     t0 = summary.start_epoch or 0.0
     if connection is not None:
         timelines = [t for t in timelines if t.info.id == connection]
@@ -260,11 +258,21 @@ def analyze_file(
     return FileAnalysis(str(path), summary, [diagnose(t, t0) for t in timelines])
 
 
+class _CallbackObserver(EventObserver):
+    """analyze_file's `observer`: a function called with every event."""
+
+    def __init__(self, callback: Callable[[Event], None]) -> None:
+        self.callback = callback
+
+    def event(self, event: Event) -> None:
+        self.callback(event)
+
+
 def _analyze_streaming(path, summary: CaptureSummary, *, ports, connection, show_secrets, progress,
                        on_connection: Callable[[Diagnosis], None]) -> FileAnalysis:
     found = 0
 
-    def hand_over(timeline) -> None:
+    def hand_over(timeline: ConnectionTimeline) -> None:
         nonlocal found
         if connection is None or timeline.info.id == connection:
             found += 1

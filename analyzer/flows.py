@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from analyzer.amqp.framing import FrameDecoder
 from analyzer.records import (
@@ -126,9 +130,7 @@ class Flow:
                                 seg.payload_len, retransmission, seg.payload_len - len(seg.payload)))
         self._decode(side, chunks, out)
         if flags & ACK:
-            other_chunks: list = []
-            self.streams[1 - side].peer_ack(seg.ack, seg.timestamp, seg.index, other_chunks)
-            self._decode(1 - side, other_chunks, out)
+            self.streams[1 - side].peer_ack(seg.ack, seg.timestamp, seg.index)
         for half in ((0, 1) if self.closed else (side,) if flags & FIN else ()):
             tail: list = []
             self.streams[half].flush(seg.timestamp, seg.index, tail)
@@ -221,3 +223,116 @@ class Flow:
         self.deferred = []
         self.decoders = [None, None]
         return []
+
+
+# ---- the flow table: which Flow a packet belongs to ---------------------------------------------------
+
+_PORTS = struct.Struct("!HH")
+# Capture seconds after a connection's close before it may be retired (FlowTable.retire). A FIN
+# retransmitted with exponential backoff (0.2 + 0.4 + 0.8 + 1.6 s) still arrives within it.
+RETIRE_AFTER = 5.0
+# A retired connection's 4-tuple is remembered this long, so that its stragglers are counted
+# rather than taken for a new connection seen mid-stream; then it is forgotten too.
+RETIRED_KEYS_KEPT = 15.0
+
+Cache = TypeVar("Cache")
+
+
+def flow_key(src: bytes, sport: int, dst: bytes, dport: int) -> bytes:
+    """The table's key of one direction: source and destination addresses, then both ports. For
+    IPv4 it is the 12 bytes from the IP header's source address to the TCP destination port, so a
+    fast path can slice it out of a packet."""
+    return src + dst + _PORTS.pack(sport, dport)
+
+
+@dataclass(slots=True, eq=False)
+class FlowSide(Generic[Cache]):
+    """One direction of one flow, as found by its key: the flow, which side sent, and a slot for
+    the engine's per-side view (filled on first use, saving a second lookup per packet)."""
+
+    flow: Flow
+    side: int
+    cache: Cache | None = None
+
+
+class FlowTable(Generic[Cache]):
+    """Every flow of a capture by key; new flows per the AMQP ports; a 4-tuple reused by a new
+    connection (a SYN with a new ISN after the close, RFC 9293 3.4.1) gets a new Flow; closed
+    flows can be retired (forgotten) after RETIRE_AFTER seconds of capture time."""
+
+    def __init__(self, ports: frozenset[int], payload_bytes: int = 0) -> None:
+        self.ports = ports
+        self.payload_bytes = payload_bytes
+        self.by_key: dict[bytes, FlowSide[Cache]] = {}
+        self.live: dict[int, Flow] = {}  # by id(flow), in creation order
+        self.closed: dict[int, tuple[Flow, bytes, bytes, float]] = {}  # waiting to be retired
+        self.retired: dict[bytes, float] = {}  # key -> when its flow was retired
+        self.retired_order: deque[tuple[float, bytes, bytes]] = deque()
+        self.late_packets = 0  # packets for flows already retired
+
+    def get(self, key: bytes) -> FlowSide[Cache] | None:
+        return self.by_key.get(key)
+
+    def for_segment(self, seg: Segment, key: bytes, reverse: bytes) -> FlowSide[Cache] | None:
+        """The flow side `seg` belongs to, made when it starts a flow worth following; None when it
+        belongs to none (or to a retired flow: counted in late_packets)."""
+        entry = self.by_key.get(key)
+        new_connection = seg.flags & (SYN | ACK) == SYN
+        if entry is None and key in self.retired:
+            if not new_connection:
+                self.late_packets += 1
+                return None
+        elif (entry is not None and new_connection and entry.flow.closed
+              and entry.flow.streams[entry.side].syn_seq != seg.seq):
+            entry = None  # the 4-tuple is reused by a new connection (a new ISN)
+        if entry is not None:
+            return entry
+        flow = self._new_flow(seg)
+        if flow is None:
+            return None
+        self.live[id(flow)] = flow
+        self.retired.pop(key, None)
+        self.retired.pop(reverse, None)
+        entry = self.by_key[key] = FlowSide(flow, 0)
+        self.by_key[reverse] = FlowSide(flow, 1)
+        return entry
+
+    def _new_flow(self, seg: Segment) -> Flow | None:
+        if seg.dport in self.ports:
+            server_side: int | None = 1
+        elif seg.sport in self.ports:
+            server_side = 0
+        elif seg.payload_len or seg.flags & SYN:
+            server_side = None  # probe it
+        else:
+            return None  # a bare ACK of a flow we never saw carry data: nothing to learn yet
+        if seg.flags & RST and not seg.payload_len:
+            return None
+        return Flow(seg, server_port_side=server_side, payload_bytes=self.payload_bytes)
+
+    def note_close(self, entry: FlowSide[Cache], key: bytes, reverse: bytes, t: float) -> None:
+        """A FIN or RST of `entry`'s flow at t: once closed, it waits RETIRE_AFTER to be retired."""
+        if entry.flow.closed:
+            self.closed[id(entry.flow)] = (entry.flow, key, reverse, t)
+
+    def retire(self, now: float) -> list[Flow]:
+        """Forget the flows closed before now - RETIRE_AFTER, and return them."""
+        retired: list[Flow] = []
+        for flow_id, (flow, key, reverse, closed_at) in list(self.closed.items()):
+            if now - closed_at <= RETIRE_AFTER:
+                continue
+            del self.closed[flow_id]
+            for k in (key, reverse):
+                entry = self.by_key.get(k)
+                if entry is not None and entry.flow is flow:
+                    del self.by_key[k]
+                    self.retired[k] = now
+            self.retired_order.append((now, key, reverse))
+            self.live.pop(flow_id, None)
+            retired.append(flow)
+        while self.retired_order and now - self.retired_order[0][0] > RETIRED_KEYS_KEPT:
+            at, key, reverse = self.retired_order.popleft()
+            for k in (key, reverse):
+                if self.retired.get(k) == at:
+                    del self.retired[k]
+        return retired

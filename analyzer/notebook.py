@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 from analyzer.api import FileAnalysis, analyze_file, frame_record
 from analyzer.diagnosis.diagnose import Diagnosis
 from analyzer.errors import UsageError
-from analyzer.engine.pipeline import DEFAULT_PORTS
+from analyzer.engine import DEFAULT_PORTS
 from analyzer.records import ACK, FIN, PSH, RST, SYN, DecodeError, Frame, Gap, SegmentEvent
 
 # Method arguments promoted to their own frame columns (None where a method has no such argument);

@@ -179,3 +179,7 @@ class CaptureSummary:
         if self.start_epoch is None or self.end_epoch is None:
             return 0.0
         return self.end_epoch - self.start_epoch
+
+
+# Every event the engine emits, one per segment, frame, protocol header, decode error or capture gap.
+Event = SegmentEvent | Frame | ProtocolHeader | DecodeError | Gap

@@ -12,7 +12,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import numpy as np
+import numpy.typing as npt
+
 from analyzer.amqp.arguments import ArgumentDecodeError, decode_method_arguments
+from analyzer.amqp.framing import HEARTBEAT_TYPES, heartbeat_is_nonstandard
 from analyzer.amqp.spec import METHOD_NAMES
 from analyzer.records import (
     ACK,
@@ -27,6 +31,7 @@ from analyzer.records import (
     SYN,
     ConnectionInfo,
     DecodeError,
+    Event,
     Frame,
     Gap,
     ProtocolHeader,
@@ -47,6 +52,19 @@ FRAME_KIND_NAMES = {FRAME_HEADER: "content header", FRAME_BODY: "content body", 
                     FRAME_HEARTBEAT_OLD: "heartbeat"}
 NEGOTIATION_METHODS = {(10, 10): "start", (10, 11): "start_ok", (10, 30): "tune", (10, 31): "tune_ok"}
 BLOCKED, UNBLOCKED = (10, 60), (10, 61)
+CONNECTION_CLASS = 10
+
+
+def reads_arguments(class_id: int, method_id: int) -> bool:
+    """The methods whose arguments a timeline keeps: every connection method and channel.close."""
+    return class_id == CONNECTION_CLASS or (class_id, method_id) == CHANNEL_CLOSE
+
+
+def frame_name(frame_type: int, ids: int) -> str:
+    """Direction.last_frame_name of a frame: a method's dotted name, else its kind."""
+    if frame_type == FRAME_METHOD:
+        return METHOD_NAMES.get((ids >> 16, ids & 0xFFFF), "unknown method")
+    return FRAME_KIND_NAMES[frame_type]
 
 
 @dataclass(slots=True)
@@ -85,6 +103,82 @@ class Direction:
     gap_count: int = 0
     decode_errors: list = field(default_factory=list)
     decode_error_count: int = 0
+
+    # ---- counting: the one home of each counter rule; TimelineBuilder and the engine's quick paths
+    # ---- call these (add_segments is the column form of add_segment, held equal by a test) -------
+
+    def add_segment(self, t: float, new_bytes: int, retransmission: bool, bare_ack: bool, closing: bool) -> None:
+        """One TCP segment: `new_bytes` payload bytes not seen before, or a whole retransmission, or
+        a bare ACK (ACK set, no SYN/FIN/RST, no new byte). After the teardown began (`closing`) new
+        bytes are late, not liveness."""
+        self.segments += 1
+        self.last_segment = t
+        if new_bytes:
+            self.payload_bytes += new_bytes
+            if closing:
+                self.late_payload = t
+                return
+            if self.first_payload is None:
+                self.first_payload = t
+            self.last_payload = t
+            self.ack_only_since_payload = 0
+            self.first_ack_only_since_payload = None
+            return
+        if retransmission:
+            self.retransmissions += 1
+        if bare_ack:
+            self.ack_only += 1
+            self.ack_only_since_payload += 1
+            self.last_ack_only = t
+            if self.first_ack_only_since_payload is None:
+                self.first_ack_only_since_payload = t
+
+    def add_segments(self, timestamps: npt.NDArray[np.float64], new_bytes: npt.NDArray[np.int64]) -> None:
+        """add_segment for a run of ACK segments in order before the teardown (no retransmission, no
+        SYN/FIN/RST): each carries new_bytes[k] new bytes, or is a bare ACK where that is 0."""
+        if not len(timestamps):
+            return
+        self.segments += len(timestamps)
+        self.last_segment = float(timestamps[-1])
+        payload = np.flatnonzero(new_bytes)
+        bare = np.flatnonzero(new_bytes == 0)
+        if len(bare):
+            self.ack_only += len(bare)
+            self.last_ack_only = float(timestamps[bare[-1]])
+        if not len(payload):
+            if len(bare):
+                if self.first_ack_only_since_payload is None:
+                    self.first_ack_only_since_payload = float(timestamps[bare[0]])
+                self.ack_only_since_payload += len(bare)
+            return
+        self.payload_bytes += int(new_bytes[payload].sum())
+        if self.first_payload is None:
+            self.first_payload = float(timestamps[payload[0]])
+        last = int(payload[-1])
+        self.last_payload = float(timestamps[last])
+        after = bare[np.searchsorted(bare, last):]
+        self.ack_only_since_payload = len(after)
+        self.first_ack_only_since_payload = float(timestamps[after[0]]) if len(after) else None
+
+    def add_frames(self, t: float, count: int, last_name: str, closing: bool = False) -> None:
+        """`count` frames other than heartbeats completed at t; the last frame completed at t (of
+        all, heartbeats included) is named `last_name`."""
+        self.frames += count
+        if not closing:
+            self.last_frame = t
+            self.last_frame_name = last_name
+
+    def add_heartbeat(self, t: float, nonstandard: bool, closing: bool = False) -> None:
+        self.frames += 1
+        if not closing:
+            self.last_frame = t
+            self.last_frame_name = FRAME_KIND_NAMES[FRAME_HEARTBEAT]
+        self.heartbeats += 1
+        self.keep_heartbeat_time(t)
+        if nonstandard:
+            self.nonstandard_heartbeats += 1
+            if self.first_nonstandard_heartbeat is None:
+                self.first_nonstandard_heartbeat = t
 
     def keep_heartbeat_time(self, t: float) -> None:
         if len(self.heartbeat_times_first) < KEPT_HEARTBEATS:
@@ -138,6 +232,11 @@ class ConnectionTimeline:
     def side(self, direction: str) -> Direction:
         return self.c2s if direction == C2S else self.s2c
 
+    def saw(self, t: float) -> None:
+        """A packet of this connection at t (capture order is not always time order)."""
+        if t > self.last_seen:
+            self.last_seen = t
+
     @property
     def handshake_seen(self) -> bool:
         return self.protocol_header is not None or self.start is not None or self.tune is not None
@@ -156,7 +255,7 @@ class TimelineBuilder:
         self.show_secrets = show_secrets  # start-ok passwords are redacted unless asked for
         self.created = 0
 
-    def feed_all(self, events: Iterable) -> "TimelineBuilder":
+    def feed_all(self, events: Iterable[Event]) -> TimelineBuilder:
         for event in events:
             self.feed(event)
         return self
@@ -164,15 +263,21 @@ class TimelineBuilder:
     def result(self) -> list[ConnectionTimeline]:
         return sorted(self.timelines.values(), key=timeline_order)
 
-    def feed(self, event) -> None:
+    def timeline_of(self, info: ConnectionInfo) -> ConnectionTimeline | None:
+        return self.timelines.get(id(info))
+
+    def forget(self, info: ConnectionInfo) -> ConnectionTimeline | None:
+        """Hand back a connection's timeline and keep nothing of it (a retired connection)."""
+        return self.timelines.pop(id(info), None)
+
+    def feed(self, event: Event) -> None:
         info = event.connection
         timeline = self.timelines.get(id(info))
         if timeline is None:
             timeline = self.timelines[id(info)] = ConnectionTimeline(info, event.timestamp, event.timestamp,
                                                                      number=self.created)
             self.created += 1
-        if event.timestamp > timeline.last_seen:
-            timeline.last_seen = event.timestamp
+        timeline.saw(event.timestamp)
         kind = type(event)
         side = timeline.c2s if event.direction == C2S else timeline.s2c
         if kind is SegmentEvent:
@@ -197,8 +302,6 @@ class TimelineBuilder:
     @staticmethod
     def _segment(timeline: ConnectionTimeline, side: Direction, event: SegmentEvent) -> None:
         t = event.timestamp
-        side.segments += 1
-        side.last_segment = t
         flags = event.flags
         if flags & SYN and side.syn is None:
             side.syn = t
@@ -209,54 +312,24 @@ class TimelineBuilder:
         closing = timeline.teardown is not None
         if flags & (FIN | RST) and not closing:
             timeline.teardown = t
-        if event.payload_len and not event.retransmission:
-            side.payload_bytes += event.payload_len
-            if closing:
-                side.late_payload = t
-                return
-            if side.first_payload is None:
-                side.first_payload = t
-            side.last_payload = t
-            side.ack_only_since_payload = 0
-            side.first_ack_only_since_payload = None
-            return
-        if event.retransmission:
-            side.retransmissions += 1
-        if flags & ACK and not flags & (SYN | FIN | RST):
-            side.ack_only += 1
-            side.ack_only_since_payload += 1
-            side.last_ack_only = t
-            if side.first_ack_only_since_payload is None:
-                side.first_ack_only_since_payload = t
+        side.add_segment(t, 0 if event.retransmission else event.payload_len, event.retransmission,
+                         bool(flags & ACK) and not flags & (SYN | FIN | RST), closing)
 
     def _frame(self, timeline: ConnectionTimeline, side: Direction, frame: Frame) -> None:
         t = frame.timestamp
-        side.frames += 1
         closing = timeline.teardown is not None and t > timeline.teardown
-        if not closing:
-            side.last_frame = t
-        if frame.type == FRAME_HEARTBEAT or frame.type == FRAME_HEARTBEAT_OLD:
-            if not closing:
-                side.last_frame_name = FRAME_KIND_NAMES[frame.type]
-            side.heartbeats += 1
-            side.keep_heartbeat_time(t)
-            if frame.type == FRAME_HEARTBEAT_OLD or frame.size or frame.channel:
-                side.nonstandard_heartbeats += 1
-                if side.first_nonstandard_heartbeat is None:
-                    side.first_nonstandard_heartbeat = t
+        if frame.type in HEARTBEAT_TYPES:
+            side.add_heartbeat(t, heartbeat_is_nonstandard(frame.type, frame.channel, frame.size), closing)
             return
         if frame.type != FRAME_METHOD:
-            if not closing:
-                side.last_frame_name = FRAME_KIND_NAMES[frame.type]  # the decoder emits known types only
+            side.add_frames(t, 1, FRAME_KIND_NAMES[frame.type], closing)  # the decoder emits known types only
             return
+        assert frame.class_id is not None and frame.method_id is not None  # a method frame has its ids
         ids = (frame.class_id, frame.method_id)
-        if not closing:
-            side.last_frame_name = METHOD_NAMES.get(ids, "unknown method")
-        if frame.class_id != 10 and ids != CHANNEL_CLOSE:
+        side.add_frames(t, 1, METHOD_NAMES.get(ids, "unknown method"), closing)
+        if not reads_arguments(*ids):
             return
         method = self._method(timeline, frame)
-        if method is None:
-            return
         attr = NEGOTIATION_METHODS.get(ids)
         if attr is not None:
             if getattr(timeline, attr) is None:
@@ -270,7 +343,7 @@ class TimelineBuilder:
         elif ids in (BLOCKED, UNBLOCKED) and len(timeline.blocked) < KEPT_RARE_EVENTS:
             timeline.blocked.append((t, "blocked" if ids == BLOCKED else "unblocked"))
 
-    def _method(self, timeline: ConnectionTimeline, frame: Frame) -> MethodAt | None:
+    def _method(self, timeline: ConnectionTimeline, frame: Frame) -> MethodAt:
         try:
             args = decode_method_arguments(frame.class_id, frame.method_id, frame.payload,
                                            show_secrets=self.show_secrets)

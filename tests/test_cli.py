@@ -139,13 +139,12 @@ class _Terminal(io.StringIO):
 
 def test_progress_line_only_on_a_terminal_after_a_second_and_never_with_quiet(captures_dir, monkeypatch) -> None:
     from analyzer import cli
-    from analyzer.engine import fastpath, pipeline
+    from analyzer.engine import files
 
     monkeypatch.setattr(cli.Progress, "DELAY", 0.0)
-    monkeypatch.setattr(pipeline, "PROGRESS_EVERY", 1)
-    monkeypatch.setattr(fastpath, "PROGRESS_EVERY", 1)
+    monkeypatch.setattr(files, "PROGRESS_EVERY", 1)
     path = str(captures_dir / "idle.pcap")
-    # frames --args takes the plain pipeline, frames and analyze the fast path.
+    # frames --args expands the engine's runs into events, frames keeps them as columns.
     for command in (["frames"], ["frames", "--args"], ["analyze"]):
         for quiet in (False, True):
             err = _Terminal()

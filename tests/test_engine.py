@@ -1,10 +1,12 @@
-"""analyzer/engine/fastpath.py builds exactly the timelines (and so the diagnoses) of the plain path,
-pipeline.iter_events → TimelineBuilder, on every shipped capture and on synthetic edge cases:
+"""The engine's runs (runs.py) and quick path (quick.py) build exactly the timelines (and so the
+diagnoses), and emit exactly the events, of its plain path (every packet one by one through
+PacketDecoder, Flow.feed and TimelineBuilder), on every shipped capture and on synthetic edge cases:
 frames split and packed across segments, retransmissions, reordering, loss, mid-stream starts,
 snapped payloads, other ports and link types, damaged bytes, and random mixes of those."""
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -12,8 +14,8 @@ from pamqp import body as pamqp_body, commands, frame as pamqp_frame, header as 
 
 from analyzer.api import FrameBatch, frame_record, frame_records
 from analyzer.diagnosis.diagnose import diagnose
-from analyzer.engine.fastpath import analyze_timelines
-from analyzer.engine.pipeline import iter_events
+from analyzer.render.analysis_json import connection_document
+from analyzer.engine import EventObserver, analyze_timelines, iter_events
 from analyzer.records import ACK, C2S, FIN, PSH, RST, S2C, CaptureSummary, Frame
 from analyzer.timeline import TimelineBuilder, timeline_order
 from tests import synth
@@ -27,19 +29,28 @@ HB = synth.HEARTBEAT_FRAME
 def batch_settings(request, monkeypatch):
     """Every test three times: as shipped (short captures go packet by packet: a flow's packets
     are batched from the first block that starts after its handshake), and with blocks of a few
-    records and every stretch of ordinary packets, however short, applied by analyzer/engine/batch.py,
+    records and every stretch of ordinary packets, however short, applied as a run (runs.py),
     its frames walked by the numpy rounds or by the Python loop."""
     if request.param != "as-shipped":
         monkeypatch.setattr("analyzer.sources.pcap.CHUNK_SIZE", 600)
-        monkeypatch.setattr("analyzer.engine.fastpath.MIN_RUN", 1)
-        monkeypatch.setattr("analyzer.engine.batch._PYTHON_TAIL", 1 if "numpy" in request.param else 1 << 40)
+        monkeypatch.setattr("analyzer.engine.engine.MIN_RUN", 1)
+        monkeypatch.setattr("analyzer.amqp.framing.PYTHON_TAIL", 1 if "numpy" in request.param else 1 << 40)
     return request.param
 
 
 def plain(data: bytes, **kwargs):
+    """The reference: every packet one by one, events fed to a TimelineBuilder of the test's own."""
     summary = CaptureSummary()
-    builder = TimelineBuilder().feed_all(iter_events(io.BytesIO(data), summary, **kwargs))
+    builder = TimelineBuilder().feed_all(iter_events(io.BytesIO(data), summary, batch=False, **kwargs))
     return builder.result(), summary
+
+
+class Recorder(EventObserver):
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def event(self, event) -> None:
+        self.events.append(event)
 
 
 def fast(data: bytes, **kwargs):
@@ -48,13 +59,22 @@ def fast(data: bytes, **kwargs):
 
 
 def assert_same(data: bytes, **kwargs) -> list:
-    """Timelines, diagnoses and the frame listing (`frames` without --args) equal the plain path's."""
+    """Timelines, diagnoses, events and the frame listing (`frames` without --args) equal the plain
+    path's, with and without an observer (which turns the quick path off and expands runs)."""
     expected, expected_summary = plain(data, **kwargs)
     got, got_summary = fast(data, **kwargs)
     assert got_summary == expected_summary
     assert got == expected
     t0 = expected_summary.start_epoch or 0.0
-    assert [diagnose(t, t0) for t in got] == [diagnose(t, t0) for t in expected]
+    diagnoses = [diagnose(t, t0) for t in got]
+    assert diagnoses == [diagnose(t, t0) for t in expected]
+    for d in diagnoses:  # equal values, and plain Python ones: a numpy integer would not serialise
+        json.dumps(connection_document(d))
+    recorder = Recorder()
+    observed_summary = CaptureSummary()
+    assert analyze_timelines(io.BytesIO(data), observed_summary, observer=recorder, **kwargs) == expected
+    assert observed_summary == expected_summary
+    assert recorder.events == list(iter_events(io.BytesIO(data), CaptureSummary(), batch=False, **kwargs))
     assert_same_frames(data, **kwargs)
     return got
 
@@ -62,7 +82,7 @@ def assert_same(data: bytes, **kwargs) -> list:
 def assert_same_frames(data: bytes, **kwargs) -> None:
     summary = CaptureSummary()
     expected = [frame_record(event, summary.start_epoch, all_arguments=False)
-                for event in iter_events(io.BytesIO(data), summary, **kwargs) if type(event) is Frame]
+                for event in iter_events(io.BytesIO(data), summary, batch=False, **kwargs) if type(event) is Frame]
     fast_summary = CaptureSummary()
     got = []
     for item in frame_records(io.BytesIO(data), fast_summary, all_arguments=False, **kwargs):
@@ -258,8 +278,8 @@ def analyses(tmp_path, data: bytes):
 def test_retired_connections_are_diagnosed_the_same(tmp_path, monkeypatch) -> None:
     """300 short connections 1 ms apart, each retired 2 ms after its close: the same diagnoses in
     the same order as when all are kept to the end."""
-    monkeypatch.setattr("analyzer.engine.fastpath.RETIRE_AFTER", 0.002)
-    monkeypatch.setattr("analyzer.engine.fastpath.RETIRED_KEYS_KEPT", 0.01)
+    monkeypatch.setattr("analyzer.flows.RETIRE_AFTER", 0.002)
+    monkeypatch.setattr("analyzer.flows.RETIRED_KEYS_KEPT", 0.01)
     buf = io.BytesIO()
     synth.short_connections_pcap(buf, 300)
     whole, bounded, retired = analyses(tmp_path, buf.getvalue())

@@ -18,8 +18,7 @@ import pytest
 from pamqp import commands
 
 from analyzer.sources import pcap
-from analyzer.engine.fastpath import analyze_timelines
-from analyzer.engine.pipeline import iter_events
+from analyzer.engine import analyze_timelines, iter_events
 from analyzer.records import ACK, C2S, PSH, S2C, CaptureSummary
 from tests import synth
 
@@ -58,8 +57,8 @@ def test_bounded_memory_follows_connections_open_at_once_not_all(tmp_path, monke
     within a short capture.)"""
     from analyzer.api import analyze_file
 
-    monkeypatch.setattr("analyzer.engine.fastpath.RETIRE_AFTER", 1.0)
-    monkeypatch.setattr("analyzer.engine.fastpath.RETIRED_KEYS_KEPT", 2.0)
+    monkeypatch.setattr("analyzer.flows.RETIRE_AFTER", 1.0)
+    monkeypatch.setattr("analyzer.flows.RETIRED_KEYS_KEPT", 2.0)
     peaks = []
     for count in (5_000, 15_000):
         path = tmp_path / f"short-{count}.pcap"

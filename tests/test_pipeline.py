@@ -1,4 +1,4 @@
-"""End to end through analyzer/engine/pipeline.py's `iter_events` on synthetic captures (tests/synth.py).
+"""End to end through the engine's `iter_events` (analyzer/engine/files.py) on synthetic captures (tests/synth.py).
 
 The scripted conversation (`amqp_conversation()`) is re-cut, reordered, duplicated or thinned
 here, then rendered to pcap/pcapng bytes; the AMQP units that come out must be the ones the
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from analyzer.amqp.spec import METHOD_NAMES
-from analyzer.engine.pipeline import iter_events
+from analyzer.engine import iter_events
 from analyzer.records import (
     ACK,
     C2S,

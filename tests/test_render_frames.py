@@ -36,7 +36,7 @@ def batched(request, monkeypatch):
     captures, a few dozen packets each, have FrameBatches)."""
     if request.param == "tiny-blocks":
         monkeypatch.setattr("analyzer.sources.pcap.CHUNK_SIZE", 600)
-        monkeypatch.setattr("analyzer.engine.fastpath.MIN_RUN", 1)
+        monkeypatch.setattr("analyzer.engine.engine.MIN_RUN", 1)
     return request.param
 
 
@@ -50,7 +50,7 @@ def test_jsonl_equals_json_dumps_on_every_capture(path, batched) -> None:
 
 def test_batches_are_used(monkeypatch) -> None:
     monkeypatch.setattr("analyzer.sources.pcap.CHUNK_SIZE", 600)
-    monkeypatch.setattr("analyzer.engine.fastpath.MIN_RUN", 1)
+    monkeypatch.setattr("analyzer.engine.engine.MIN_RUN", 1)
     items = list(read_frame_batches(CAPTURE_DIR / "blocked-callback.pcap", all_arguments=False))
     assert any(isinstance(item, FrameBatch) for item in items)
 

@@ -31,7 +31,7 @@ def send(stream: HalfStream, seq: int, data: bytes, *, wire_len: int | None = No
 def ack(stream: HalfStream, ack_no: int, packet: int = 99) -> list:
     """The peer's ACK, then the capture-reordering allowance running out with nothing new."""
     out: list = []
-    stream.peer_ack(ack_no % SEQ_MOD, float(packet), packet, out)
+    stream.peer_ack(ack_no % SEQ_MOD, float(packet), packet)
     stream.expire(float(packet) + 2 * REORDER_WINDOW, out)
     return out
 
@@ -192,7 +192,7 @@ def test_data_captured_after_its_ack_is_reordering_not_loss() -> None:
     s = started()
     send(s, ISN + 1, b"abc")
     out: list = []
-    s.peer_ack(ISN + 7, 1.0, 3, out)  # the ACK for "abcdef" comes first in the capture
+    s.peer_ack(ISN + 7, 1.0, 3)  # the ACK for "abcdef" comes first in the capture
     seen, delivered = send(s, ISN + 4, b"def", packet=4)
     s.expire(1.0 + 2 * REORDER_WINDOW, out)
     assert not seen and shape(delivered) == [("data", 3, b"def")] and out == []
@@ -380,7 +380,7 @@ def test_property_lost_tail_is_reported_by_the_peer_ack(data, isn, draw) -> None
     s.syn(isn)
     out: list = []
     s.segment((isn + 1) % SEQ_MOD, data[:cut], cut, 0.0, 1, out)
-    s.peer_ack((isn + 1 + len(data)) % SEQ_MOD, 1.0, 2, out)
+    s.peer_ack((isn + 1 + len(data)) % SEQ_MOD, 1.0, 2)
     assert shape(out) == [("data", 0, data[:cut])]  # maybe reordered: not lost yet
     s.expire(1.0 + 2 * REORDER_WINDOW, out)
     assert shape(out) == [("data", 0, data[:cut]), ("gap", cut, len(data) - cut, "acked-unseen")]

@@ -1,7 +1,7 @@
 """Our AMQP frames against Wireshark's AMQP dissector, connection by connection.
 
 The twin of h11's test against the standard library: every capture in captures/ (and a few
-synthetic ones written to tmp_path) is decoded twice — by `analyzer.engine.pipeline.iter_events` and by
+synthetic ones written to tmp_path) is decoded twice — by `analyzer.engine.iter_events` and by
 tshark driven through pyshark — and the two frame sequences must be equal: for each connection,
 each frame's packet number, sender, frame type, channel, size, class/method ids, and for
 connection.tune / tune-ok the channel-max, frame-max and heartbeat arguments.
@@ -25,7 +25,7 @@ import struct
 import pytest
 from pamqp import body as pamqp_body, commands, frame as pamqp_frame, header as pamqp_header, heartbeat as pamqp_heartbeat
 
-from analyzer.engine.pipeline import iter_events
+from analyzer.engine import iter_events
 from analyzer.records import ACK, C2S, FIN, PSH, S2C, SYN, CaptureSummary, Frame
 from tests import synth
 from tests.synth import ConvSegment, Conversation, amqp_conversation, pcap_bytes, pcapng_bytes

@@ -19,7 +19,7 @@ from typing import TextIO
 
 from analyzer import __version__
 from analyzer.errors import AmqpHbError, CaptureFileError
-from analyzer.engine.pipeline import DEFAULT_PORTS
+from analyzer.engine import DEFAULT_PORTS
 from analyzer.cli.plot import register as register_plot
 from analyzer.lab.scenarios.cli import register as register_scenarios
 

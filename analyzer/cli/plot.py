@@ -58,7 +58,7 @@ def run_plot(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         raise EnvironmentProblem(f"plot needs matplotlib and pandas ({exc.name} is missing): "
                                  "pip install 'amqp-hb[notebook]'") from None
     from analyzer.notebook import load
-    from analyzer.engine.pipeline import DEFAULT_PORTS
+    from analyzer.engine import DEFAULT_PORTS
     from analyzer.render.plot import save
 
     analysis = load(args.file, ports=tuple(args.port) if args.port else DEFAULT_PORTS)
