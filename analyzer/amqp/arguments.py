@@ -34,8 +34,9 @@ import decimal
 import math
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+from pamqp import base as _base
 from pamqp import commands as _commands
 from pamqp import decode as _decode
 
@@ -52,9 +53,16 @@ _HEADER = struct.Struct(">HHQ")  # class id, weight, body size (AMQP 0-9-1 spec 
 _FLAG_WORD = struct.Struct(">H")
 _BASIC_CLASS = 60  # the only 0-9-1 class with content
 
-# (class_id, method_id) -> ((argument, pamqp type name), ...), in wire order.
+
+
+def _argument_types(command: type[_base.Frame]) -> tuple[tuple[str, str], ...]:
+    return tuple((name, command.amqp_type(name)) for name in command.__slots__)
+
+
+# (class_id, method_id) -> ((argument, pamqp type name), ...), in wire order. pamqp annotates
+# INDEX_MAPPING as dict[int, type]; every value is a pamqp.base.Frame subclass.
 _ARGUMENTS: dict[tuple[int, int], tuple[tuple[str, str], ...]] = {
-    (index >> 16, index & 0xFFFF): tuple((name, command.amqp_type(name)) for name in command.__slots__)
+    (index >> 16, index & 0xFFFF): _argument_types(cast("type[_base.Frame]", command))
     for index, command in _commands.INDEX_MAPPING.items()
 }
 # (property, flag bit, pamqp type name), in wire order.
@@ -113,7 +121,7 @@ def _guarded(context: str, decode: Callable[..., dict[str, Any]], *args: Any) ->
     # errors on timestamps past year 9999, and which struct.error/TypeError get wrapped varies by
     # call site and version. A capture is hostile input: whatever the bytes, a bad frame must
     # become a decode-error event, never a crash (tests/test_arguments.py fuzzes this).
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 (see above)
         raise ArgumentDecodeError(f"{context}: {type(exc).__name__}: {exc}") from None
 
 
@@ -124,7 +132,8 @@ def _method_arguments(key: tuple[int, int], data: bytes, show_secrets: bool) -> 
     if len(data) < 4:
         raise ArgumentDecodeError(f"payload is {len(data)} bytes, shorter than the 4 id bytes")
     if _IDS.unpack_from(data) != key:
-        raise ArgumentDecodeError("payload starts with ids %d.%d" % _IDS.unpack_from(data))
+        class_id, method_id = _IDS.unpack_from(data)
+        raise ArgumentDecodeError(f"payload starts with ids {class_id}.{method_id}")
     values = _decode_arguments(fields, data, 4)
     if key == _START_OK:
         values["response"] = _sasl_response(values["mechanism"], values["response"], show_secrets)
@@ -217,7 +226,8 @@ def _sasl_response(mechanism: bytes, response: Any, shown: bool) -> Any:
     raw = response.encode("utf-8") if isinstance(response, str) else bytes(response)
     if not raw:
         return ""
-    password: Any
+    user: object
+    password: object
     if mechanism == b"PLAIN":
         parts = raw.split(b"\0")
         if len(parts) != 3:

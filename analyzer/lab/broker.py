@@ -23,20 +23,39 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import TracebackType
 
 from analyzer.errors import EnvironmentProblem, UsageError
+
+# A rabbitmq.conf value or an Erlang term for the `rabbit` application, as written into the files.
+SettingValue = int | str
+Settings = dict[str, SettingValue]
+# What set_runtime returns: the previous values, None where the key was unset.
+PreviousSettings = dict[str, SettingValue | None]
 
 # The versioned start script; Debian's /usr/sbin/rabbitmq-server re-executes it as user rabbitmq.
 SERVER_SCRIPTS = ("/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/lib/rabbitmq/sbin/rabbitmq-server")
 CTL_SCRIPTS = ("/usr/lib/rabbitmq/bin/rabbitmqctl", "/usr/lib/rabbitmq/sbin/rabbitmqctl")
 INSTALL_HINT = "rabbitmq-server is not installed: run `apt-get install rabbitmq-server` (Debian/Ubuntu)"
 DEFAULT_AMQP_PORT = 5672  # IANA amqp; preferred so recorded captures look like real ones
+DEFAULT_AMQPS_PORT = 5671  # IANA amqps
 # A cold 3.10 node with no plugins boots in about 4 s on 2 cores; 90 s covers a loaded CI machine.
 STARTUP_TIMEOUT = 90.0
 # rabbit's graceful shutdown takes about 1 s with no connections; after this we SIGKILL.
 STOP_GRACE = 15.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# How long one readiness probe may take, and the pause between probes while the node boots.
+PROBE_TIMEOUT = 2.0
+PROBE_INTERVAL = 0.25
+# After SIGKILL the group is gone within milliseconds; this bounds the wait for the wrapper's status.
+KILL_WAIT = 5.0
+# rabbitmqctl eval starts an Erlang VM of its own: a few seconds, a minute on a loaded machine.
+CTL_TIMEOUT = 60
+# The last log line quoted in an error message is cut to this many characters.
+LOG_TAIL_CHARS = 300
+CTL_ERROR_CHARS = 200
 
 
 def die_with_parent() -> None:
@@ -85,9 +104,9 @@ class BrokerInfo:
     product: str = ""
     version: str = ""
     platform: str = ""  # e.g. "Erlang/OTP 25.2.3"
-    settings: dict = field(default_factory=dict)  # rabbitmq.conf keys and runtime overrides
+    settings: Settings = field(default_factory=dict)  # rabbitmq.conf keys and runtime overrides
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"url": redact_url(self.url), "host": self.host, "amqp_port": self.port, "managed": self.managed,
                 "node": self.node, "product": self.product, "version": self.version,
                 "platform": self.platform, "settings": dict(self.settings)}
@@ -101,7 +120,7 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def probe(url: str, timeout: float = 5.0) -> dict:
+def probe(url: str, timeout: float = 5.0) -> dict[str, str]:
     """Open and close one AMQP connection; return the broker's server properties (str values)."""
     import pika  # the client is a dependency of the scenarios only
 
@@ -111,7 +130,7 @@ def probe(url: str, timeout: float = 5.0) -> dict:
     params.connection_attempts = 1
     conn = pika.BlockingConnection(params)
     try:
-        props = conn._impl.server_properties or {}  # pika keeps Connection.Start's table here
+        props: dict[str, object] = conn._impl.server_properties or {}  # pika keeps Connection.Start's table here
     finally:
         with contextlib.suppress(Exception):
             conn.close()
@@ -122,13 +141,13 @@ def probe(url: str, timeout: float = 5.0) -> dict:
 class ExternalBroker:
     """A broker someone else runs: probed for its version, never started, stopped or paused."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
             raise UsageError(f"--broker must look like amqp://user:pass@host:port/vhost, got {redact_url(url)!r}")
         self.url = url
         self.host = parts.hostname
-        self.port = parts.port or (5671 if parts.scheme == "amqps" else DEFAULT_AMQP_PORT)
+        self.port = parts.port or (DEFAULT_AMQPS_PORT if parts.scheme == "amqps" else DEFAULT_AMQP_PORT)
         self.info = BrokerInfo(url=url, host=self.host, port=self.port, managed=False)
 
     def __enter__(self) -> ExternalBroker:
@@ -142,7 +161,8 @@ class ExternalBroker:
         self.info.platform = props.get("platform", "")
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         pass
 
     @property
@@ -154,7 +174,7 @@ class ExternalBroker:
 
     resume = pause
 
-    def set_runtime(self, settings: dict) -> dict:
+    def set_runtime(self, settings: Mapping[str, SettingValue | None]) -> PreviousSettings:
         raise UsageError("changing broker settings needs a node started by amqp-hb (run without --broker)")
 
 
@@ -165,9 +185,9 @@ class LocalBroker:
     `rabbit` application (e.g. {"channel_tick_interval": 1000}), written to advanced.config.
     """
 
-    def __init__(self, conf: dict | None = None, advanced: dict | None = None, *,
+    def __init__(self, conf: Settings | None = None, advanced: Settings | None = None, *,
                  amqp_port: int | None = None, startup_timeout: float = STARTUP_TIMEOUT,
-                 keep_dir: bool = False):
+                 keep_dir: bool = False) -> None:
         self.script = find_server_script()
         self.conf = dict(conf or {})
         self.advanced = dict(advanced or {})
@@ -178,8 +198,9 @@ class LocalBroker:
         self.host = "127.0.0.1"
         self.port = 0
         self.dir: str | None = None
-        self.proc: subprocess.Popen | None = None
-        self.epmd: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.epmd: subprocess.Popen[bytes] | None = None
+        self._env: dict[str, str] = {}
         self.epmd_port = 0
         self.paused = False
         self.info = BrokerInfo(url="", host=self.host, port=0, managed=True, node=self.node)
@@ -206,7 +227,8 @@ class LocalBroker:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.stop()
 
     def start(self) -> None:
@@ -221,16 +243,13 @@ class LocalBroker:
         self.epmd = subprocess.Popen([epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True, preexec_fn=die_with_parent)
-        out = open(os.path.join(self.dir, "startup.log"), "wb")
-        try:
+        with open(os.path.join(self.dir, "startup.log"), "wb") as out:  # the child keeps its own copy
             self.proc = subprocess.Popen([self.script], env=env, cwd=self.dir, stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True, preexec_fn=die_with_parent)
-        finally:
-            out.close()
         self._wait_ready()
 
-    def _write_files(self, dist_port: int) -> dict:
+    def _write_files(self, dist_port: int) -> dict[str, str]:
         d = self.dir
         assert d is not None
         for sub in ("mnesia", "log", "home"):
@@ -275,10 +294,10 @@ class LocalBroker:
                 raise EnvironmentProblem(f"rabbitmq-server exited with status {self.proc.returncode} "
                                          f"during startup: {self._log_tail()}")
             try:
-                props = probe(self.url, timeout=2.0)
-            except Exception as exc:  # not listening yet: any pika/socket error means "retry"
+                props = probe(self.url, timeout=PROBE_TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 (not listening yet: any pika/socket error means "retry")
                 last = exc
-                time.sleep(0.25)
+                time.sleep(PROBE_INTERVAL)
                 continue
             self.info = BrokerInfo(url=self.url, host=self.host, port=self.port, managed=True, node=self.node,
                                    product=props.get("product", ""), version=props.get("version", ""),
@@ -293,7 +312,7 @@ class LocalBroker:
             with contextlib.suppress(OSError), open(os.path.join(self.dir or "", name), "rb") as f:
                 lines = [ln for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
                 if lines:
-                    return lines[-1].strip()[:300]
+                    return lines[-1].strip()[:LOG_TAIL_CHARS]
         return "no log output"
 
     def stop(self) -> None:
@@ -303,14 +322,12 @@ class LocalBroker:
                 self.resume()
             if self.proc.poll() is None:
                 _signal_group(self.proc.pid, signal.SIGTERM)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(STOP_GRACE)
-                except subprocess.TimeoutExpired:
-                    pass
             # The shell wrapper may be gone while beam.smp still shuts down: kill what is left of the group.
             _signal_group(self.proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(5)
+                self.proc.wait(KILL_WAIT)
             self.proc = None
         if self.epmd is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -343,7 +360,7 @@ class LocalBroker:
                 os.kill(pid, signal.SIGCONT)
         self.paused = False
 
-    def set_runtime(self, settings: dict) -> dict:
+    def set_runtime(self, settings: Mapping[str, SettingValue | None]) -> PreviousSettings:
         """Set `rabbit` application env keys on the running node (new channels pick them up).
 
         Returns the previous values (None when unset) so the caller can restore them.
@@ -351,11 +368,12 @@ class LocalBroker:
         ctl = next((p for p in CTL_SCRIPTS if os.access(p, os.X_OK)), None)
         if ctl is None:
             raise EnvironmentProblem(INSTALL_HINT)
-        previous = {}
+        previous: PreviousSettings = {}
         for key, value in settings.items():
             old = self._ctl(ctl, f"application:get_env(rabbit, {key}).")
             value_text = old.removeprefix("{ok,").removesuffix("}")
-            previous[key] = None if old in ("undefined", "") else int(value_text) if value_text.isdigit() else value_text
+            previous[key] = (None if old in ("undefined", "") else
+                             int(value_text) if value_text.isdigit() else value_text)
             if value is None:
                 self._ctl(ctl, f"application:unset_env(rabbit, {key}).")
             else:
@@ -363,7 +381,7 @@ class LocalBroker:
         self.info.settings.update({k: v for k, v in settings.items() if v is not None})
         return previous
 
-    def restore_runtime(self, previous: dict) -> None:
+    def restore_runtime(self, previous: PreviousSettings) -> None:
         """Undo set_runtime: put back the values it returned and the settings the node started with."""
         self.set_runtime(previous)
         base = {**self.conf, **self.advanced}
@@ -375,14 +393,15 @@ class LocalBroker:
 
     def _ctl(self, ctl: str, expr: str) -> str:
         res = subprocess.run([ctl, "-n", self.node, "-q", "eval", expr], env=self._env, cwd=self.dir,
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=CTL_TIMEOUT)
         if res.returncode != 0:
-            raise EnvironmentProblem(f"rabbitmqctl eval failed: {(res.stderr or res.stdout).strip()[:200]}")
+            detail = (res.stderr or res.stdout).strip()[:CTL_ERROR_CHARS]
+            raise EnvironmentProblem(f"rabbitmqctl eval failed: {detail}")
         return res.stdout.strip()
 
 
 def _group_members(pgid: int) -> list[tuple[int, str]]:
-    members = []
+    members: list[tuple[int, str]] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -403,7 +422,8 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def open_broker(url: str | None = None, conf: dict | None = None, advanced: dict | None = None):
+def open_broker(url: str | None = None, conf: Settings | None = None,
+                advanced: Settings | None = None) -> ExternalBroker | LocalBroker:
     """The broker for a run: `url` when given (an existing broker), else a fresh local node."""
     if url:
         return ExternalBroker(url)

@@ -21,10 +21,19 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
-from analyzer.lab.broker import die_with_parent
 from analyzer.errors import EnvironmentProblem, UsageError
+from analyzer.lab.broker import die_with_parent
+from analyzer.sources.pcap import PCAP_MAGICS
+
+if TYPE_CHECKING:  # scapy is imported only when its backend runs (importing it takes about a second)
+    from scapy.packet import Packet
+    from scapy.sendrecv import AsyncSniffer
+    from scapy.utils import PcapWriter
 
 BACKENDS = ("tcpdump", "dumpcap", "scapy")
 # How long a tool may take to open the interface before we give up (a cold libpcap start is ~50 ms).
@@ -35,9 +44,18 @@ START_TIMEOUT = 10.0
 SETTLE = 0.5
 SETTLE_DUMPCAP = 1.0
 STOP_TIMEOUT = 10.0
+READY_POLL = 0.05  # how often start() checks that the tool has not died while it waits for "ready"
+# After the tool exits its stderr reader sees end of file at once; these only bound a stuck pipe.
+READER_JOIN_ON_ERROR = 1.0
+READER_JOIN = 2.0
 SNAPLEN = 65550  # loopback MTU 65536 + Ethernet header: whole packets on lo and on GSO-sized frames
 RING_KIB = 32768  # kernel ring for tcpdump (-B, KiB) and dumpcap (-B, MiB): see _command
 CAP_NET_RAW = 13  # linux/capability.h
+ARPHRD_LOOPBACK = "772"  # linux/if_arp.h, as /sys/class/net/IFACE/type spells it
+LINKTYPE_ETHERNET = 1  # tcpdump.org link-layer header types
+PCAP_FILE_HEADER = 24  # magic, version, thiszone, sigfigs, snaplen, network (pcap file format)
+PCAP_RECORD_HEADER = 16  # ts_sec, ts_frac, incl_len, orig_len
+DEFAULT_PORTS = (5672,)  # IANA amqp
 PRIVILEGE_HINT = "capturing needs root or CAP_NET_RAW (try sudo, or setcap cap_net_raw+eip on the tool)"
 
 
@@ -53,7 +71,7 @@ class CaptureStats:
     dropped: int | None = None
     received: int | None = None  # packets the kernel filter passed (tcpdump/dumpcap)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"backend": self.backend, "file": os.path.basename(self.path), "interface": self.interface,
                 "filter": self.filter, "packets": self.packets, "dropped": self.dropped,
                 "received": self.received}
@@ -93,58 +111,58 @@ def choose_backend(name: str = "auto") -> str:
 
 
 def is_loopback(iface: str) -> bool:
-    """ARPHRD_LOOPBACK (772, linux/if_arp.h) per sysfs."""
+    """ARPHRD_LOOPBACK per sysfs."""
     with contextlib.suppress(OSError), open(f"/sys/class/net/{iface}/type") as f:
-        return f.read().strip() == "772"
+        return f.read().strip() == ARPHRD_LOOPBACK
     return iface == "lo"
 
 
-def bpf_filter(ports) -> str:
-    ports = sorted(set(int(p) for p in ports or ()))
-    if not ports:
+def bpf_filter(ports: Iterable[int] | None) -> str:
+    wanted = sorted({int(p) for p in ports or ()})
+    if not wanted:
         return "tcp"
-    return "tcp and (" + " or ".join(f"port {p}" for p in ports) + ")"
+    return "tcp and (" + " or ".join(f"port {p}" for p in wanted) + ")"
 
 
 def count_pcap_records(path: str) -> int:
     """Records in a classic pcap file, counted from the headers (a cut last record is not counted)."""
     n = 0
     with open(path, "rb") as f:
-        head = f.read(24)
-        if len(head) < 24:
+        head = f.read(PCAP_FILE_HEADER)
+        if len(head) < PCAP_FILE_HEADER:
             return 0
-        endian = "<" if head[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+        endian = PCAP_MAGICS.get(head[:4], (">", False))[0]
         rec = struct.Struct(endian + "IIII")  # ts_sec, ts_frac, incl_len, orig_len (pcap file format)
         size = os.fstat(f.fileno()).st_size
-        pos = 24
-        while pos + 16 <= size:
+        pos = PCAP_FILE_HEADER
+        while pos + PCAP_RECORD_HEADER <= size:
             f.seek(pos)
-            incl = rec.unpack(f.read(16))[2]
-            if pos + 16 + incl > size:
+            incl = rec.unpack(f.read(PCAP_RECORD_HEADER))[2]
+            if pos + PCAP_RECORD_HEADER + incl > size:
                 break
             n += 1
-            pos += 16 + incl
+            pos += PCAP_RECORD_HEADER + incl
     return n
 
 
 class LiveCapture:
     """`with LiveCapture("out.pcap", iface="lo", ports=[5672]) as cap: ...` then `cap.stats`."""
 
-    def __init__(self, path: str, *, iface: str = "lo", ports=(5672,), backend: str = "auto",
-                 settle: float | None = None):
+    def __init__(self, path: str, *, iface: str = "lo", ports: Iterable[int] | None = DEFAULT_PORTS,
+                 backend: str = "auto", settle: float | None = None) -> None:
         self.path = os.path.abspath(path)
         self.iface = iface
-        self.ports = set(int(p) for p in ports or ())
+        self.ports = {int(p) for p in ports or ()}
         self.filter = bpf_filter(ports)
         self.backend = choose_backend(backend)
         self.settle = settle if settle is not None else (SETTLE_DUMPCAP if self.backend == "dumpcap" else SETTLE)
         self.stats = CaptureStats(self.backend, self.path, iface, self.filter)
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: list[str] = []
         self._ready = threading.Event()
         self._reader: threading.Thread | None = None
-        self._sniffer = None
-        self._writer = None
+        self._sniffer: AsyncSniffer | None = None
+        self._writer: PcapWriter | None = None
         self._count = 0
         self.started = False
 
@@ -154,7 +172,8 @@ class LiveCapture:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.stop()
 
     def start(self) -> None:
@@ -207,9 +226,9 @@ class LiveCapture:
         self._reader = threading.Thread(target=self._read_stderr, args=(ready,), daemon=True)
         self._reader.start()
         deadline = time.monotonic() + START_TIMEOUT
-        while not self._ready.wait(0.05):
+        while not self._ready.wait(READY_POLL):
             if self._proc.poll() is not None or time.monotonic() > deadline:
-                self._reader.join(1)
+                self._reader.join(READER_JOIN_ON_ERROR)
                 raise self._tool_error()
 
     def _read_stderr(self, ready: str) -> None:
@@ -241,7 +260,7 @@ class LiveCapture:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         if self._reader is not None:
-            self._reader.join(2)
+            self._reader.join(READER_JOIN)
         self._proc = None
         self._parse_stats("\n".join(self._stderr))
         if os.path.exists(self.path):
@@ -274,11 +293,11 @@ class LiveCapture:
             from scapy.utils import PcapWriter
         except ImportError as exc:
             raise EnvironmentProblem("scapy is not installed: run `pip install scapy`") from exc
-        # sync: flush after every packet; linktype 1 (Ethernet, what Linux gives for lo too) so that
-        # an empty capture still gets a valid header.
-        self._writer = PcapWriter(self.path, sync=True, linktype=1)
+        # sync: flush after every packet; Ethernet (what Linux gives for lo too) so that an empty
+        # capture still gets a valid header.
+        self._writer = PcapWriter(self.path, sync=True, linktype=LINKTYPE_ETHERNET)
         started = threading.Event()
-        kwargs = {}
+        kwargs: dict[str, Any] = {}  # AsyncSniffer passes its keyword arguments on to sniff(**kwargs)
         if is_loopback(self.iface):
             # Linux hands a packet socket each loopback packet twice (outgoing and incoming); libpcap
             # drops the outgoing copy on loopback devices, and so does scapy's L2Socket (not L2listen).
@@ -286,17 +305,17 @@ class LiveCapture:
             kwargs["L2socket"] = conf.L2socket
         # scapy warns about every frame it cannot classify; those are not ours to report.
         logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
-        self._sniffer = AsyncSniffer(iface=self.iface, filter=self.filter, store=False, prn=self._write,
-                                     lfilter=self._wanted, started_callback=started.set, **kwargs)
+        sniffer = self._sniffer = AsyncSniffer(iface=self.iface, filter=self.filter, store=False, prn=self._write,
+                                               lfilter=self._wanted, started_callback=started.set, **kwargs)
         try:
-            self._sniffer.start()
+            sniffer.start()
         except PermissionError as exc:
             raise EnvironmentProblem(PRIVILEGE_HINT) from exc
         if not started.wait(START_TIMEOUT):
-            err = getattr(self._sniffer, "exception", None)
+            err = getattr(sniffer, "exception", None)
             raise EnvironmentProblem(f"scapy could not capture on {self.iface}: {err or 'timed out'}")
 
-    def _wanted(self, pkt) -> bool:
+    def _wanted(self, pkt: Packet) -> bool:
         """Re-check the filter in Python: packets that arrive before the BPF filter is attached pass."""
         from scapy.layers.inet import TCP
 
@@ -304,7 +323,7 @@ class LiveCapture:
             return False
         return not self.ports or pkt[TCP].sport in self.ports or pkt[TCP].dport in self.ports
 
-    def _write(self, pkt) -> None:
+    def _write(self, pkt: Packet) -> None:
         assert self._writer is not None
         self._writer.write(pkt)
         self._count += 1
@@ -312,7 +331,7 @@ class LiveCapture:
     def _stop_scapy(self) -> None:
         sniffer, self._sniffer = self._sniffer, None
         with contextlib.suppress(Exception):  # scapy raises if the thread already died
-            if sniffer.running:
+            if sniffer is not None and sniffer.running:
                 sniffer.stop()
         if self._writer is not None:
             self._writer.close()
@@ -323,7 +342,7 @@ class LiveCapture:
         self.stats.dropped = None  # AsyncSniffer does not read the socket's drop counter
 
 
-def run_capture(path: str, iface: str, ports, duration: float | None, backend: str = "auto",
+def run_capture(path: str, iface: str, ports: Iterable[int] | None, duration: float | None, backend: str = "auto",
                 stop: threading.Event | None = None) -> CaptureStats:
     """Capture until `duration` seconds pass or `stop` is set (the CLI's Ctrl-C/SIGTERM)."""
     stop = stop or threading.Event()

@@ -97,7 +97,7 @@ class PacketDecoder:
         return None
 
     def _ethertype(self, ethertype: int, offset: int) -> int | None:
-        if ethertype == ETHERTYPE_IPV4 or ethertype == ETHERTYPE_IPV6:
+        if ethertype in (ETHERTYPE_IPV4, ETHERTYPE_IPV6):
             return offset
         self.summary.non_tcp += 1
         return None
@@ -166,7 +166,8 @@ class PacketDecoder:
         # A snap length that cut the TCP options (`tcpdump -s 54` with timestamps on) still leaves
         # ports, seq, ack and flags: the segment counts, its payload is missing (a snapped gap).
         payload = data[payload_start : min(ip_end, len(data))]
-        return Segment(raw.index, raw.timestamp, src, sport, dst, dport, seq, ack, flags, window, payload, ip_end - payload_start)
+        return Segment(raw.index, raw.timestamp, src, sport, dst, dport, seq, ack, flags, window, payload,
+                       ip_end - payload_start)
 
 
 # ---- the common packet, for the engine's quick paths ----------------------------------------------

@@ -10,11 +10,14 @@ Damage inside a readable file never raises: the reader stops at the damage and s
 """
 from __future__ import annotations
 
+import enum
 import struct
+from collections.abc import Iterator
 from itertools import count, repeat, starmap
-from typing import BinaryIO, Iterator, NamedTuple
+from typing import BinaryIO, Final, Literal, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from analyzer.errors import CaptureFileError
 from analyzer.records import RawPacket
@@ -42,7 +45,7 @@ OPT_IF_TSRESOL = 9
 OPT_IF_TSOFFSET = 14
 
 
-def open_capture(fileobj: BinaryIO) -> "CaptureReader":
+def open_capture(fileobj: BinaryIO) -> CaptureReader:
     """Read the file header and return a reader; raises CaptureFileError if it is not a capture."""
     head = fileobj.read(4)
     if not head:
@@ -59,7 +62,7 @@ def open_capture(fileobj: BinaryIO) -> "CaptureReader":
 class _Chunks:
     """A read buffer over a file: `take(n)` returns n bytes or None at end of file."""
 
-    __slots__ = ("fileobj", "buf", "pos", "offset")
+    __slots__ = ("buf", "fileobj", "offset", "pos")
 
     def __init__(self, fileobj: BinaryIO, initial: bytes, offset: int) -> None:
         self.fileobj = fileobj
@@ -120,10 +123,11 @@ class RecordBlock(NamedTuple):
             yield (index, timestamp, linktype, buf[start : start + caplen], orig_len)
 
 
-def _gather(buf: bytes, positions: np.ndarray, width: int) -> np.ndarray:
+def _gather(buf: bytes, positions: np.ndarray, width: int) -> npt.NDArray[np.uint8]:
     """`width` bytes at each position of buf as an (n, width) uint8 array (positions + width <= len(buf))."""
     windows = np.lib.stride_tricks.sliding_window_view(np.frombuffer(buf, np.uint8), width)
-    return windows[positions]
+    rows: npt.NDArray[np.uint8] = windows[positions]  # (numpy types fancy indexing as Any)
+    return rows
 
 
 class CaptureReader:
@@ -140,7 +144,7 @@ class CaptureReader:
         for block in self.blocks():
             yield from block.records()
 
-    def blocks(self) -> Iterator["RecordBlock"]:  # pragma: no cover - overridden
+    def blocks(self) -> Iterator[RecordBlock]:  # pragma: no cover - overridden
         raise NotImplementedError
 
 
@@ -152,14 +156,14 @@ class PcapReader(CaptureReader):
         self.endian, self.nanosecond = PCAP_MAGICS[magic]
         rest = fileobj.read(20)
         if len(rest) < 20:
-            raise CaptureFileError("pcap file header cut short (file is only %d bytes)" % (4 + len(rest)))
+            raise CaptureFileError(f"pcap file header cut short (file is only {4 + len(rest)} bytes)")
         _major, _minor, _zone, _sigfigs, snaplen, network = struct.unpack(self.endian + "HHiIII", rest)
         self.snaplen = snaplen
         # The top bits of the link-type word carry FCS information (pcap spec, LinkType field).
         self.linktype = network & 0x0FFFFFFF
         self._chunks = _Chunks(fileobj, b"", 24)
 
-    def blocks(self) -> Iterator["RecordBlock"]:
+    def blocks(self) -> Iterator[RecordBlock]:
         """The file's records a buffer at a time: the one walk over record headers (records() reads it too).
 
         Only the record lengths are read in Python (one small unpack per record: the walk is a
@@ -251,7 +255,7 @@ class PcapngReader(CaptureReader):
             raise CaptureFileError("pcapng section header has no valid byte-order magic")
         self._chunks = _Chunks(fileobj, magic + rest, 0)
 
-    def blocks(self) -> Iterator["RecordBlock"]:
+    def blocks(self) -> Iterator[RecordBlock]:
         """Packet records a buffer at a time. Runs of well-formed enhanced packet blocks (what
         dumpcap and tcpdump write) are walked with one unpack each and their columns computed at
         once; every other block, and any block that needs a warning, goes through `_one_block`."""
@@ -291,7 +295,7 @@ class PcapngReader(CaptureReader):
             if packet is not None:
                 yield packet
 
-    def _epb_block(self, buf: bytes, starts: list[int], state: "_PcapngState") -> "RecordBlock":
+    def _epb_block(self, buf: bytes, starts: list[int], state: _PcapngState) -> RecordBlock:
         positions = np.array(starts, dtype=np.int64)
         e = state.endian
         fields = _gather(buf, positions, 28).view(np.dtype([
@@ -313,7 +317,7 @@ class PcapngReader(CaptureReader):
         state.last_ts = float(timestamp[-1])
         return block
 
-    def _one_block(self, state: "_PcapngState") -> "RecordBlock | None | object":
+    def _one_block(self, state: _PcapngState) -> RecordBlock | Literal[_Stop.STOP] | None:
         """The block at the read position, any type, with every check and warning: a one-record
         RecordBlock, None (not a packet, or skipped) or _STOP."""
         chunks = self._chunks
@@ -376,7 +380,8 @@ class PcapngReader(CaptureReader):
             return None
         iface_id, ts_raw, data, origlen, caplen = packet
         if len(data) < caplen:
-            self.warnings.append(f"pcapng packet block at byte {block_start} is shorter than its captured length; skipped")
+            self.warnings.append(
+                f"pcapng packet block at byte {block_start} is shorter than its captured length; skipped")
             return None
         if iface_id >= len(interfaces):
             self.warnings.append(f"packet block at byte {block_start} names unknown interface {iface_id}; skipped")
@@ -411,7 +416,7 @@ class PcapngReader(CaptureReader):
 class _PcapngState:
     """What the pcapng walk carries from block to block."""
 
-    __slots__ = ("endian", "interfaces", "index", "last_ts")
+    __slots__ = ("endian", "index", "interfaces", "last_ts")
 
     def __init__(self, endian: str) -> None:
         self.endian = endian
@@ -420,7 +425,13 @@ class _PcapngState:
         self.last_ts = 0.0  # a simple packet block has no timestamp: it gets the previous one
 
 
-_STOP = object()
+class _Stop(enum.Enum):
+    """`_one_block`'s answer when the file cannot be read any further (a sentinel mypy can narrow)."""
+
+    STOP = enum.auto()
+
+
+_STOP: Final = _Stop.STOP
 _ZERO = np.zeros(1, dtype=np.int64)
 # Above this a float64 no longer holds every remainder exactly: such resolutions take the per-record formula.
 _EXACT_DIVISOR = 1 << 53
