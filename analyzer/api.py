@@ -9,8 +9,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -22,7 +22,6 @@ from analyzer.amqp.arguments import (
 )
 from analyzer.amqp.spec import METHOD_NAMES
 from analyzer.diagnosis.diagnose import Diagnosis, diagnose
-from analyzer.errors import CaptureFileError, UsageError
 from analyzer.engine import (
     DEFAULT_PORTS,
     EventObserver,
@@ -32,6 +31,7 @@ from analyzer.engine import (
     iter_events,
     iter_frames,
 )
+from analyzer.errors import CaptureFileError, UsageError
 from analyzer.records import FRAME_BODY, FRAME_HEADER, FRAME_METHOD, FRAME_TYPE_NAMES, CaptureSummary, Event, Frame
 from analyzer.timeline import ConnectionTimeline
 
@@ -94,7 +94,7 @@ def read_frames(
     for item in read_frame_batches(path, ports=ports, connection=connection, payload_bytes=payload_bytes,
                                    show_secrets=show_secrets, summary=summary, progress=progress,
                                    all_arguments=all_arguments):
-        if type(item) is FrameBatch:
+        if isinstance(item, FrameBatch):
             yield from item.records()
         else:
             yield item
@@ -130,15 +130,16 @@ def frame_records(fileobj, summary: CaptureSummary, *, ports: Iterable[int] = DE
                 continue
             if connection is not None and event.connection.id != connection:
                 continue
-            yield frame_record(event, summary.start_epoch, show_secrets=show_secrets,
+            yield frame_record(event, summary.start_epoch or 0.0, show_secrets=show_secrets,
                                payload_bytes=payload_bytes, all_arguments=all_arguments)
         return
     for item in iter_frames(fileobj, summary, ports=ports, progress=progress):
-        if type(item) is Frame:
+        t0 = summary.start_epoch or 0.0  # known from the first packet on
+        if isinstance(item, Frame):
             if connection is None or item.connection.id == connection:
-                yield frame_record(item, summary.start_epoch, show_secrets=show_secrets, all_arguments=False)
+                yield frame_record(item, t0, show_secrets=show_secrets, all_arguments=False)
             continue
-        batch = FrameBatch(summary.start_epoch, item)
+        batch = FrameBatch(t0, item)
         if connection is not None:
             batch = batch.only(connection)
         if len(batch.columns.packet):
@@ -171,7 +172,7 @@ class FrameBatch:
                  for k in keys.tolist()]
         return names, index.reshape(-1)
 
-    def only(self, connection: str) -> "FrameBatch":
+    def only(self, connection: str) -> FrameBatch:
         keep_sides = [i for i, cid in enumerate(self.connection_ids) if cid == connection]
         keep = np.isin(self.columns.side, keep_sides)
         c = self.columns
@@ -187,7 +188,7 @@ class FrameBatch:
         t0 = self.t0
         for side, t, packet, offset, frame_type, channel, size, name in zip(
                 c.side.tolist(), c.timestamp.tolist(), c.packet.tolist(), c.offset.tolist(), c.type.tolist(),
-                c.channel.tolist(), c.size.tolist(), name_index.tolist()):
+                c.channel.tolist(), c.size.tolist(), name_index.tolist(), strict=True):
             yield FrameRecord(t - t0, t, ids[side], directions[side], channel, FRAME_TYPE_NAMES[frame_type],
                               names[name], size, packet, offset, None)
 
@@ -197,7 +198,7 @@ def frame_record(frame: Frame, t0: float, *, show_secrets: bool = False, payload
     method = None
     args = None
     try:
-        if frame.type == FRAME_METHOD:
+        if frame.class_id is not None and frame.method_id is not None:  # a method frame
             method = METHOD_NAMES.get((frame.class_id, frame.method_id), f"{frame.class_id}.{frame.method_id}")
             if all_arguments or frame.class_id in CONTROL_CLASSES:
                 args = decode_method_arguments(frame.class_id, frame.method_id, frame.payload,

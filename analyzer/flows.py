@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from analyzer.amqp.framing import FrameDecoder
+from analyzer.net.tcp import HalfStream, StreamData, StreamGap
 from analyzer.records import (
     ACK,
     C2S,
@@ -27,13 +28,13 @@ from analyzer.records import (
     ConnectionInfo,
     DecodeError,
     Endpoint,
+    Event,
     Frame,
     Gap,
     ProtocolHeader,
     Segment,
     SegmentEvent,
 )
-from analyzer.net.tcp import HalfStream, StreamData
 
 # Bytes per direction (and events per flow) a flow on an unknown port may show before we give
 # up on it: connection.start is about 500 bytes, so 8 KiB is many frames of evidence.
@@ -60,8 +61,21 @@ def format_ip(packed: bytes) -> str:
 class Flow:
     """Both directions of one TCP connection. Side 0 sent the first segment we saw."""
 
-    __slots__ = ("info", "state", "sides", "streams", "decoders", "client_side", "deferred",
-                 "probe_bytes", "probe_frames", "fin", "rst", "payload_bytes", "ids_in_use")
+    __slots__ = (
+        "client_side",
+        "decoders",
+        "deferred",
+        "fin",
+        "ids_in_use",
+        "info",
+        "payload_bytes",
+        "probe_bytes",
+        "probe_frames",
+        "rst",
+        "sides",
+        "state",
+        "streams",
+    )
 
     def __init__(self, seg: Segment, *, server_port_side: int | None, payload_bytes: int) -> None:
         self.sides = ((seg.src, seg.sport), (seg.dst, seg.dport))
@@ -69,7 +83,7 @@ class Flow:
         self.payload_bytes = payload_bytes
         self.fin = [False, False]
         self.rst = False
-        self.deferred: list = []
+        self.deferred: list[Event] = []
         self.probe_bytes = [0, 0]
         self.probe_frames = 0
         syn_only = seg.flags & (SYN | ACK) == SYN
@@ -85,8 +99,9 @@ class Flow:
         self.info = self._make_info(seg.timestamp, role_source, syn_only or bool(seg.flags & SYN))
         self.state = AMQP if server_port_side is not None else PROBING
         synced = bool(seg.flags & SYN)  # the capture holds both streams' first bytes
-        self.decoders = [FrameDecoder(self.info, self._direction(side), synced=synced, payload_bytes=payload_bytes)
-                         for side in (0, 1)]
+        self.decoders: list[FrameDecoder | None] = [
+            FrameDecoder(self.info, self._direction(side), synced=synced, payload_bytes=payload_bytes)
+            for side in (0, 1)]
 
     def _make_info(self, timestamp: float, role_source: str, syn_seen: bool) -> ConnectionInfo:
         client = Endpoint(format_ip(self.sides[self.client_side][0]), self.sides[self.client_side][1])
@@ -102,19 +117,19 @@ class Flow:
 
     # ---- feeding --------------------------------------------------------------------------------
 
-    def feed(self, seg: Segment, side: int) -> list:
+    def feed(self, seg: Segment, side: int) -> list[Event]:
         """Process one segment sent by `side`; returns the events ready for the caller."""
-        out: list = []
+        out: list[Event] = []
         if self.state == OTHER:
             return out
         stream = self.streams[side]
         flags = seg.flags
         for half, half_stream in enumerate(self.streams):
             if half_stream.unseen_ack is not None:  # a capture-reordering allowance is running out
-                expired: list = []
+                expired: list[StreamData | StreamGap] = []
                 half_stream.expire(seg.timestamp, expired)
                 self._decode(half, expired, out)
-        chunks: list = []
+        chunks: list[StreamData | StreamGap] = []
         if flags & SYN:
             stream.syn(seg.seq)
         retransmission = False
@@ -132,20 +147,20 @@ class Flow:
         if flags & ACK:
             self.streams[1 - side].peer_ack(seg.ack, seg.timestamp, seg.index)
         for half in ((0, 1) if self.closed else (side,) if flags & FIN else ()):
-            tail: list = []
+            tail: list[StreamData | StreamGap] = []
             self.streams[half].flush(seg.timestamp, seg.index, tail)
             self._decode(half, tail, out)
         if self.state == PROBING:
             return self._probe(side, out)
         return out
 
-    def finish(self, timestamp: float, packet: int) -> list:
+    def finish(self, timestamp: float, packet: int) -> list[Event]:
         """End of capture: holes still open become gaps."""
-        out: list = []
+        out: list[Event] = []
         if self.state == OTHER:
             return out
         for side in (0, 1):
-            chunks: list = []
+            chunks: list[StreamData | StreamGap] = []
             self.streams[side].flush(timestamp, packet, chunks)
             self._decode(side, chunks, out)
         if self.state == PROBING:
@@ -154,10 +169,11 @@ class Flow:
             return []
         return out
 
-    def _decode(self, side: int, chunks: list, out: list) -> None:
+    def _decode(self, side: int, chunks: list[StreamData | StreamGap], out: list[Event]) -> None:
         decoder = self.decoders[side]
+        assert decoder is not None  # dropped only when the flow turned out not to be AMQP
         for chunk in chunks:
-            if type(chunk) is StreamData:
+            if isinstance(chunk, StreamData):
                 out.extend(decoder.feed(chunk.data, chunk.timestamp, chunk.packet))
             else:
                 out.append(Gap(self.info, decoder.direction, chunk.timestamp, chunk.packet, chunk.offset,
@@ -166,7 +182,7 @@ class Flow:
 
     # ---- detection ------------------------------------------------------------------------------
 
-    def _probe(self, side: int, out: list) -> list:
+    def _probe(self, side: int, out: list[Event]) -> list[Event]:
         """Hold events until the flow is shown to be AMQP (release them) or not (drop it)."""
         self.deferred.extend(out)
         evidence_side = None
@@ -194,7 +210,7 @@ class Flow:
             return self._give_up()
         return []
 
-    def _side_of(self, event) -> int:
+    def _side_of(self, event: Event) -> int:
         return 0 if (event.direction == C2S) == (self.client_side == 0) else 1
 
     def _set_client(self, side: int, source: str) -> None:
@@ -210,15 +226,16 @@ class Flow:
         self.info.id, self.info.client, self.info.server = fresh.id, fresh.client, fresh.server
         for event in self.deferred:
             event.direction = S2C if event.direction == C2S else C2S
-        for s in (0, 1):
-            self.decoders[s].direction = self._direction(s)
+        for s, decoder in enumerate(self.decoders):
+            if decoder is not None:
+                decoder.direction = self._direction(s)
 
-    def _release(self) -> list:
+    def _release(self) -> list[Event]:
         self.state = AMQP
         released, self.deferred = self.deferred, []
         return released
 
-    def _give_up(self) -> list:
+    def _give_up(self) -> list[Event]:
         self.state = OTHER
         self.deferred = []
         self.decoders = [None, None]

@@ -19,13 +19,14 @@ import html
 import json
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Any
 
 from analyzer.api import FileAnalysis, analyze_file, frame_record
 from analyzer.diagnosis.diagnose import Diagnosis
-from analyzer.errors import UsageError
 from analyzer.engine import DEFAULT_PORTS
+from analyzer.errors import UsageError
 from analyzer.records import ACK, FIN, PSH, RST, SYN, DecodeError, Frame, Gap, SegmentEvent
 
 # Method arguments promoted to their own frame columns (None where a method has no such argument);
@@ -81,7 +82,7 @@ class _Collector:
         elif kind is Frame:
             r = frame_record(event, 0.0)
             args = r.args or {}
-            keys = tuple(args.get(name) if isinstance(args, dict) else None for name in KEY_ARGUMENTS)
+            keys = tuple(args.get(name) for name in KEY_ARGUMENTS)
             self.frames.append((r.epoch, cid, r.direction, r.channel, r.type, r.method, r.size, r.packet,
                                 r.offset, *keys, r.args))
         elif kind is Gap:
@@ -104,7 +105,7 @@ def _table(rows: list[tuple], columns: tuple[str, ...], t0: float):
 
 
 def load(path: str | os.PathLike, *, ports: Iterable[int] = DEFAULT_PORTS, connection: str | None = None
-         ) -> "Analysis":
+         ) -> Analysis:
     """Analyze a capture and tabulate it: `frames`, `segments`, `gaps`, `decode_errors`,
     `connections`, `findings` (pandas DataFrames), plus one `Connection` view per connection.
 
@@ -133,7 +134,7 @@ def load(path: str | os.PathLike, *, ports: Iterable[int] = DEFAULT_PORTS, conne
     )
 
 
-def load_scenario(name: str, captures: str | os.PathLike | None = None) -> "Analysis":
+def load_scenario(name: str, captures: str | os.PathLike | None = None) -> Analysis:
     """`load` a capture recorded by `amqp-hb scenario run` (captures/<name>.pcap), with the ports and
     ground truth from its `<name>.json` when present (as `Analysis.metadata`).
 
@@ -189,11 +190,11 @@ class Analysis:
 
     path: str
     result: FileAnalysis
-    frames: object  # pandas.DataFrame, one row per AMQP frame
-    segments: object  # one row per TCP segment of an AMQP connection
-    gaps: object  # bytes the capture lost, one row per hole
+    frames: Any  # pandas.DataFrame, one row per AMQP frame
+    segments: Any  # one row per TCP segment of an AMQP connection
+    gaps: Any  # bytes the capture lost, one row per hole
     decode_errors: object
-    connections: object  # one row per connection: the scalar fields of `amqp-hb analyze --format csv`
+    connections: Any  # one row per connection: the scalar fields of `amqp-hb analyze --format csv`
     findings: object
     metadata: dict = field(default_factory=dict)  # a scenario capture's ground truth (load_scenario)
 
@@ -208,11 +209,11 @@ class Analysis:
     def __len__(self) -> int:
         return len(self.diagnoses)
 
-    def __iter__(self) -> Iterator["Connection"]:
+    def __iter__(self) -> Iterator[Connection]:
         for i in range(len(self.diagnoses)):
             yield self.connection(i)
 
-    def connection(self, key: int | str) -> "Connection":
+    def connection(self, key: int | str) -> Connection:
         """A connection by position (0 = first seen), exact id, or any unique part of its id
         (e.g. the client port "38886")."""
         ids = [d.timeline.info.id for d in self.diagnoses]
@@ -228,7 +229,7 @@ class Analysis:
             raise UsageError(f"no connection matching {key!r}; the capture has: {', '.join(ids) or 'none'}")
         raise UsageError(f"{key!r} matches {len(matches)} connections: {', '.join(ids[i] for i in matches)}")
 
-    def by_verdict(self, verdict: str) -> list["Connection"]:
+    def by_verdict(self, verdict: str) -> list[Connection]:
         return [c for c in self if c.verdict == verdict]
 
     def __repr__(self) -> str:
@@ -309,7 +310,7 @@ class Connection:
 
     def _repr_html_(self) -> str:
         d = self.diagnosis
-        cells = dict(zip(SUMMARY_HEADERS, _summary_cells(d)))
+        cells = dict(zip(SUMMARY_HEADERS, _summary_cells(d), strict=True))
         facts = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
                         for k, v in cells.items() if k != "connection")
         findings = "".join(f"<li>{f.time:.3f} s <b>{html.escape(f.kind)}</b>: {html.escape(f.detail)}</li>"

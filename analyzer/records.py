@@ -181,5 +181,7 @@ class CaptureSummary:
         return self.end_epoch - self.start_epoch
 
 
+# What an AMQP frame decoder emits.
+FrameEvent = Frame | ProtocolHeader | DecodeError
 # Every event the engine emits, one per segment, frame, protocol header, decode error or capture gap.
 Event = SegmentEvent | Frame | ProtocolHeader | DecodeError | Gap

@@ -9,8 +9,9 @@ or not; a bare ACK or a keepalive does not, but it shows the peer's *kernel* is 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -92,16 +93,16 @@ class Direction:
     heartbeat_times_first: list[float] = field(default_factory=list)
     # Made on the 65th heartbeat: an empty deque(maxlen=64) still costs about 600 bytes, which over
     # 50,000 short connections (two directions each) was a third of the analyzer's memory.
-    heartbeat_times_last: deque | None = None
+    heartbeat_times_last: deque[float] | None = None
     nonstandard_heartbeats: int = 0
     first_nonstandard_heartbeat: float | None = None
     fin: float | None = None
     rst: float | None = None
     syn: float | None = None
-    gaps: list = field(default_factory=list)  # Gap records (capped)
+    gaps: list[Gap] = field(default_factory=list)  # capped
     missing_bytes: int = 0
     gap_count: int = 0
-    decode_errors: list = field(default_factory=list)
+    decode_errors: list[DecodeError] = field(default_factory=list)  # capped
     decode_error_count: int = 0
 
     # ---- counting: the one home of each counter rule; TimelineBuilder and the engine's quick paths
@@ -205,7 +206,7 @@ class MethodAt:
     direction: str
     channel: int
     name: str
-    args: dict
+    args: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -223,8 +224,8 @@ class ConnectionTimeline:
     tune_ok: MethodAt | None = None
     connection_close: MethodAt | None = None
     connection_close_ok: MethodAt | None = None
-    channel_closes: list = field(default_factory=list)  # MethodAt, capped
-    blocked: list = field(default_factory=list)  # (time, "blocked"|"unblocked")
+    channel_closes: list[MethodAt] = field(default_factory=list)  # capped
+    blocked: list[tuple[float, str]] = field(default_factory=list)  # (time, "blocked"|"unblocked")
     teardown: float | None = None  # the first FIN or RST from either side
     argument_errors: int = 0
     number: int = 0  # creation order: ties of first_seen keep it (TimelineBuilder.result)
@@ -278,22 +279,21 @@ class TimelineBuilder:
                                                                      number=self.created)
             self.created += 1
         timeline.saw(event.timestamp)
-        kind = type(event)
         side = timeline.c2s if event.direction == C2S else timeline.s2c
-        if kind is SegmentEvent:
+        if type(event) is SegmentEvent:
             self._segment(timeline, side, event)
-        elif kind is Frame:
+        elif type(event) is Frame:
             self._frame(timeline, side, event)
-        elif kind is Gap:
+        elif type(event) is Gap:
             side.gap_count += 1
             side.missing_bytes += event.missing
             if len(side.gaps) < KEPT_RARE_EVENTS:
                 side.gaps.append(event)
-        elif kind is DecodeError:
+        elif type(event) is DecodeError:
             side.decode_error_count += 1
             if len(side.decode_errors) < KEPT_RARE_EVENTS:
                 side.decode_errors.append(event)
-        elif kind is ProtocolHeader:
+        elif type(event) is ProtocolHeader:
             if event.direction == C2S or timeline.protocol_header is None:
                 timeline.protocol_header = event.timestamp
             if event.protocol != "amqp-0-9-1":
@@ -329,7 +329,7 @@ class TimelineBuilder:
         side.add_frames(t, 1, METHOD_NAMES.get(ids, "unknown method"), closing)
         if not reads_arguments(*ids):
             return
-        method = self._method(timeline, frame)
+        method = self._method(timeline, frame, *ids)
         attr = NEGOTIATION_METHODS.get(ids)
         if attr is not None:
             if getattr(timeline, attr) is None:
@@ -343,12 +343,11 @@ class TimelineBuilder:
         elif ids in (BLOCKED, UNBLOCKED) and len(timeline.blocked) < KEPT_RARE_EVENTS:
             timeline.blocked.append((t, "blocked" if ids == BLOCKED else "unblocked"))
 
-    def _method(self, timeline: ConnectionTimeline, frame: Frame) -> MethodAt:
+    def _method(self, timeline: ConnectionTimeline, frame: Frame, class_id: int, method_id: int) -> MethodAt:
         try:
-            args = decode_method_arguments(frame.class_id, frame.method_id, frame.payload,
-                                           show_secrets=self.show_secrets)
+            args = decode_method_arguments(class_id, method_id, frame.payload, show_secrets=self.show_secrets)
         except ArgumentDecodeError:
             timeline.argument_errors += 1
             args = {}
-        name = METHOD_NAMES.get((frame.class_id, frame.method_id), f"{frame.class_id}.{frame.method_id}")
+        name = METHOD_NAMES.get((class_id, method_id), f"{class_id}.{method_id}")
         return MethodAt(frame.timestamp, frame.direction, frame.channel, name, args)

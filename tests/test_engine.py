@@ -9,14 +9,19 @@ import io
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-from pamqp import body as pamqp_body, commands, frame as pamqp_frame, header as pamqp_header
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pamqp import body as pamqp_body
+from pamqp import commands
+from pamqp import frame as pamqp_frame
+from pamqp import header as pamqp_header
 
 from analyzer.api import FrameBatch, frame_record, frame_records
 from analyzer.diagnosis.diagnose import diagnose
-from analyzer.render.analysis_json import connection_document
-from analyzer.engine import EventObserver, analyze_timelines, iter_events
+from analyzer.engine import Engine, EventObserver, analyze_timelines, iter_events
 from analyzer.records import ACK, C2S, FIN, PSH, RST, S2C, CaptureSummary, Frame
+from analyzer.render.analysis_json import connection_document
+from analyzer.sources.pcap import open_capture
 from analyzer.timeline import TimelineBuilder, timeline_order
 from tests import synth
 from tests.conftest import CAPTURES
@@ -102,10 +107,7 @@ def publish(n: int, channel: int = 1) -> bytes:
 def busy_conversation(**kwargs):
     """Handshake, a channel, publishes packed several to a segment, heartbeats both ways, bare ACKs,
     a channel.close, connection.close and a FIN exchange."""
-    steps = handshake_steps(10) + [
-        (0.010, C2S, PSH | ACK, synth.method_frame(commands.Channel.Open(), 1)),
-        (0.011, S2C, PSH | ACK, synth.method_frame(commands.Channel.OpenOk(), 1)),
-    ]
+    steps = [*handshake_steps(10), (0.01, C2S, PSH | ACK, synth.method_frame(commands.Channel.Open(), 1)), (0.011, S2C, PSH | ACK, synth.method_frame(commands.Channel.OpenOk(), 1))]
     t = 0.02
     for i in range(12):
         steps.append((t, C2S, PSH | ACK, publish(1 + i % 4)))
@@ -133,7 +135,7 @@ def split(segs: list, index: int, at: int) -> list:
         return segs
     first = ConvSegment(s.timestamp, s.direction, s.flags, s.seq, s.ack, s.payload[:at])
     second = ConvSegment(round(s.timestamp + 1e-6, 6), s.direction, s.flags, s.seq + at, s.ack, s.payload[at:])
-    return segs[:index] + [first, second] + segs[index + 1:]
+    return [*segs[:index], first, second, *segs[index + 1:]]
 
 
 # ---- shipped captures -------------------------------------------------------------------------------
@@ -183,8 +185,8 @@ def test_retransmission_reordering_and_loss() -> None:
     segs = conv.segments
     data = [i for i, s in enumerate(segs) if s.payload and i > 12]
     a, b, c = data[0], data[3], data[6]
-    assert_same(synth.pcap_bytes(conv.packets(segments=segs[:a + 1] + [segs[a]] + segs[a + 1:])))  # duplicate
-    assert_same(synth.pcap_bytes(conv.packets(segments=segs[:b] + [segs[b + 1], segs[b]] + segs[b + 2:])))  # swap
+    assert_same(synth.pcap_bytes(conv.packets(segments=[*segs[:a + 1], segs[a], *segs[a + 1:]])))  # duplicate
+    assert_same(synth.pcap_bytes(conv.packets(segments=[*segs[:b], segs[b + 1], segs[b], *segs[b + 2:]])))  # swap
     assert_same(synth.pcap_bytes(conv.packets(segments=segs[:c] + segs[c + 1:])))  # lost
 
 
@@ -200,7 +202,7 @@ def test_snapped_payloads() -> None:
     packets = [(ts, lt, data[:80]) for ts, lt, data in busy_conversation().packets()]
     assert_same(b"".join([synth.pcap_header(synth.LINKTYPE_ETHERNET, snaplen=80)]
                          + [synth.pcap_record(ts, data, orig_len=len(full))
-                            for (ts, _lt, data), (_t, _l, full) in zip(packets, busy_conversation().packets())]))
+                            for (ts, _lt, data), (_t, _l, full) in zip(packets, busy_conversation().packets(), strict=False)]))
 
 
 def test_reset_and_data_after_teardown() -> None:
@@ -210,23 +212,20 @@ def test_reset_and_data_after_teardown() -> None:
     rst = ConvSegment(segs[fin].timestamp, S2C, RST | ACK, segs[fin].seq, segs[fin].ack, b"")
     late = [ConvSegment(round(s.timestamp + 1, 6), s.direction, s.flags, s.seq, s.ack, s.payload)
             for s in segs[fin - 6 : fin - 2]]
-    assert_same(synth.pcap_bytes(conv.packets(segments=segs[:fin] + [rst] + late)))
+    assert_same(synth.pcap_bytes(conv.packets(segments=[*segs[:fin], rst, *late])))
 
 
 def test_new_data_after_a_reset() -> None:
     """The broker resets; the client, not yet aware, keeps publishing new bytes: payload after the
     teardown is 'late', not liveness."""
-    steps = handshake_steps(10) + [
-        (0.010, C2S, PSH | ACK, synth.method_frame(commands.Channel.Open(), 1)),
-        (0.011, S2C, PSH | ACK, synth.method_frame(commands.Channel.OpenOk(), 1)),
-    ]
+    steps = [*handshake_steps(10), (0.01, C2S, PSH | ACK, synth.method_frame(commands.Channel.Open(), 1)), (0.011, S2C, PSH | ACK, synth.method_frame(commands.Channel.OpenOk(), 1))]
     t = 0.02
-    for i in range(20):
+    for _i in range(20):
         steps.append((t, C2S, PSH | ACK, publish(1)))
         steps.append((t + 0.0005, S2C, ACK, b""))
         t += 0.01
     steps.append((t, S2C, RST | ACK, b""))
-    for i in range(20):
+    for _i in range(20):
         t += 0.01
         steps.append((t, C2S, PSH | ACK, publish(2)))
     timelines = assert_same(synth.pcap_bytes(scripted_conversation(steps).packets()))
@@ -305,3 +304,27 @@ def test_a_straggler_after_retirement_is_counted_and_a_reused_port_is_a_new_conn
     assert retired[1:] == whole.connections[1:]
     assert retired[0].timeline.c2s.segments == whole.connections[0].timeline.c2s.segments - 1
     assert any("1 packet arrived more than 5 s after its connection closed" in w for w in bounded.summary.warnings)
+
+
+# ---- a live source: packets one at a time, the clock advanced between them ----------------------
+
+
+@pytest.mark.parametrize("path", sorted(CAPTURES.glob("*.pcap*")), ids=lambda p: p.name)
+def test_packets_fed_one_at_a_time_as_a_live_source_would(path) -> None:
+    """Engine.feed + advance (what a live watch does) gives the file's timelines and diagnoses,
+    retiring the closed connections as it goes."""
+    expected, expected_summary = plain(path.read_bytes())
+    summary = CaptureSummary()
+    retired: list = []
+    engine = Engine(summary, on_retire=retired.append)
+    reader = open_capture(io.BytesIO(path.read_bytes()))
+    summary.format = reader.format
+    for packet in reader:
+        engine.feed(packet)
+        engine.advance(packet.timestamp)
+    summary.warnings.extend(reader.warnings)
+    got = sorted(retired + engine.finish(), key=timeline_order)
+    assert summary == expected_summary
+    assert got == expected
+    t0 = summary.start_epoch or 0.0
+    assert [diagnose(t, t0) for t in got] == [diagnose(t, t0) for t in expected]

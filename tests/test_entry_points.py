@@ -10,7 +10,10 @@ import json
 import pathlib
 
 import pytest
-from pamqp import body as pamqp_body, commands, frame as pamqp_frame, header as pamqp_header
+from pamqp import body as pamqp_body
+from pamqp import commands
+from pamqp import frame as pamqp_frame
+from pamqp import header as pamqp_header
 
 import analyzer
 from analyzer.api import FrameBatch, analyze_file, frame_record, read_frame_batches, read_frames
@@ -112,7 +115,7 @@ def methods_in(path: pathlib.Path) -> set:
 
 
 def test_the_captures_hold_every_method_the_timeline_reasons_about(capture) -> None:
-    assert TIMELINE_METHODS <= methods_in(capture)
+    assert methods_in(capture) >= TIMELINE_METHODS
 
 
 def test_analyze_entry_points_agree(capture) -> None:

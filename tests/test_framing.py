@@ -10,16 +10,21 @@ import random
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-from pamqp import body as pamqp_body, commands, frame as pamqp_frame, header as pamqp_header, heartbeat as pamqp_heartbeat
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pamqp import body as pamqp_body
+from pamqp import commands
+from pamqp import frame as pamqp_frame
+from pamqp import header as pamqp_header
+from pamqp import heartbeat as pamqp_heartbeat
 
 from analyzer.amqp.framing import MAX_BUFFERED_FRAME, MAX_FRAME_SIZE, FrameDecoder
 from analyzer.records import (
+    C2S,
     FRAME_BODY,
     FRAME_HEADER,
     FRAME_HEARTBEAT,
     FRAME_METHOD,
-    C2S,
     ConnectionInfo,
     DecodeError,
     Endpoint,
@@ -135,7 +140,7 @@ def test_client_stream_same_events_three_ways(payload_bytes: int) -> None:
     got = frames(events)
     # Offsets are contiguous: each frame starts where the previous one ended.
     offset = 8
-    for frame_type, channel, size, off, class_id, method_id in got:
+    for _frame_type, _channel, size, off, _class_id, _method_id in got:
         assert off == offset
         offset += 8 + size
     assert offset == len(CLIENT_STREAM)
@@ -151,7 +156,7 @@ def test_client_stream_same_events_three_ways(payload_bytes: int) -> None:
     assert [b[-1] for b in bodies] == [b"hello world"[:payload_bytes], b"", (bytes(range(256)) * 20)[:payload_bytes]]
     assert [b[3] for b in bodies] == [11, 0, 5120]
     # Method and header payloads are kept whole, whatever payload_bytes says.
-    tune_ok = [e for e in events if e[0] == "frame" and e[5:7] == (10, 31)][0]
+    tune_ok = next(e for e in events if e[0] == "frame" and e[5:7] == (10, 31))
     assert tune_ok[-1] == method(commands.Connection.TuneOk(channel_max=2047, frame_max=131072, heartbeat=60))[7:-1]
 
 

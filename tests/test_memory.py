@@ -17,9 +17,9 @@ import tracemalloc
 import pytest
 from pamqp import commands
 
-from analyzer.sources import pcap
 from analyzer.engine import analyze_timelines, iter_events
 from analyzer.records import ACK, C2S, PSH, S2C, CaptureSummary
+from analyzer.sources import pcap
 from tests import synth
 
 MB = 1 << 20
@@ -65,7 +65,8 @@ def test_bounded_memory_follows_connections_open_at_once_not_all(tmp_path, monke
         with open(path, "wb") as f:
             synth.short_connections_pcap(f, count)
         verdicts = []
-        peaks.append(peak_of(lambda: analyze_file(path, on_connection=lambda d: verdicts.append(d.verdict))))
+        peaks.append(peak_of(lambda path=path, verdicts=verdicts: analyze_file(
+            path, on_connection=lambda d: verdicts.append(d.verdict))))
         assert len(verdicts) == count
     small, large = peaks
     assert large < small * 1.3, f"{small / MB:.1f} MB for 5,000 connections, {large / MB:.1f} MB for 15,000"

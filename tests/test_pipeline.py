@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from analyzer.amqp.spec import METHOD_NAMES
 from analyzer.engine import iter_events
@@ -29,7 +31,7 @@ from analyzer.records import (
     SegmentEvent,
 )
 from tests import synth
-from tests.synth import ConvSegment, Conversation, amqp_conversation, pcap_bytes, pcapng_bytes
+from tests.synth import Conversation, ConvSegment, amqp_conversation, pcap_bytes, pcapng_bytes
 
 CONN_ID = "10.0.0.1:52018->10.0.0.2:5672"
 
@@ -82,7 +84,7 @@ def resegment(conv: Conversation, direction: str, cuts, *, join: bool = False) -
     first_seq = next(s.seq for s in conv.segments if s.direction == direction and s.payload)
     originals = [] if join else _boundaries(conv, direction)
     bounds = sorted({0, len(stream), *originals, *[c for c in cuts if 0 < c < len(stream)]})
-    pieces = list(zip(bounds, bounds[1:]))
+    pieces = list(itertools.pairwise(bounds))
     out: list[ConvSegment] = []
     pos = 0  # stream offset of the current original segment
     for seg in conv.segments:
@@ -207,7 +209,7 @@ def test_partial_retransmission_overlapping_two_segments() -> None:
 
 def test_out_of_order_segments_are_reordered() -> None:
     conv = amqp_conversation()
-    start_lo, start_hi = frame_offsets(conv, S2C)[:2]
+    start_lo, _start_hi = frame_offsets(conv, S2C)[:2]
     segs = resegment(conv, S2C, [start_lo + 50, start_lo + 100])
     i = next(i for i, s in enumerate(segs) if s.direction == S2C and s.payload)
     assert [s.direction for s in segs[i : i + 4]] == [S2C, S2C, S2C, C2S]
@@ -460,7 +462,7 @@ def test_port_reuse_gives_a_second_connection() -> None:
     assert len(conns) == 2
     assert [c.id for c in conns] == [CONN_ID, CONN_ID]
     assert conns[1].first_seen == pytest.approx(second.segments[0].timestamp)
-    for conn, conv in zip(conns, (first, second)):
+    for conn, conv in zip(conns, (first, second), strict=False):
         mine = [e for e in events if e.connection is conn]
         assert units(mine) == expected(conv)
         assert of_type(mine, Gap) == [] and of_type(mine, DecodeError) == []

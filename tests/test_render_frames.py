@@ -9,7 +9,8 @@ import io
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analyzer import cli
 from analyzer.api import FrameBatch, FrameRecord, read_frame_batches, read_frames
@@ -64,7 +65,7 @@ def test_args_flag_only_adds_arguments(path) -> None:
 
     default, full = listing(), listing("--args")
     assert [{**d, "args": None} for d in default] == [{**f, "args": None} for f in full]
-    for d, f in zip(default, full):
+    for d, f in zip(default, full, strict=False):
         control = d["method"] is not None and d["method"].split(".")[0] in ("connection", "channel")
         assert d["args"] == (f["args"] if control else None)
     assert any(f["args"] and f["method"].startswith("basic.") for f in full)

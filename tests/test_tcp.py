@@ -8,7 +8,8 @@ segment is dropped.
 """
 from __future__ import annotations
 
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from analyzer.net.tcp import MAX_PENDING_BYTES, REORDER_WINDOW, SEQ_MOD, HalfStream, StreamData, StreamGap
 
@@ -233,7 +234,7 @@ def test_pending_overflow_declares_the_hole_lost() -> None:
     seq = ISN + 1 + 1 + 500  # 500 bytes lost
     out: list = []
     while not out:
-        seen, out = send(s, seq, chunk)
+        _seen, out = send(s, seq, chunk)
         seq += len(chunk)
     assert out[0] == StreamGap(1, 500, out[0].timestamp, out[0].packet, "sequence-hole")
     delivered = b"".join(r.data for r in out[1:])

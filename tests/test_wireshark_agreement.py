@@ -23,12 +23,16 @@ import shutil
 import struct
 
 import pytest
-from pamqp import body as pamqp_body, commands, frame as pamqp_frame, header as pamqp_header, heartbeat as pamqp_heartbeat
+from pamqp import body as pamqp_body
+from pamqp import commands
+from pamqp import frame as pamqp_frame
+from pamqp import header as pamqp_header
+from pamqp import heartbeat as pamqp_heartbeat
 
 from analyzer.engine import iter_events
 from analyzer.records import ACK, C2S, FIN, PSH, S2C, SYN, CaptureSummary, Frame
 from tests import synth
-from tests.synth import ConvSegment, Conversation, amqp_conversation, pcap_bytes, pcapng_bytes
+from tests.synth import Conversation, ConvSegment, amqp_conversation, pcap_bytes, pcapng_bytes
 from tests.test_pipeline import frame_offsets, resegment
 
 pytestmark = pytest.mark.tshark
@@ -127,7 +131,7 @@ def assert_agreement(path: pathlib.Path, *, require_frames: bool = True) -> int:
     assert sorted(map(_describe, theirs)) == sorted(map(_describe, mine)), "different connections"
     for key in theirs:
         ws, us = theirs[key], mine[key]
-        for n, (a, b) in enumerate(zip(ws, us)):
+        for n, (a, b) in enumerate(zip(ws, us, strict=False)):
             assert b == a, f"{path.name} {_describe(key)}: frame {n}: ours {b} != Wireshark's {a}"
         assert len(us) == len(ws), f"{path.name} {_describe(key)}: {len(us)} frames, Wireshark {len(ws)}"
     total = sum(map(len, theirs.values()))

@@ -31,6 +31,7 @@ from analyzer.records import (
     ConnectionInfo,
     DecodeError,
     Frame,
+    FrameEvent,
     ProtocolHeader,
 )
 
@@ -75,7 +76,7 @@ def heartbeat_is_nonstandard(frame_type: int, channel: int, size: int) -> bool:
 def kept_payload_size(frame_type: int, size: int, payload_bytes: int) -> int:
     """How much of a frame's payload a Frame keeps: methods and content headers whole (their
     arguments are decoded), bodies and heartbeats only their first `payload_bytes` bytes."""
-    return size if frame_type == FRAME_METHOD or frame_type == FRAME_HEADER else min(size, payload_bytes)
+    return size if frame_type in (FRAME_METHOD, FRAME_HEADER) else min(size, payload_bytes)
 
 
 # ---- the frame walk: whole, well-formed frames back to back ---------------------------------------
@@ -122,7 +123,8 @@ def whole_frames(buf: bytes | bytearray | memoryview, pos: int, end: int,
 def heartbeat_is_nonstandard_columns(frame_type: npt.NDArray[np.int64], channel: npt.NDArray[np.int64],
                                      size: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
     """heartbeat_is_nonstandard for columns."""
-    return (frame_type == FRAME_HEARTBEAT_OLD) | (size != 0) | (channel != 0)
+    nonstandard: npt.NDArray[np.bool_] = (frame_type == FRAME_HEARTBEAT_OLD) | (size != 0) | (channel != 0)
+    return nonstandard
 
 
 class FrameTable(NamedTuple):
@@ -141,7 +143,7 @@ class FramesWalk(NamedTuple):
     heartbeats; every frame too when asked for."""
 
     whole: npt.NDArray[np.bool_]  # the walk ended exactly at the payload's end
-    count: npt.NDArray[np.int64]  # frames walked
+    frame_count: npt.NDArray[np.int64]  # frames walked
     last_type: npt.NDArray[np.int64]  # type of the last frame walked
     last_ids: npt.NDArray[np.int64]  # its ids, when a method
     heartbeat_payload: npt.NDArray[np.int64]  # the (whole) payload of each heartbeat frame, ascending
@@ -232,7 +234,7 @@ def whole_frames_columns(buf: bytes, starts: npt.NDArray[np.int64], ends: npt.ND
             beats.append(np.array(tail_beats, dtype=np.int64))
             odd.append(np.array(tail_odd, dtype=bool))
         if rows:
-            kept.append(tuple(np.array(column, dtype=np.int64) for column in zip(*rows)))
+            kept.append(tuple(np.array(column, dtype=np.int64) for column in zip(*rows, strict=True)))
     if beats:
         beat_payload = np.concatenate(beats)
         beat_odd = np.concatenate(odd)
@@ -250,7 +252,7 @@ def _frame_table(kept: list[tuple[npt.NDArray[np.int64], ...]], whole: npt.NDArr
     if not kept:
         empty = np.zeros(0, dtype=np.int64)
         return FrameTable(empty, empty, empty, empty, empty, empty)
-    payload, offset, frame_type, channel, size, ids = (np.concatenate(column) for column in zip(*kept))
+    payload, offset, frame_type, channel, size, ids = (np.concatenate(column) for column in zip(*kept, strict=True))
     keep = whole[payload]
     payload, offset = payload[keep], offset[keep]
     order = np.argsort(payload << 32 | offset, kind="stable")
@@ -275,10 +277,22 @@ class FrameDecoder:
 
     # Two decoders live as long as each connection (tens of thousands in one capture): slots
     # halve their size and speed up the attribute reads of the hot loop.
-    __slots__ = ("connection", "direction", "payload_bytes", "mode", "header_possible", "buf", "base",
-                 "resync_from", "body", "body_left", "body_keep")
+    __slots__ = (
+        "base",
+        "body",
+        "body_keep",
+        "body_left",
+        "buf",
+        "connection",
+        "direction",
+        "header_possible",
+        "mode",
+        "payload_bytes",
+        "resync_from",
+    )
 
-    def __init__(self, connection: ConnectionInfo, direction: str, *, synced: bool = True, payload_bytes: int = 0) -> None:
+    def __init__(self, connection: ConnectionInfo, direction: str, *, synced: bool = True,
+                 payload_bytes: int = 0) -> None:
         self.connection = connection
         self.direction = direction
         self.payload_bytes = payload_bytes
@@ -297,8 +311,8 @@ class FrameDecoder:
 
     # ---- input ----------------------------------------------------------------------------------
 
-    def feed(self, data: bytes, timestamp: float, packet: int) -> list:
-        out: list = []
+    def feed(self, data: bytes, timestamp: float, packet: int) -> list[FrameEvent]:
+        out: list[FrameEvent] = []
         if self.mode == _STOPPED or not data:
             return out
         if self.mode == _BODY:
@@ -309,9 +323,9 @@ class FrameDecoder:
         self._parse(timestamp, packet, out)
         return out
 
-    def gap(self, missing: int, timestamp: float, packet: int) -> list:
+    def gap(self, missing: int, timestamp: float, packet: int) -> list[FrameEvent]:
         """`missing` bytes of this direction were not captured."""
-        out: list = []
+        out: list[FrameEvent] = []
         if self.mode == _STOPPED:
             return out
         self.header_possible = False
@@ -333,7 +347,7 @@ class FrameDecoder:
 
     # ---- framing --------------------------------------------------------------------------------
 
-    def _parse(self, timestamp: float, packet: int, out: list) -> None:
+    def _parse(self, timestamp: float, packet: int, out: list[FrameEvent]) -> None:
         buf = self.buf
         pos = 0
         while True:
@@ -390,12 +404,14 @@ class FrameDecoder:
                 pos = end + 1
                 continue
             if buf[end] != FRAME_END:
-                pos = self._error(pos, f"bad frame-end 0x{buf[end]:02x} after a {size}-byte frame", out, timestamp, packet)
+                reason = f"bad frame-end 0x{buf[end]:02x} after a {size}-byte frame"
+                pos = self._error(pos, reason, out, timestamp, packet)
                 continue
             frame = self._frame(pos, frame_type, channel, size, timestamp, packet)
             if frame_type == FRAME_METHOD:
                 if size < 4:
-                    pos = self._error(pos, f"method frame of {size} bytes has no class/method ids", out, timestamp, packet)
+                    reason = f"method frame of {size} bytes has no class/method ids"
+                    pos = self._error(pos, reason, out, timestamp, packet)
                     continue
                 frame.class_id, frame.method_id = _IDS.unpack_from(buf, pos + 7)
             out.append(frame)
@@ -405,7 +421,8 @@ class FrameDecoder:
     def _frame(self, pos: int, frame_type: int, channel: int, size: int, timestamp: float, packet: int) -> Frame:
         keep = kept_payload_size(frame_type, size, self.payload_bytes)
         payload = bytes(self.buf[pos + FRAME_HEADER_SIZE : pos + FRAME_HEADER_SIZE + keep])
-        return Frame(self.connection, self.direction, timestamp, packet, self.base + pos, frame_type, channel, size, payload)
+        return Frame(self.connection, self.direction, timestamp, packet, self.base + pos, frame_type, channel, size,
+                     payload)
 
     def _whole_frame(self, whole: WholeFrame, timestamp: float, packet: int) -> Frame:
         frame = self._frame(whole.offset, whole.type, whole.channel, whole.size, timestamp, packet)
@@ -425,12 +442,13 @@ class FrameDecoder:
         """The caller walked `nbytes` of whole frames itself, at a frame boundary."""
         self.base += nbytes
 
-    def _start(self, pos: int, out: list, timestamp: float, packet: int) -> int:
+    def _start(self, pos: int, out: list[FrameEvent], timestamp: float, packet: int) -> int:
         """Stream offset 0: a protocol header, TLS, or straight into frames."""
         head = bytes(self.buf[pos : pos + 8])
         if head[:4] == b"AMQP":
             protocol = PROTOCOL_HEADERS.get(head, "amqp-other")
-            out.append(ProtocolHeader(self.connection, self.direction, timestamp, packet, self.base + pos, head, protocol))
+            out.append(ProtocolHeader(self.connection, self.direction, timestamp, packet, self.base + pos, head,
+                                      protocol))
             self.mode = _FRAMES if protocol == "amqp-0-9-1" else _STOPPED
             return pos + 8
         if head[:1] == b"\x16" and head[1:2] == b"\x03":
@@ -440,7 +458,7 @@ class FrameDecoder:
         self.mode = _FRAMES
         return pos
 
-    def _error(self, pos: int, reason: str, out: list, timestamp: float, packet: int) -> int:
+    def _error(self, pos: int, reason: str, out: list[FrameEvent], timestamp: float, packet: int) -> int:
         out.append(DecodeError(self.connection, self.direction, timestamp, packet, self.base + pos, reason))
         self.mode = _RESYNC
         self.resync_from = self.base + pos + 1
@@ -451,14 +469,16 @@ class FrameDecoder:
     def _start_body(self, pos: int, channel: int, size: int, timestamp: float, packet: int) -> None:
         have = len(self.buf) - pos - 7
         kept = bytes(self.buf[pos + 7 : pos + 7 + min(have, self.payload_bytes)])
-        self.body = Frame(self.connection, self.direction, timestamp, packet, self.base + pos, FRAME_BODY, channel, size, kept)
+        self.body = Frame(self.connection, self.direction, timestamp, packet, self.base + pos, FRAME_BODY, channel,
+                          size, kept)
         self.body_left = size - have
         self.body_keep = True
         self.mode = _BODY
 
-    def _count_body(self, data: bytes, timestamp: float, packet: int, out: list) -> bytes:
+    def _count_body(self, data: bytes, timestamp: float, packet: int, out: list[FrameEvent]) -> bytes:
         """Consume body bytes from `data`; returns what follows the body's frame-end."""
         body = self.body
+        assert body is not None  # mode _BODY
         take = min(len(data), self.body_left)
         if self.body_keep and len(body.payload) < self.payload_bytes:
             body.payload += data[: min(take, self.payload_bytes - len(body.payload))]
@@ -482,7 +502,7 @@ class FrameDecoder:
 
     # ---- resynchronisation ----------------------------------------------------------------------
 
-    def _resync(self, pos: int, out: list, timestamp: float, packet: int) -> int:
+    def _resync(self, pos: int, out: list[FrameEvent], timestamp: float, packet: int) -> int:
         """Scan for a verifiable frame; on success switch to _FRAMES at it."""
         buf = self.buf
         while True:
@@ -514,7 +534,8 @@ class FrameDecoder:
         if frame_type == FRAME_METHOD:
             return size >= 4 and _IDS.unpack_from(self.buf, pos + 7) in METHOD_NAMES
         # A content header: class id (2), weight 0 (2), body size (8), property flags (2).
-        return size >= 14 and _IDS.unpack_from(self.buf, pos + 7)[0] in CLASS_NAMES and self.buf[pos + 9 : pos + 11] == b"\x00\x00"
+        return (size >= 14 and _IDS.unpack_from(self.buf, pos + 7)[0] in CLASS_NAMES
+                and self.buf[pos + 9 : pos + 11] == b"\x00\x00")
 
     def _consume(self, pos: int) -> None:
         if pos:

@@ -17,7 +17,8 @@ tests/test_engine.py holds the three ways to the same timelines, diagnoses and e
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from analyzer.engine.quick import QuickSide, quick_packet, quick_side
 from analyzer.engine.runs import MIN_RUN, PacketRun, Plan
@@ -146,7 +147,7 @@ class Engine:
             self.summary.start_epoch = timestamp
 
     def _packet(self, record: Record) -> None:
-        index, timestamp, linktype, data, orig_len = record
+        index, timestamp, linktype, data, _orig_len = record
         if self.observer is None:
             ip = IP_OFFSETS.get(linktype)
             if ip is not None:
@@ -186,7 +187,7 @@ class Engine:
 class _BlockRecords:
     """A block's records as the per-packet tuples (index, timestamp, linktype, data, orig_len)."""
 
-    __slots__ = ("buf", "first", "start", "caplen", "timestamp", "orig_len", "linktype")
+    __slots__ = ("buf", "caplen", "first", "linktype", "orig_len", "start", "timestamp")
 
     def __init__(self, block: RecordBlock) -> None:
         self.buf = block.buf

@@ -11,7 +11,7 @@ TimelineBuilder, which reads their arguments. No rule lives here: only the choic
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from analyzer.amqp.framing import (
     FRAME_HEADER_SIZE,
@@ -31,7 +31,7 @@ from analyzer.timeline import ConnectionTimeline, Direction, TimelineBuilder, fr
 class QuickSide:
     """What the quick paths touch of one side of one AMQP flow: the owners' state objects."""
 
-    __slots__ = ("timeline", "side", "stream", "peer_stream", "decoder", "direction", "info")
+    __slots__ = ("decoder", "direction", "info", "peer_stream", "side", "stream", "timeline")
 
     def __init__(self, timeline: ConnectionTimeline, stream: HalfStream, peer_stream: HalfStream,
                  decoder: FrameDecoder) -> None:

@@ -25,7 +25,8 @@ does not end exactly at its end is hard, which also makes the guess right for th
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Callable, Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -106,7 +107,7 @@ class Plan:
         side_of_key = np.full(len(keys), -1, dtype=np.int64)
         stream_side: dict[int, int] = {}
         blocked = set(syn_keys.tolist()) if len(syn_keys) else set()
-        for k, (hash_value, rep) in enumerate(zip(keys.tolist(), candidates[first].tolist())):
+        for k, (hash_value, rep) in enumerate(zip(keys.tolist(), candidates[first].tolist(), strict=True)):
             if hash_value in blocked:
                 continue
             side = side_for_key(tcp.key[rep].tobytes())
@@ -131,7 +132,7 @@ class Plan:
         self.frames = np.zeros(n, dtype=np.int64)
         self.last_type = np.zeros(n, dtype=np.int64)
         self.last_ids = np.zeros(n, dtype=np.int64)
-        self.frames[payload] = walk.count
+        self.frames[payload] = walk.frame_count
         self.last_type[payload] = walk.last_type
         self.last_ids[payload] = walk.last_ids
         self.heartbeat_packets = payload[walk.heartbeat_payload]
@@ -236,7 +237,7 @@ class Plan:
             if peer_next is None:
                 end = min(end, int(early[0]))
                 continue
-            past = np.flatnonzero(seq_after_columns(self.ack[early], np.int64(peer_next)))
+            past = np.flatnonzero(seq_after_columns(self.ack[early], peer_next))
             if len(past):
                 end = min(end, int(early[past[0]]))
         return end
@@ -278,7 +279,7 @@ class Plan:
             quick.decoder.skip_whole_frames(nbytes)
             beats, nonstandard = self.heartbeats_of[s]
             lo, hi = np.searchsorted(beats, (i, j)).tolist()
-            for packet, odd in zip(beats[lo:hi].tolist(), nonstandard[lo:hi].tolist()):
+            for packet, odd in zip(beats[lo:hi].tolist(), nonstandard[lo:hi].tolist(), strict=True):
                 side.add_heartbeat(float(timestamp[packet]), odd)
             last = int(payload[-1])
             side.add_frames(float(timestamp[last]), int(self.frames[payload].sum()) - (hi - lo),
@@ -305,7 +306,7 @@ class PacketRun:
         first_index = block.first_index + 1
         frame_packets = frames.packet.tolist()
         columns = zip(frames.side.tolist(), frames.offset.tolist(), frames.type.tolist(), frames.channel.tolist(),
-                      frames.size.tolist(), frames.ids.tolist(), frames.position.tolist())
+                      frames.size.tolist(), frames.ids.tolist(), frames.position.tolist(), strict=True)
         f = 0
         for k in range(self.i, self.j):
             quick = plan.sides[int(plan.side_id[k])]
@@ -314,7 +315,7 @@ class PacketRun:
             yield SegmentEvent(quick.info, quick.direction, t, index, int(plan.flags[k]), int(plan.seq[k]),
                                int(plan.ack[k]), int(plan.payload_len[k]), False, 0)
             while f < len(frame_packets) and frame_packets[f] == index:
-                side, offset, frame_type, channel, size, ids, position = next(columns)
+                _side, offset, frame_type, channel, size, ids, position = next(columns)
                 keep = kept_payload_size(frame_type, size, self.payload_bytes)
                 payload = buf[position + FRAME_HEADER_SIZE : position + FRAME_HEADER_SIZE + keep]
                 method = frame_type == FRAME_METHOD

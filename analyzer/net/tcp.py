@@ -42,7 +42,7 @@ def seq_after(a: int, b: int) -> bool:
     return 0 < (a - b) % SEQ_MOD < SEQ_HALF
 
 
-def seq_after_columns(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+def seq_after_columns(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64] | int) -> npt.NDArray[np.bool_]:
     """seq_after for columns of sequence numbers (the batch stage's form; tests hold the two equal)."""
     ahead = (a - b) & SEQ_MASK
     return (ahead > 0) & (ahead < SEQ_HALF)
@@ -68,8 +68,17 @@ class StreamGap:
 class HalfStream:
     """Reassembles one direction. `next_seq` is None until the first SYN or payload byte."""
 
-    __slots__ = ("next_seq", "offset", "pending", "pending_bytes", "fin_seq", "started_at_syn", "peer_acked", "syn_seq",
-                 "unseen_ack")
+    __slots__ = (
+        "fin_seq",
+        "next_seq",
+        "offset",
+        "peer_acked",
+        "pending",
+        "pending_bytes",
+        "started_at_syn",
+        "syn_seq",
+        "unseen_ack",
+    )
 
     def __init__(self) -> None:
         self.next_seq: int | None = None

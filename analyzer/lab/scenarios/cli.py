@@ -12,8 +12,8 @@ import signal
 import threading
 from typing import TextIO
 
-from analyzer.lab.capture import BACKENDS
 from analyzer.errors import UsageError
+from analyzer.lab.capture import BACKENDS
 from analyzer.lab.scenarios import catalog
 
 DISAGREE = 1  # the analyzer contradicts the ground truth: a bug in one of them

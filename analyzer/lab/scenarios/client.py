@@ -16,16 +16,19 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import pika
 
 LOCK = threading.Lock()
-LOG = None  # the open event log
+LOG: TextIO | None = None  # the open event log (main opens it)
 
 
 def emit(event: str, **fields) -> None:
     record = {"t": time.time(), "source": "client", "event": event, **fields}
     line = json.dumps(record, default=str)
+    assert LOG is not None, "main() opens the event log first"
     with LOCK:
         LOG.write(line + "\n")
         LOG.flush()
@@ -46,7 +49,7 @@ def connection_id(conn: pika.BlockingConnection) -> tuple[str, str, str]:
         sock = conn._impl._transport._sock
         local, remote = endpoint(sock.getsockname()), endpoint(sock.getpeername())
         return f"{local}->{remote}", local, remote
-    except Exception:  # private pika internals: a version change must not abort the scenario
+    except Exception:  # noqa: BLE001 (private pika internals: a version change must not abort the scenario)
         return "unknown", "", ""
 
 
@@ -300,7 +303,7 @@ def every_method(p: dict) -> None:
     close(conn, "consumer")
 
 
-SCENARIOS = {
+SCENARIOS: dict[str, Callable[[dict[str, Any]], None]] = {
     "idle": functools.partial(consumer, mode="idle"),
     "blocked-callback": functools.partial(consumer, mode="blocking"),
     "long-heartbeat": functools.partial(consumer, mode="blocking"),
@@ -325,11 +328,11 @@ def log_exception(exc: BaseException) -> None:
 def main(argv: list[str]) -> int:
     global LOG
     name, params = argv[0], json.loads(argv[1])
-    LOG = open(params["events"], "a", encoding="utf-8")
+    LOG = open(params["events"], "a", encoding="utf-8")  # noqa: SIM115 (open for the process's life; emit writes)
     emit("start", scenario=name, pid=os.getpid(), pika=pika.__version__, python=sys.version.split()[0])
     try:
         SCENARIOS[name](params)
-    except Exception as exc:  # the point of most scenarios: record which exception pika raised, then exit
+    except Exception as exc:  # noqa: BLE001 (the point of most scenarios: record which exception pika raised)
         log_exception(exc)
         emit("exit", status=1)
         return 1

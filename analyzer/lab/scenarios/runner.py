@@ -24,9 +24,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from analyzer.errors import EnvironmentProblem, UsageError
 from analyzer.lab.broker import CTL_SCRIPTS, INSTALL_HINT, LocalBroker, die_with_parent, open_broker
 from analyzer.lab.capture import LiveCapture
-from analyzer.errors import EnvironmentProblem, UsageError
 from analyzer.lab.scenarios import catalog
 from analyzer.lab.scenarios.proxy import TcpProxy
 
@@ -88,11 +88,11 @@ class EventLog:
 
 
 def utc_stamp(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def utc_iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
 
 
 def resolve_params(scenario: catalog.Scenario, heartbeat=None, work=None, messages=None) -> dict:
@@ -278,7 +278,7 @@ def _start_client(name: str, params: dict, work_dir: str) -> subprocess.Popen:
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     env = dict(os.environ)
     env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
-    out = open(os.path.join(work_dir, "client.out"), "wb")
+    out = open(os.path.join(work_dir, "client.out"), "wb")  # noqa: SIM115 (handed to the child, closed below)
     try:
         return subprocess.Popen([sys.executable, "-m", "analyzer.lab.scenarios.client", name, json.dumps(params)],
                                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -338,7 +338,7 @@ def build_metadata(scenario, params, settings, broker, cap, log: EventLog, clien
         elif e["event"] == "proxy_accept":
             connections[e["upstream"]] = {"role": catalog.UPSTREAM, "via": "proxy-to-broker",
                                           "client_leg": e["connection"]}
-    for cid, info in connections.items():
+    for info in connections.values():
         info["expected_verdict"] = scenario.verdicts.get(info["role"], catalog.UNKNOWN)
     exceptions = [e for e in events if e["event"] == "exception"]
     observed = [e["name"] for e in exceptions]
