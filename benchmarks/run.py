@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/run.py                       # benchmarks/data/big.pcap, 3 rounds
     .venv/bin/python benchmarks/run.py --rounds 5 FILE ...   # other captures
+    .venv/bin/python benchmarks/run.py --baseline ../before  # also the analyzer of another checkout
 
 Each round runs every command once, in turn (alternating, so a slow spell of the machine hits all
 of them alike); each command is a fresh process, timed by wall clock, its peak RSS read from
@@ -33,12 +34,20 @@ print(n)
 """
 
 
-def commands(path: str, port: int) -> dict[str, list[str]]:
+def commands(path: str, port: int, baseline: str | None = None) -> dict[str, list[str]]:
     port_args = [] if port == 5672 else ["--port", str(port)]
     decode_as = [] if port == 5672 else ["-d", f"tcp.port=={port},amqp"]
-    return {
+    ours = {
         "analyze --format json": [AMQP_HB, "analyze", path, "--format", "json", "--quiet", *port_args],
         "frames --format jsonl": [AMQP_HB, "frames", path, "--format", "jsonl", "--quiet", *port_args],
+    }
+    # The same commands run from another checkout's analyzer package (PYTHONPATH goes before the
+    # editable install), in the same rounds: before and after a change, measured alike.
+    before = {f"{name} (baseline)": ["env", f"PYTHONPATH={os.path.abspath(baseline)}", *argv]
+              for name, argv in ours.items()} if baseline else {}
+    return {
+        **ours,
+        **before,
         "tshark -Y amqp -T fields": ["tshark", "-r", path, *decode_as, "-Y", "amqp", "-T", "fields",
                                      "-e", "frame.time_epoch", "-e", "amqp.type"],
         "scapy RawPcapReader loop": [sys.executable, "-c", RAW_LOOP, path],
@@ -60,10 +69,13 @@ def run_once(argv: list[str]) -> tuple[float, int]:
     return elapsed, usage.ru_maxrss // 1024  # Linux: ru_maxrss in KiB
 
 
-def bench(path: str, rounds: int, only: list[str] | None) -> dict:
+def bench(path: str, rounds: int, only: list[str] | None, baseline: str | None = None) -> dict:
     meta_path = os.path.splitext(path)[0] + ".json"
-    meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
-    cmds = commands(path, meta.get("amqp_port", 5672))
+    meta = {}
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+    cmds = commands(path, meta.get("amqp_port", 5672), baseline)
     if only:
         cmds = {k: v for k, v in cmds.items() if any(o in k for o in only)}
     times: dict[str, list[float]] = {k: [] for k in cmds}
@@ -73,7 +85,7 @@ def bench(path: str, rounds: int, only: list[str] | None) -> dict:
             elapsed, peak = run_once(argv)
             times[name].append(elapsed)
             peaks[name] = max(peaks[name], peak)
-            print(f"  round {r + 1} {name:28s} {elapsed:7.2f} s {peak:6d} MB", file=sys.stderr)
+            print(f"  round {r + 1} {name:34s} {elapsed:7.2f} s {peak:6d} MB", file=sys.stderr)
     medians = {k: statistics.median(v) for k, v in times.items()}
     return {"file": path, "bytes": os.path.getsize(path), "packets": meta.get("packets"), "rounds": rounds,
             "median_s": medians, "peak_rss_mb": peaks, "all_s": times}
@@ -85,12 +97,12 @@ def report(result: dict) -> str:
     raw = med.get("scapy RawPcapReader loop")
     lines = [f"{result['file']}: {result['bytes'] / 1e6:.0f} MB, {result['packets'] or '?'} packets, "
              f"median of {result['rounds']} rounds",
-             f"| {'command':28s} | median s | tshark / this | RawPcapReader / this | peak RSS MB |",
-             f"|{'-' * 30}|---------:|--------------:|---------------------:|------------:|"]
+             f"| {'command':34s} | median s | tshark / this | RawPcapReader / this | peak RSS MB |",
+             f"|{'-' * 36}|---------:|--------------:|---------------------:|------------:|"]
     for name, seconds in med.items():
         vs_tshark = f"{tshark / seconds:.2f}x" if tshark else "-"
         vs_raw = f"{raw / seconds:.2f}x" if raw else "-"
-        lines.append(f"| {name:28s} | {seconds:8.2f} | {vs_tshark:>13s} | {vs_raw:>20s} | {peaks[name]:11d} |")
+        lines.append(f"| {name:34s} | {seconds:8.2f} | {vs_tshark:>13s} | {vs_raw:>20s} | {peaks[name]:11d} |")
     return "\n".join(lines)
 
 
@@ -100,12 +112,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", action="append", help="run only commands whose name contains this")
     parser.add_argument("--json", metavar="PATH", help="also write the raw results here")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="a checkout of another commit (git worktree add DIR REV): its analyze and frames too")
     args = parser.parse_args()
     results = []
     for path in args.files:
         if not os.path.exists(path):
             raise SystemExit(f"{path}: missing; make it with benchmarks/make_capture.py")
-        result = bench(path, args.rounds, args.only)
+        result = bench(path, args.rounds, args.only, args.baseline)
         results.append(result)
         print(report(result))
         print()
