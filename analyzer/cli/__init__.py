@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import enum
 import io
 import json
 import os
@@ -15,20 +14,23 @@ import sys
 import tempfile
 import time
 from array import array
-from typing import TextIO
+from collections.abc import Callable, Iterator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, TextIO
 
 from analyzer import __version__
-from analyzer.errors import AmqpHbError, CaptureFileError
-from analyzer.engine import DEFAULT_PORTS
 from analyzer.cli.plot import register as register_plot
+from analyzer.engine import DEFAULT_PORTS
+from analyzer.errors import AmqpHbError, CaptureFileError, ExitStatus
 from analyzer.lab.scenarios.cli import register as register_scenarios
 
+if TYPE_CHECKING:  # the stages are imported when a command runs
+    from analyzer.api import FileAnalysis
+    from analyzer.diagnosis.results import Diagnosis
 
-class ExitStatus(enum.IntEnum):
-    OK = 0
-    INTERNAL_ERROR = 1  # a bug: please report it with --traceback
-    BAD_INPUT = 2  # unusable file or arguments, missing tool or privilege
-    INTERRUPTED = 130
+    Render = Callable[[Diagnosis], str]  # one connection as it appears in the output
+
+__all__ = ["ExitStatus", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +132,7 @@ def _progress(args: argparse.Namespace, path: str, stderr: TextIO) -> Progress:
     return Progress(path, stderr, enabled)
 
 
-def run_frames(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+def run_frames(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitStatus:
     from analyzer.api import FrameBatch, read_frame_batches, read_frames
     from analyzer.records import CaptureSummary
     from analyzer.render.frames import JsonLines, frame_fields
@@ -148,7 +150,7 @@ def run_frames(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         try:
             if args.format == "jsonl":
                 for item in read_frame_batches(path, **options):
-                    stdout.write(jsonl.batch(item) if type(item) is FrameBatch else jsonl.line(item))
+                    stdout.write(jsonl.batch(item) if isinstance(item, FrameBatch) else jsonl.line(item))
             for frame in read_frames(path, **options) if args.format != "jsonl" else ():
                 if args.format == "csv":
                     record = frame_fields(frame, path if several else None)
@@ -169,7 +171,7 @@ def run_frames(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     return status
 
 
-def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitStatus:
     from analyzer.render.analysis_json import CSV_COLUMNS, connection_json, connection_row, write_document
     from analyzer.render.text import connection_block, report_head
 
@@ -177,7 +179,7 @@ def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
     colour = args.format == "text" and stdout.isatty() and not os.environ.get("NO_COLOR")
     csv_header = args.format == "csv"
 
-    def render(path: str):
+    def render(path: str) -> Render:
         """What one connection of `path` becomes in the output."""
         if args.format == "json":
             return connection_json
@@ -208,7 +210,7 @@ def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
     return status
 
 
-def _csv_line(row: dict, columns: list[str]) -> str:
+def _csv_line(row: Mapping[str, object], columns: list[str]) -> str:
     line = io.StringIO()
     csv.DictWriter(line, fieldnames=columns).writerow(row)
     return line.getvalue()
@@ -218,16 +220,16 @@ class _RenderedConnections:
     """One file's connections, rendered as they are handed over (in closing order) and kept on an
     unnamed temporary file; read back in connection order. Memory: 32 bytes a connection."""
 
-    def __init__(self, render) -> None:
+    def __init__(self, render: Render) -> None:
         self._render = render
-        self._file = tempfile.TemporaryFile()
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by __exit__: this object is the context)
         self._first_seen = array("d")
         self._number = array("q")
         self._offset = array("q")
         self._length = array("q")
         self._end = 0
 
-    def add(self, diagnosis) -> None:
+    def add(self, diagnosis: Diagnosis) -> None:
         data = self._render(diagnosis).encode("utf-8")
         self._file.write(data)
         self._first_seen.append(diagnosis.timeline.first_seen)
@@ -239,32 +241,35 @@ class _RenderedConnections:
     def __len__(self) -> int:
         return len(self._offset)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         self._file.flush()
         first_seen, number = self._first_seen, self._number
         for i in sorted(range(len(self)), key=lambda i: (first_seen[i], number[i])):
             self._file.seek(self._offset[i])
             yield self._file.read(self._length[i]).decode("utf-8")
 
-    def __enter__(self) -> "_RenderedConnections":
+    def __enter__(self) -> _RenderedConnections:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self._file.close()
 
 
-class _Rendered(list):
+class _Rendered(list[str]):
     """Connections rendered from a whole FileAnalysis (--jobs): the same interface, in memory."""
 
-    def __enter__(self) -> "_Rendered":
+    def __enter__(self) -> _Rendered:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         pass
 
 
-def _analyze_one(path: str, ports: tuple[int, ...], connection: str | None, show_secrets: bool, progress=None,
-                 on_connection=None):
+def _analyze_one(path: str, ports: tuple[int, ...], connection: str | None, show_secrets: bool,
+                 progress: Progress | None = None,
+                 on_connection: Callable[[Diagnosis], None] | None = None) -> FileAnalysis | CaptureFileError:
     """One file's FileAnalysis, or the CaptureFileError that says why there is none (run in a worker
     process with --jobs, where the result is sent back whole; other errors propagate to main's one
     place that maps them)."""
@@ -280,7 +285,8 @@ def _analyze_one(path: str, ports: tuple[int, ...], connection: str | None, show
             progress.done()
 
 
-def _analyses(args: argparse.Namespace, stderr: TextIO, render):
+def _analyses(args: argparse.Namespace, stderr: TextIO, render: Callable[[str], Render],
+              ) -> Iterator[tuple[str, FileAnalysis | CaptureFileError, _RenderedConnections | _Rendered]]:
     """(path, FileAnalysis or CaptureFileError, its rendered connections) in argument order. One
     file at a time, connections are rendered as they close and kept on a temporary file (memory
     follows the connections open at once); with --jobs N, files in parallel, each process sending
@@ -299,8 +305,9 @@ def _analyses(args: argparse.Namespace, stderr: TextIO, render):
     # back. map() hands them over in argument order, whichever finishes first.
     with ProcessPoolExecutor(max_workers=min(args.jobs, len(args.files))) as pool:
         count = len(args.files)
-        for path, outcome in zip(args.files, pool.map(_analyze_one, args.files, [ports] * count,
-                                                      [args.connection] * count, [args.show_secrets] * count)):
+        outcomes = pool.map(_analyze_one, args.files, [ports] * count, [args.connection] * count,
+                            [args.show_secrets] * count)
+        for path, outcome in zip(args.files, outcomes, strict=True):
             rendered = _Rendered() if isinstance(outcome, CaptureFileError) else _Rendered(
                 map(render(path), outcome.connections))
             yield path, outcome, rendered
@@ -314,8 +321,9 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return ExitStatus.OK if exc.code == 0 else ExitStatus.BAD_INPUT
+    handler: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.handler
     try:
-        return int(args.handler(args, stdout, stderr))
+        return ExitStatus(handler(args, stdout, stderr))
     except AmqpHbError as exc:
         if args.traceback:
             raise

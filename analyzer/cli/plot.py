@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from analyzer.errors import EnvironmentProblem, UsageError
+from analyzer.errors import EnvironmentProblem, ExitStatus, UsageError
+
+if TYPE_CHECKING:  # the notebook API (and with it pandas) is imported when the command runs
+    from analyzer.notebook import Analysis, Connection
 
 FORMATS = (".png", ".svg")
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser("plot", help="draw each connection's heartbeat timeline (PNG or SVG)",
                               description="Draw each AMQP connection's heartbeat timeline: frames, heartbeats "
                                           "and bare ACKs per direction, the broker's checks, the model's window, "
@@ -42,7 +45,7 @@ def output_paths(output: str, count: int) -> list[str]:
     return [f"{stem}-{i}{ext}" for i in range(1, count + 1)]
 
 
-def run_plot(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+def run_plot(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitStatus:
     ext = os.path.splitext(args.output)[1].lower()
     if ext not in FORMATS:
         raise UsageError(f"{args.output}: the output must end in .png or .svg")
@@ -57,26 +60,23 @@ def run_plot(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     except ImportError as exc:
         raise EnvironmentProblem(f"plot needs matplotlib and pandas ({exc.name} is missing): "
                                  "pip install 'amqp-hb[notebook]'") from None
-    from analyzer.notebook import load
     from analyzer.engine import DEFAULT_PORTS
+    from analyzer.notebook import load
     from analyzer.render.plot import save
 
     analysis = load(args.file, ports=tuple(args.port) if args.port else DEFAULT_PORTS)
-    if args.connection is not None:
-        views = [_pick(analysis, args.connection)]
-    else:
-        views = list(analysis)
+    views = [_pick(analysis, args.connection)] if args.connection is not None else list(analysis)
     if not views:
         raise UsageError(f"{args.file}: no AMQP connection in this capture")
-    for view, path in zip(views, output_paths(args.output, len(views))):
+    for view, path in zip(views, output_paths(args.output, len(views)), strict=True):
         save(view.plot(checks=args.checks), path)
         stdout.write(f"{path}: {view.id} ({view.verdict})\n")
     for warning in analysis.summary.warnings:
         stderr.write(f"amqp-hb: warning: {args.file}: {warning}\n")
-    return 0
+    return ExitStatus.OK
 
 
-def _pick(analysis, key: str):
+def _pick(analysis: Analysis, key: str) -> Connection:
     """A connection by id or unique part of it (a client port is digits too), else by position."""
     try:
         return analysis.connection(key)

@@ -2,20 +2,28 @@
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from collections.abc import Iterable
+from typing import TextIO
 
 from analyzer.api import FileAnalysis
 from analyzer.diagnosis.diagnose import Diagnosis
+from analyzer.timeline import ConnectionTimeline, Direction
 
 SCHEMA = "amqp-hb/analysis/1"
+# Times to the microsecond: what a classic pcap can resolve.
+TIME_DIGITS = 6
+
+# A JSON object as json.loads returns it and json.dumps takes it.
+JsonObject = dict[str, object]
+# One CSV row (and DataFrame row): scalars only.
+Row = dict[str, str | int | float | bool | None]
 
 
 def _r(value: float | None) -> float | None:
-    """Times to the microsecond: what a classic pcap can resolve."""
-    return None if value is None else round(value, 6)
+    return None if value is None else round(value, TIME_DIGITS)
 
 
-def analysis_document(analysis: FileAnalysis) -> dict:
+def analysis_document(analysis: FileAnalysis) -> JsonObject:
     summary = analysis.summary
     return {
         "schema": SCHEMA,
@@ -34,7 +42,7 @@ def analysis_document(analysis: FileAnalysis) -> dict:
 INDENTED_CONNECTIONS = 100
 
 
-def write_analysis_document(analysis: FileAnalysis, stream) -> None:
+def write_analysis_document(analysis: FileAnalysis, stream: TextIO) -> None:
     """analysis_document as JSON text on `stream`, followed by a newline."""
     write_document(analysis, (connection_json(d) for d in analysis.connections), len(analysis.connections), stream)
 
@@ -44,7 +52,7 @@ def connection_json(d: Diagnosis) -> str:
     return json.dumps(connection_document(d), ensure_ascii=False)
 
 
-def write_document(analysis: FileAnalysis, connections: Iterable[str], count: int, stream) -> None:
+def write_document(analysis: FileAnalysis, connections: Iterable[str], count: int, stream: TextIO) -> None:
     """The document of `analysis` whose `count` connections are the connection_json texts
     `connections`, written a connection at a time (the document of a 50,000-connection capture
     is never held whole)."""
@@ -63,10 +71,10 @@ def write_document(analysis: FileAnalysis, connections: Iterable[str], count: in
     stream.write("\n  ]\n}\n")
 
 
-def connection_document(d: Diagnosis) -> dict:
+def connection_document(d: Diagnosis) -> JsonObject:
     tl, hb, close, info = d.timeline, d.heartbeat, d.close, d.timeline.info
-    prediction = None
-    if d.prediction is not None:
+    prediction: JsonObject | None = None
+    if d.prediction is not None and close.time is not None:  # (a prediction is for a teardown)
         p = d.prediction
         prediction = {
             "model": p.model,
@@ -115,12 +123,13 @@ def connection_document(d: Diagnosis) -> dict:
         "prediction": prediction,
         "misfit": d.misfit,
         "activity": {name: _direction(side, d) for name, side in (("c2s", tl.c2s), ("s2c", tl.s2c))},
-        "findings": [{"time": _r(f.time), "kind": f.kind, "channel": f.channel, "detail": f.detail} for f in d.findings],
+        "findings": [{"time": _r(f.time), "kind": f.kind, "channel": f.channel, "detail": f.detail}
+                     for f in d.findings],
         "explanation": d.explanation,
     }
 
 
-def _auth(tl) -> dict | None:
+def _auth(tl: ConnectionTimeline) -> JsonObject | None:
     """The start-ok mechanism and response, as arguments.py left it (password redacted unless
     --show-secrets)."""
     if tl.start_ok is None or "mechanism" not in tl.start_ok.args:
@@ -128,7 +137,7 @@ def _auth(tl) -> dict | None:
     return {"mechanism": tl.start_ok.args["mechanism"], "response": tl.start_ok.args.get("response")}
 
 
-def _direction(side, d: Diagnosis) -> dict:
+def _direction(side: Direction, d: Diagnosis) -> JsonObject:
     return {
         "frames": side.frames,
         "heartbeats": side.heartbeats,
@@ -155,24 +164,26 @@ CSV_COLUMNS = [
 ]
 
 
-def connection_row(path: str, d: Diagnosis) -> dict:
-    """The scalar fields of one connection, flattened for CSV (and DataFrames)."""
-    doc = connection_document(d)
-    hb, close, pred = doc["heartbeat"], doc["close"], doc["prediction"] or {}
-    window = pred.get("window") or [None, None]
+def connection_row(path: str, d: Diagnosis) -> Row:
+    """The scalar fields of one connection, flattened for CSV (and DataFrames): the same values as
+    connection_document's, read from the Diagnosis directly."""
+    tl, hb, close, info = d.timeline, d.heartbeat, d.close, d.timeline.info
+    p = d.prediction if close.time is not None else None  # (a prediction is for a teardown)
     return {
-        "file": path, "id": doc["id"],
-        "client_ip": doc["client"]["ip"], "client_port": doc["client"]["port"],
-        "server_ip": doc["server"]["ip"], "server_port": doc["server"]["port"],
-        "start": doc["start"], "end": doc["end"], "handshake_seen": doc["handshake_seen"],
-        "heartbeat_server_proposed": hb["server_proposed"], "heartbeat_client_requested": hb["client_requested"],
-        "heartbeat_effective": hb["effective"], "heartbeat_source": hb["source"],
-        "last_client_byte": doc["last_client_byte"], "last_server_byte": doc["last_server_byte"],
-        "close_time": close["time"], "close_initiator": close["initiator"], "close_how": close["how"],
-        "close_reply_code": close["reply_code"], "close_reply_text": close["reply_text"],
-        "verdict": doc["verdict"], "silence": doc["silence"],
-        "prediction_model": pred.get("model"), "prediction_window_start": window[0],
-        "prediction_window_end": window[1], "prediction_predicted": pred.get("predicted"),
-        "prediction_error": pred.get("error"),
-        "findings": ";".join(sorted({f["kind"] for f in doc["findings"]})),
+        "file": path, "id": info.id,
+        "client_ip": info.client.ip, "client_port": info.client.port,
+        "server_ip": info.server.ip, "server_port": info.server.port,
+        "start": _r(d.rel(tl.first_seen)), "end": _r(d.rel(tl.last_seen)), "handshake_seen": tl.handshake_seen,
+        "heartbeat_server_proposed": hb.server_proposed, "heartbeat_client_requested": hb.client_requested,
+        "heartbeat_effective": hb.effective, "heartbeat_source": hb.source,
+        "last_client_byte": _r(d.last_client_byte), "last_server_byte": _r(d.last_server_byte),
+        "close_time": _r(close.time), "close_initiator": close.initiator, "close_how": close.how,
+        "close_reply_code": close.reply_code, "close_reply_text": close.reply_text,
+        "verdict": d.verdict, "silence": _r(d.silence),
+        "prediction_model": p.model if p else None,
+        "prediction_window_start": _r(p.window[0]) if p else None,
+        "prediction_window_end": _r(p.window[1]) if p else None,
+        "prediction_predicted": _r(p.predicted) if p else None,
+        "prediction_error": _r(p.error(close.time)) if p and close.time is not None else None,
+        "findings": ";".join(sorted({f.kind for f in d.findings})),
     }

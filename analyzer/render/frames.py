@@ -13,14 +13,17 @@ import numpy as np
 from analyzer.api import FrameBatch, FrameRecord
 from analyzer.records import FRAME_TYPE_NAMES
 
+# `t` keeps microseconds: classic pcap's timestamp resolution, and what the text listing shows.
+TIME_DIGITS = 6
 
-def frame_fields(frame: FrameRecord, path: str | None = None) -> dict:
+
+def frame_fields(frame: FrameRecord, path: str | None = None) -> dict[str, object]:
     """The fields of one listed frame (`file` first when several files are listed)."""
-    record = {"file": path} if path is not None else {}
+    record: dict[str, object] = {"file": path} if path is not None else {}
     record.update({
-        "t": round(frame.t, 6), "epoch": frame.epoch, "connection": frame.connection, "direction": frame.direction,
-        "channel": frame.channel, "type": frame.type, "method": frame.method, "size": frame.size,
-        "packet": frame.packet, "args": frame.args,
+        "t": round(frame.t, TIME_DIGITS), "epoch": frame.epoch, "connection": frame.connection,
+        "direction": frame.direction, "channel": frame.channel, "type": frame.type, "method": frame.method,
+        "size": frame.size, "packet": frame.packet, "args": frame.args,
     })
     return record
 
@@ -37,8 +40,9 @@ class JsonLines:
 
     def line(self, frame: FrameRecord) -> str:
         args = "null" if frame.args is None else json.dumps(frame.args, ensure_ascii=False)
-        return (f'{self.prefix}"t": {round(frame.t, 6)!r}, "epoch": {frame.epoch!r}, '
-                f'"connection": {encode_basestring(frame.connection)}, "direction": {encode_basestring(frame.direction)}, '
+        return (f'{self.prefix}"t": {round(frame.t, TIME_DIGITS)!r}, "epoch": {frame.epoch!r}, '
+                f'"connection": {encode_basestring(frame.connection)}, '
+                f'"direction": {encode_basestring(frame.direction)}, '
                 f'"channel": {frame.channel}, "type": {encode_basestring(frame.type)}, '
                 f'"method": {_string_or_null(frame.method)}, "size": {frame.size}, "packet": {frame.packet}, '
                 f'"args": {args}}}\n')
@@ -46,25 +50,25 @@ class JsonLines:
     def batch(self, batch: FrameBatch) -> str:
         c = batch.columns
         sides = [f'"connection": {encode_basestring(cid)}, "direction": {encode_basestring(direction)}, "channel": '
-                 for cid, direction in zip(batch.connection_ids, batch.directions)]
+                 for cid, direction in zip(batch.connection_ids, batch.directions, strict=True)]
         names, name_index = batch.method_names()
         # One string per kind of frame: its type and method.
         kind_keys, kind_index = np.unique(c.type * (len(names) + 1) + name_index, return_inverse=True)
-        kinds = []
+        kinds: list[str] = []
         for key in kind_keys.tolist():
             frame_type, name = divmod(key, len(names) + 1)
             kinds.append(f', "type": {encode_basestring(FRAME_TYPE_NAMES[frame_type])}, '
                          f'"method": {_string_or_null(names[name])}, "size": ')
-        lines = []
+        lines: list[str] = []
         add = lines.append
         prefix = self.prefix
         last_packet = -1
         head = ""
         for packet, epoch, t, side, channel, kind, size in zip(
                 c.packet.tolist(), c.timestamp.tolist(), (c.timestamp - batch.t0).tolist(), c.side.tolist(),
-                c.channel.tolist(), kind_index.reshape(-1).tolist(), c.size.tolist()):
+                c.channel.tolist(), kind_index.reshape(-1).tolist(), c.size.tolist(), strict=True):
             if packet != last_packet:  # the frames of one packet share its time
                 last_packet = packet
-                head = f'{prefix}"t": {round(t, 6)!r}, "epoch": {epoch!r}, '
+                head = f'{prefix}"t": {round(t, TIME_DIGITS)!r}, "epoch": {epoch!r}, '
             add(f'{head}{sides[side]}{channel}{kinds[kind]}{size}, "packet": {packet}, "args": null}}\n')
         return "".join(lines)

@@ -16,13 +16,22 @@ payload_len, retransmission, ack_only and flags; gaps t, direction, missing.
 from __future__ import annotations
 
 import textwrap
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from analyzer.diagnosis.diagnose import Diagnosis
 from analyzer.diagnosis.models import pika as pika_model
 from analyzer.diagnosis.models import rabbitmq as rabbitmq_model
 from analyzer.diagnosis.models.common import ON_TICK_TOLERANCE, grid_times
 from analyzer.records import C2S, S2C
+
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure, SubFigure
+
+# One row of frames, segments or gaps: a DataFrame row or an object's attributes, by column name
+# (the columns hold floats, ints, strings and bools: the notebook API's tables).
+Row = dict[str, Any]
 
 LANES = {C2S: 2.0, S2C: 1.0}
 CHECK_LANE = 0.0
@@ -34,9 +43,13 @@ COLOURS = {
 }
 FIGSIZE = (13.0, 5.4)
 CAPTION_WIDTH = 165  # characters per caption line at FIGSIZE
+# A timer's checks are drawn this long past the teardown, so a check right on it still shows.
+CHECKS_PAST_TEARDOWN = 0.05
+# first_index for a grid inferred from heartbeats: tune-ok is unknown, so it extends before its anchor.
+GRID_BOTH_WAYS = -(10 ** 9)
 
 
-def _records(data: Any, connection: str) -> list[dict]:
+def _records(data: Any, connection: str) -> list[Row]:
     """Rows of a DataFrame or an iterable of mappings/objects, as dicts, this connection's only."""
     if data is None:
         return []
@@ -50,14 +63,14 @@ def _records(data: Any, connection: str) -> list[dict]:
 
 def plot_connection(
     diagnosis: Diagnosis,
-    frames: Iterable | None = None,
-    segments: Iterable | None = None,
-    gaps: Iterable | None = None,
+    frames: Iterable[object] | None = None,
+    segments: Iterable[object] | None = None,
+    gaps: Iterable[object] | None = None,
     *,
-    ax=None,
+    ax: Axes | None = None,
     xlim: tuple[float, float] | None = None,
     checks: str = "auto",
-):
+) -> Figure | SubFigure:
     """Draw one connection's timeline; returns the Figure (the one `ax` belongs to, when given).
 
     `checks`: which peer's timer to draw in the bottom lane — "broker" (RabbitMQ's monitor),
@@ -71,6 +84,7 @@ def plot_connection(
     frame_rows = _records(frames, cid)
     segment_rows = _records(segments, cid)
     gap_rows = _records(gaps, cid)
+    fig: Figure | SubFigure
     if ax is None:
         fig = Figure(figsize=FIGSIZE)
         ax = fig.add_axes((0.075, 0.25, 0.70, 0.63))
@@ -89,7 +103,7 @@ def plot_connection(
     for direction, y in LANES.items():
         ax.axhspan(y - 0.4, y + 0.4, color="#eaf2f8" if direction == C2S else "#fdf2e9", zorder=0,
                    gid=f"lane-{direction}", label=f"_lane {direction}")
-    lane_y = {}
+    lane_y: dict[str, float] = {}
     for i, which in enumerate(check_lanes):
         y = CHECK_LANE - i
         lane_y[which] = y
@@ -135,7 +149,7 @@ def plot_connection(
     if "pika" in lane_y:
         _pika_checks(ax, d, lane_y["pika"], frame_rows, start, end)
     model_lane = {"rabbitmq": "broker", "pika": "pika"}.get(p.model) if p is not None else None
-    if model_lane in lane_y:
+    if p is not None and model_lane in lane_y:
         silent_no = 0
         for check in p.checks:
             if check.saw_activity:
@@ -205,7 +219,7 @@ def plot_connection(
     ax.set_title(f"{cid}   ·   {beat}   ·   verdict: {d.verdict}", fontsize=11, loc="left")
     handles, labels = ax.get_legend_handles_labels()
     seen: dict[str, Any] = {}
-    for h, lab in zip(handles, labels):
+    for h, lab in zip(handles, labels, strict=True):
         seen.setdefault(lab, h)
     ax.legend(list(seen.values()), list(seen), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
               frameon=False, borderaxespad=0.0)
@@ -246,7 +260,7 @@ _BLOCKED_NOTES = {
 }
 
 
-def _blocked_note(ax, d: Diagnosis, silent_dir: str, last: float | None, close: float | None) -> None:
+def _blocked_note(ax: Axes, d: Diagnosis, silent_dir: str, last: float | None, close: float | None) -> None:
     """One line of plain words in the silent lane, from the finding that explains the silence."""
     if last is None:
         return
@@ -270,7 +284,7 @@ _EVENT_FINDINGS = {
 }
 
 
-def _event_findings(ax, d: Diagnosis) -> None:
+def _event_findings(ax: Axes, d: Diagnosis) -> None:
     for f in d.findings:
         if f.kind not in _EVENT_FINDINGS:
             continue
@@ -284,7 +298,7 @@ def _event_findings(ax, d: Diagnosis) -> None:
                 bbox=dict(facecolor="white", edgecolor="none", pad=1.0, alpha=0.85))
 
 
-def _new_bytes(rows: list[dict], direction: str) -> list[float]:
+def _new_bytes(rows: list[Row], direction: str) -> list[float]:
     """Times of segments carrying new payload in `direction` (what a received-bytes counter counts)."""
     return sorted(r["t"] for r in rows if r["direction"] == direction and r.get("payload_len")
                   and not r.get("retransmission"))
@@ -295,7 +309,7 @@ def _saw(times: list[float], after: float, upto: float) -> bool:
     return any(after + ON_TICK_TOLERANCE < t <= upto + ON_TICK_TOLERANCE for t in times)
 
 
-def _draw_checks(ax, ticks: list[tuple[float, bool]], y: float, who: str, gid: str) -> None:
+def _draw_checks(ax: Axes, ticks: list[tuple[float, bool]], y: float, who: str, gid: str) -> None:
     saw = [t for t, s in ticks if s]
     silent = [t for t, s in ticks if not s]
     if saw:
@@ -306,7 +320,7 @@ def _draw_checks(ax, ticks: list[tuple[float, bool]], y: float, who: str, gid: s
                    linewidths=2, zorder=4, gid=f"{gid}-silent", label=f"{who} check: nothing new (silent)")
 
 
-def _broker_checks(ax, d: Diagnosis, y: float, segments: list[dict], frames: list[dict], start: float,
+def _broker_checks(ax: Axes, d: Diagnosis, y: float, segments: list[Row], frames: list[Row], start: float,
                    end: float) -> None:
     """RabbitMQ's monitor: looks at tune-ok + k·T (rabbit_heartbeat.erl), paused while blocked."""
     tl, timeout = d.timeline, d.heartbeat.effective
@@ -318,16 +332,17 @@ def _broker_checks(ax, d: Diagnosis, y: float, segments: list[dict], frames: lis
         anchor = d.rel(tl.tune_ok.time)
         periods = _blocked_periods(d)
         t_from = anchor
+        paused_at_end = False
         for blocked, unblocked in periods:
             grids.append((anchor, t_from, blocked, True))
             ax.fill_between([blocked, unblocked if unblocked is not None else right], y - 0.4, y + 0.4,
                             color=COLOURS["paused"], alpha=0.6, zorder=1, gid="monitor-paused",
                             label="broker monitor paused (connection.blocked)")
             if unblocked is None:
-                t_from = None
+                paused_at_end = True
                 break
             anchor = t_from = unblocked
-        if t_from is not None:
+        if not paused_at_end:
             grids.append((anchor, t_from, right, True))
     elif d.prediction is not None and d.prediction.model == "rabbitmq":
         grids.append((d.prediction.anchor, start, right, False))
@@ -339,7 +354,7 @@ def _broker_checks(ax, d: Diagnosis, y: float, segments: list[dict], frames: lis
         if real:
             times = rabbitmq_model.broker_tick_times(anchor, timeout, t_from, t_to)
         else:
-            times = grid_times(anchor, timeout, t_from, t_to, first_index=-(10 ** 9))
+            times = grid_times(anchor, timeout, t_from, t_to, first_index=GRID_BOTH_WAYS)
         prev = anchor if real else None
         for i, t in enumerate(times):
             if real and i == 0 and t - anchor <= timeout + ON_TICK_TOLERANCE:
@@ -354,7 +369,7 @@ def _broker_checks(ax, d: Diagnosis, y: float, segments: list[dict], frames: lis
                 "after tune-ok)", va="center", fontsize=8, color="#555555")
 
 
-def _pika_checks(ax, d: Diagnosis, y: float, frames: list[dict], start: float, end: float) -> None:
+def _pika_checks(ax: Axes, d: Diagnosis, y: float, frames: list[Row], start: float, end: float) -> None:
     """pika's HeartbeatChecker: looks at bytes_received every T+5 from its start (tune)."""
     tl, timeout = d.timeline, d.heartbeat.effective
     begin = tl.tune_ok or tl.tune
@@ -364,7 +379,7 @@ def _pika_checks(ax, d: Diagnosis, y: float, frames: list[dict], start: float, e
     right = _checks_end(d, end, "pika")
     times = pika_model.pika_check_times(checker, timeout, checker, right)
     arrivals = sorted(r["t"] for r in frames if r["direction"] == S2C)
-    ticks = []
+    ticks: list[tuple[float, bool]] = []
     prev = checker
     for t in times:
         ticks.append((t, _saw(arrivals, prev, t)))
@@ -375,7 +390,7 @@ def _pika_checks(ax, d: Diagnosis, y: float, frames: list[dict], start: float, e
 def _checks_end(d: Diagnosis, end: float, model: str) -> float:
     """Draw a timer's checks until the teardown (a closed socket has no timer), or through the model's
     decisive check when that model predicted this teardown."""
-    right = d.close.time + 0.05 if d.close.time is not None and d.close.how != "open" else end
+    right = d.close.time + CHECKS_PAST_TEARDOWN if d.close.time is not None and d.close.how != "open" else end
     if d.prediction is not None and d.prediction.model == model:
         right = max(right, d.prediction.predicted)
     return right
@@ -391,6 +406,6 @@ def _blocked_periods(d: Diagnosis) -> list[tuple[float, float | None]]:
     return periods
 
 
-def save(fig, path: str, *, dpi: int = 110) -> None:
+def save(fig: Figure, path: str, *, dpi: int = 110) -> None:
     """Write the figure as PNG or SVG (by extension), trimmed to its content."""
     fig.savefig(path, dpi=dpi, bbox_inches="tight")

@@ -48,7 +48,7 @@ def connection_report(d: Diagnosis, *, colour: bool = False) -> list[str]:
     if hb.effective is None:
         out.append("  heartbeat  unknown (no handshake and no broker heartbeat cadence in the capture)")
     else:
-        origin = hb.source
+        origin: str = hb.source
         if hb.source == "negotiated":
             origin = f"negotiated: broker proposed {hb.server_proposed}, client asked {hb.client_requested}"
         tune_ok = f", tune-ok at {d.rel(tl.tune_ok.time):.3f} s" if tl.tune_ok else ""
@@ -59,7 +59,7 @@ def connection_report(d: Diagnosis, *, colour: bool = False) -> list[str]:
         out.append(f"  {name:<10} {last}; {side.frames} frames ({side.heartbeats} heartbeats), "
                    f"{side.ack_only} bare ACKs, {side.retransmissions} retransmissions{extra}")
     out.append(f"  ended      {_ended(d)}")
-    if d.prediction is not None:
+    if d.prediction is not None and close.time is not None:  # (a prediction is for a teardown)
         p = d.prediction
         out.append(f"  model      {p.model}: window [{p.window[0]:.3f}, {p.window[1]:.3f}), predicted "
                    f"{p.predicted:.3f} s, observed {close.time:.3f} s ({p.error(close.time) * 1000:+.0f} ms)"
@@ -73,8 +73,9 @@ def connection_report(d: Diagnosis, *, colour: bool = False) -> list[str]:
 
 def _peers(d: Diagnosis) -> str:
     tl = d.timeline
-    parts = []
-    for name, method, key in (("client", tl.start_ok, "client_properties"), ("server", tl.start, "server_properties")):
+    parts: list[str] = []
+    for name, method, key in (("client", tl.start_ok, "client_properties"),
+                              ("server", tl.start, "server_properties")):
         props = (method.args.get(key) if method else None) or {}
         if props:
             ident = " ".join(str(props[k]) for k in ("product", "version") if props.get(k))
