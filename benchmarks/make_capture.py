@@ -37,6 +37,7 @@ BODY = b"x" * 64  # small messages: per-frame cost dominates, as in a busy produ
 HEARTBEAT = 2  # seconds; both peers send a heartbeat frame after 1 s without other traffic
 PAUSES = 4  # idle stretches of 3 heartbeat intervals in the publisher's run
 PREFETCH = 200
+DEFAULT_AMQP_PORT = 5672  # IANA amqp: big.pcap's port when its .json is missing
 
 
 # ---- real: broker + publisher + consumer under tcpdump -------------------------------------------
@@ -224,7 +225,10 @@ def main() -> None:
         make_real(args.out, args.messages)
     elif args.what == "scale":
         meta_path = os.path.splitext(args.src)[0] + ".json"
-        port = json.load(open(meta_path))["amqp_port"] if os.path.exists(meta_path) else 5672
+        port = DEFAULT_AMQP_PORT
+        if os.path.exists(meta_path):
+            with open(meta_path) as f:
+                port = json.load(f)["amqp_port"]
         out = args.out or os.path.join(DATA, f"big-x{args.times}.pcap")
         make_scaled(args.src, out, args.times, port)
     else:

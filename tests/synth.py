@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
-from typing import BinaryIO, Iterable, Sequence
+from typing import BinaryIO
 
 from pamqp import commands, frame as pamqp_frame, header as pamqp_header, heartbeat as pamqp_heartbeat
 from scapy.layers.inet import IP, TCP

@@ -16,6 +16,7 @@ from tests import synth
 def run(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     status = main(list(argv), stdout=out, stderr=err)
+    assert type(status) is ExitStatus, f"{argv}: exited with {status!r}, not an ExitStatus"
     return status, out.getvalue(), err.getvalue()
 
 
@@ -54,7 +55,7 @@ def test_missing_file_and_bad_arguments(tmp_path):
 def test_one_bad_file_among_good_ones_still_reports_the_good(tmp_path, conversation_pcap):
     bad = tmp_path / "bad.pcap"
     bad.write_bytes(b"garbage!")
-    status, out, err = run("analyze", "--format", "csv", str(bad), str(conversation_pcap))
+    status, out, _ = run("analyze", "--format", "csv", str(bad), str(conversation_pcap))
     assert status == ExitStatus.BAD_INPUT
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [r["verdict"] for r in rows] == ["graceful"]
@@ -83,7 +84,8 @@ def test_frames_jsonl_fields(conversation_pcap):
     start_ok = next(r for r in records if r["method"] == "connection.start-ok")
     assert start_ok["args"]["response"]["password"] == "<redacted>"
     assert [r["type"] for r in records].count("heartbeat") == 4
-    shown = [json.loads(line) for line in run("frames", "--format", "jsonl", "--show-secrets", str(conversation_pcap))[1].splitlines()]
+    _, shown_out, _ = run("frames", "--format", "jsonl", "--show-secrets", str(conversation_pcap))
+    shown = [json.loads(line) for line in shown_out.splitlines()]
     assert next(r for r in shown if r["method"] == "connection.start-ok")["args"]["response"]["password"] == "guest"
 
 
@@ -112,7 +114,8 @@ def test_analyze_json_contract(conversation_pcap):
 
 
 def test_connection_filter(conversation_pcap):
-    status, out, _ = run("analyze", "--format", "json", "--connection", "10.0.0.1:52018->10.0.0.2:5672", str(conversation_pcap))
+    status, out, _ = run("analyze", "--format", "json", "--connection", "10.0.0.1:52018->10.0.0.2:5672",
+                         str(conversation_pcap))
     assert status == ExitStatus.OK and len(json.loads(out)["connections"]) == 1
     status, _, err = run("analyze", "--connection", "1.2.3.4:1->5.6.7.8:9", str(conversation_pcap))
     assert status == ExitStatus.BAD_INPUT and "no AMQP connection" in err
@@ -152,3 +155,19 @@ def test_progress_line_only_on_a_terminal_after_a_second_and_never_with_quiet(ca
             assert cli.main(argv, stdout=io.StringIO(), stderr=err) == 0
             assert ("packets/s" in err.getvalue()) is not quiet, argv
     assert "packets/s" not in run("frames", path)[2]  # stderr not a terminal
+
+
+def test_every_command_exits_through_exit_status(tmp_path, conversation_pcap):
+    """Each subcommand's status goes through ExitStatus (run() checks the type): the commands of
+    analyzer.cli, of analyzer.cli.plot and of analyzer.lab, on success and on a usage error."""
+    cases = [
+        (["scenario", "list"], ExitStatus.OK),
+        (["capture", "-i", "lo", "-o", str(tmp_path / "c.pcap"), "--duration", "0"], ExitStatus.BAD_INPUT),
+        (["plot", str(conversation_pcap), "-o", str(tmp_path / "figure.png")], ExitStatus.OK),
+        (["plot", str(conversation_pcap), "-o", str(tmp_path / "figure.txt")], ExitStatus.BAD_INPUT),
+        (["frames", str(conversation_pcap)], ExitStatus.OK),
+        (["analyze"], ExitStatus.BAD_INPUT),
+    ]
+    for argv, expected in cases:
+        status, _, err = run(*argv)
+        assert status == expected, (argv, err)

@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from analyzer.api import analyze_file
 from analyzer.lab.scenarios import catalog
 from analyzer.lab.scenarios.runner import run_scenario
 from tests.fixtures_broker import live_children
@@ -83,7 +84,8 @@ def assert_broker_gave_up(conn):
 @pytest.mark.parametrize("name", sorted(catalog.SCENARIOS))
 def test_metadata_and_files(runs, name):
     result = runs(name)
-    meta = json.load(open(result.metadata_path))
+    with open(result.metadata_path) as f:
+        meta = json.load(f)
     assert meta == json.loads(json.dumps(result.metadata))
     assert os.path.basename(result.pcap) == meta["capture"]["file"] == f"{name}.pcap"
     assert meta["schema"] == "amqp-hb/scenario-run/1" and meta["scenario"] == name
@@ -188,12 +190,11 @@ KNOWN_DISAGREEMENTS: dict[str, str] = {}  # scenario -> reason (none left: broke
 
 @pytest.mark.parametrize("name", sorted(catalog.SCENARIOS))
 def test_analyzer_agrees(runs, name, request):
-    api = pytest.importorskip("analyzer.api")
     if name in KNOWN_DISAGREEMENTS:
         request.applymarker(pytest.mark.xfail(reason=KNOWN_DISAGREEMENTS[name], strict=False))
     r = runs(name)
-    analysis = api.analyze_file(r.pcap, ports=(r.metadata["ports"]["amqp"],))
-    got = {(getattr(c, "id", None) or c.timeline.info.id): c.verdict for c in analysis.connections}
+    analysis = analyze_file(r.pcap, ports=(r.metadata["ports"]["amqp"],))
+    got = {c.timeline.info.id: c.verdict for c in analysis.connections}
     assert got == r.metadata["expected_verdicts"]
 
 
@@ -214,10 +215,9 @@ def test_shipped_capture(captures_dir, name, request):
     assert meta["scenario"] == name and meta["as_expected"] and meta["capture"]["dropped"] == 0
     assert 0 < pcap.stat().st_size < 32 * 1024
     assert set(summarize(str(pcap))) == set(meta["expected_verdicts"])
-    api = pytest.importorskip("analyzer.api")
     if name in KNOWN_DISAGREEMENTS:
         request.applymarker(pytest.mark.xfail(reason=KNOWN_DISAGREEMENTS[name], strict=False))
-    got = {(getattr(c, "id", None) or c.timeline.info.id): c.verdict for c in api.analyze_file(str(pcap)).connections}
+    got = {c.timeline.info.id: c.verdict for c in analyze_file(str(pcap)).connections}
     assert got == meta["expected_verdicts"]
 
 

@@ -15,9 +15,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from analyzer.lab.broker import LocalBroker  # noqa: E402
-from analyzer.lab.scenarios import catalog  # noqa: E402
-from analyzer.lab.scenarios.runner import run_scenario  # noqa: E402
+from analyzer.lab.broker import LocalBroker
+from analyzer.lab.scenarios import catalog
+from analyzer.lab.scenarios.runner import run_scenario
 
 # Recordings of a scenario under other capture conditions: (file name, scenario, run_scenario options).
 VARIANTS = {
