@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from analyzer.api import FileAnalysis, FrameRecord, analyze_file, read_frames  # noqa: E402
-from analyzer.notebook import load  # noqa: E402  (pandas is imported only when load() runs)
+from analyzer.api import FileAnalysis, FrameRecord, analyze_file, read_frames
+from analyzer.notebook import load  # pandas is imported only when load() runs
 
-__all__ = ["FileAnalysis", "FrameRecord", "analyze_file", "load", "read_frames", "__version__"]
+__all__ = ["FileAnalysis", "FrameRecord", "__version__", "analyze_file", "load", "read_frames"]

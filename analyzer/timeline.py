@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from analyzer.amqp.arguments import ArgumentDecodeError, decode_method_arguments
-from analyzer.amqp.framing import HEARTBEAT_TYPES, heartbeat_is_nonstandard
+from analyzer.amqp.frames import HEARTBEAT_TYPES, heartbeat_is_nonstandard
 from analyzer.amqp.spec import METHOD_NAMES
 from analyzer.records import (
     ACK,

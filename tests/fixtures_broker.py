@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from analyzer.lab.broker import LocalBroker
 from analyzer.errors import EnvironmentProblem
+from analyzer.lab.broker import LocalBroker
 
 
 def processes_matching(text: str) -> list[tuple[int, str]]:

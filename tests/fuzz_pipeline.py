@@ -60,7 +60,7 @@ class Campaign:
         try:
             self.mutations.check_outcome(self.input_path, runs=runs,
                                          measure_memory=self.execs % MEMORY_CHECK_EVERY == 0)
-        except (Exception, self.mutations.Hang) as exc:
+        except (Exception, self.mutations.Hang) as exc:  # noqa: BLE001 (a fuzzer records whatever escapes)
             self._record(data, exc)
         if self.execs % 2000 == 0:
             self.write_summary()
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = args.engine
     if engine == "auto":
         try:
-            import atheris  # noqa: F401
+            import atheris
             engine = "atheris"
         except ImportError:
             engine = "hypothesis"
@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         import atheris
 
         with atheris.instrument_imports(include=["analyzer"]):
-            import analyzer.api  # noqa: F401
-            import analyzer.cli  # noqa: F401
-            import analyzer.render.analysis_json  # noqa: F401
+            import analyzer.api
+            import analyzer.cli
+            import analyzer.render.analysis_json
             import analyzer.render.text  # noqa: F401
     campaign = Campaign(args.workdir)
     print(f"fuzz_pipeline: {engine}, {args.seconds} s, {len(campaign.seeds)} seeds, workdir {args.workdir}",

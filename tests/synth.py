@@ -21,12 +21,15 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import BinaryIO
 
-from pamqp import commands, frame as pamqp_frame, header as pamqp_header, heartbeat as pamqp_heartbeat
+from pamqp import commands
+from pamqp import frame as pamqp_frame
+from pamqp import header as pamqp_header
+from pamqp import heartbeat as pamqp_heartbeat
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
-from analyzer.net.packets import (  # noqa: F401  (link types: the analyzer's own table, re-exported for the tests)
+from analyzer.net.packets import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,

@@ -644,7 +644,7 @@ def test_runs_of_more_than_eight_bits_continue_in_the_next_octet():
     """No 0-9-1 method has more than five bits in a row, so check the octet rollover directly."""
     from analyzer.amqp.arguments import _decode_arguments
 
-    fields = tuple((f"b{n}", "bit") for n in range(10)) + (("after", "octet"),)
+    fields = (*tuple((f"b{n}", "bit") for n in range(10)), ("after", "octet"))
     values = _decode_arguments(fields, b"\x81\x02\x07", 0)
     bits = [values[f"b{n}"] for n in range(10)]
     assert bits == [True, False, False, False, False, False, False, True, False, True]

@@ -13,10 +13,10 @@ import pytest
 from scapy.layers.inet import TCP
 from scapy.utils import rdpcap
 
-from analyzer.lab import capture as capture_mod
-from analyzer.lab.capture import LiveCapture, available_backends, count_pcap_records
 from analyzer.cli import main
 from analyzer.errors import EnvironmentProblem, UsageError
+from analyzer.lab import capture as capture_mod
+from analyzer.lab.capture import LiveCapture, available_backends, count_pcap_records
 from tests.fixtures_broker import processes_matching
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

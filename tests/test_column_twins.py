@@ -1,5 +1,5 @@
 """Each rule that has a column form for the engine's runs is held equal to its scalar form, which
-stays the rule's home: the frame walk (framing.whole_frames / whole_frames_columns, and the
+stays the rule's home: the frame walk (frames.whole_frames / whole_frames_columns, and the
 decoder on whole frames), the heartbeat rule, the common IPv4/TCP packet
 (packets.ipv4_tcp_fields / ipv4_tcp_columns), sequence comparison (tcp.seq_after /
 seq_after_columns) and the segment counters (timeline.Direction.add_segment / add_segments)."""
@@ -11,15 +11,16 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from analyzer.amqp import frames as frame_format
 from analyzer.amqp import framing
 from analyzer.amqp.arguments import CONTROL_CLASSES
-from analyzer.amqp.framing import (
-    FrameDecoder,
+from analyzer.amqp.frames import (
     heartbeat_is_nonstandard,
     heartbeat_is_nonstandard_columns,
     whole_frames,
     whole_frames_columns,
 )
+from analyzer.amqp.framing import FrameDecoder
 from analyzer.net.packets import IP_OFFSETS, ipv4_tcp_columns, ipv4_tcp_fields
 from analyzer.net.tcp import SEQ_MOD, seq_after, seq_after_columns
 from analyzer.records import C2S, FRAME_METHOD, ConnectionInfo, Endpoint, Frame
@@ -62,15 +63,15 @@ def payloads(draw) -> list[bytes]:
 @given(payloads(), st.sampled_from([frozenset(), frozenset(CONTROL_CLASSES)]), st.sampled_from([1, 64, 1 << 30]),
        st.booleans())
 def test_whole_frames_columns_equal_the_scalar_walk(parts, stop_classes, python_tail, keep_frames) -> None:
-    framing_tail = framing.PYTHON_TAIL
-    framing.PYTHON_TAIL = python_tail  # numpy rounds for all, for some, or none
+    python_tail_was = frame_format.PYTHON_TAIL
+    frame_format.PYTHON_TAIL = python_tail  # numpy rounds for all, for some, or none
     try:
         buf = b"\x00" * 5 + b"".join(parts) + b"\x00" * 3
         starts = np.cumsum([5] + [len(p) for p in parts[:-1]]).astype(np.int64) if parts else np.zeros(0, np.int64)
         ends = starts + np.array([len(p) for p in parts], dtype=np.int64)
         walk = whole_frames_columns(buf, starts, ends, stop_classes, keep_frames)
     finally:
-        framing.PYTHON_TAIL = framing_tail
+        frame_format.PYTHON_TAIL = python_tail_was
     kept = []
     beats = []
     for k, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=False)):
@@ -81,9 +82,9 @@ def test_whole_frames_columns_equal_the_scalar_walk(parts, stop_classes, python_
             continue
         assert walk.frame_count[k] == len(frames)
         if frames:
-            assert (walk.last_type[k], walk.last_ids[k]) == (frames[-1].type, frames[-1].ids)
+            assert (walk.last_type[k], walk.last_ids[k]) == (frames[-1][1], frames[-1][4])
         kept += [(k, *f) for f in frames]
-        beats += [(k, heartbeat_is_nonstandard(f.type, f.channel, f.size)) for f in frames if f.type in (4, 8)]
+        beats += [(k, heartbeat_is_nonstandard(f[1], f[2], f[3])) for f in frames if f[1] in (4, 8)]
     assert list(zip(walk.heartbeat_payload.tolist(), walk.heartbeat_nonstandard.tolist(), strict=False)) == beats
     if keep_frames:
         assert walk.frames is not None
@@ -100,9 +101,8 @@ def test_the_decoder_emits_exactly_the_whole_frames_of_a_buffer(frames) -> None:
     decoder.mode = framing._FRAMES  # past the protocol header
     events = decoder.feed(buf, 1.0, 1)
     decoded = [e for e in events if type(e) is Frame][: len(whole)]
-    assert [(e.offset, e.type, e.channel, e.size) for e in decoded] == [(f.offset, f.type, f.channel, f.size)
-                                                                         for f in whole]
-    assert [((e.class_id or 0) << 16 | (e.method_id or 0)) for e in decoded] == [f.ids for f in whole]
+    assert [(e.offset, e.type, e.channel, e.size, (e.class_id or 0) << 16 | (e.method_id or 0))
+            for e in decoded] == whole
     if stop == len(buf):
         assert decoder.at_frame_boundary and decoder.base == len(buf)
 

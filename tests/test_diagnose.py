@@ -133,7 +133,7 @@ def test_consumer_timeout_channel_close_leaves_connection_open(tmp_path):
 
 
 def test_heartbeat_disabled_and_above_proposal(tmp_path):
-    d = only(analyze_file(write(tmp_path, synth.handshake_steps(0) + [(30.0, S2C, RST | ACK, b"")])))
+    d = only(analyze_file(write(tmp_path, [*synth.handshake_steps(0), (30.0, S2C, RST | ACK, b"")])))
     assert d.heartbeat.effective == 0
     assert d.verdict == "reset"
     assert "heartbeat-disabled" in {f.kind for f in d.findings}

@@ -39,7 +39,7 @@ def batch_settings(request, monkeypatch):
     if request.param != "as-shipped":
         monkeypatch.setattr("analyzer.sources.pcap.CHUNK_SIZE", 600)
         monkeypatch.setattr("analyzer.engine.engine.MIN_RUN", 1)
-        monkeypatch.setattr("analyzer.amqp.framing.PYTHON_TAIL", 1 if "numpy" in request.param else 1 << 40)
+        monkeypatch.setattr("analyzer.amqp.frames.PYTHON_TAIL", 1 if "numpy" in request.param else 1 << 40)
     return request.param
 
 

@@ -18,7 +18,8 @@ from pamqp import frame as pamqp_frame
 from pamqp import header as pamqp_header
 from pamqp import heartbeat as pamqp_heartbeat
 
-from analyzer.amqp.framing import MAX_BUFFERED_FRAME, MAX_FRAME_SIZE, FrameDecoder
+from analyzer.amqp.frames import MAX_BUFFERED_FRAME, MAX_FRAME_SIZE
+from analyzer.amqp.framing import FrameDecoder
 from analyzer.records import (
     C2S,
     FRAME_BODY,

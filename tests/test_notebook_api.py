@@ -16,13 +16,13 @@ import pytest
 
 matplotlib.use("Agg")
 
-import analyzer  # noqa: E402
-from analyzer.cli import main  # noqa: E402
-from analyzer.errors import UsageError  # noqa: E402
-from analyzer.notebook import FRAME_COLUMNS, SEGMENT_COLUMNS, flags_text  # noqa: E402
-from analyzer.records import ACK, C2S, PSH, RST, S2C  # noqa: E402
-from analyzer.render.plot import plot_connection  # noqa: E402
-from tests import synth  # noqa: E402
+import analyzer
+from analyzer.cli import main
+from analyzer.errors import UsageError
+from analyzer.notebook import FRAME_COLUMNS, SEGMENT_COLUMNS, flags_text
+from analyzer.records import ACK, C2S, PSH, RST, S2C
+from analyzer.render.plot import plot_connection
+from tests import synth
 
 BLOCKED = "blocked-callback"
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import (
     IPv6,
@@ -136,7 +137,7 @@ def test_ipv4_options():
     record_route = bytes([7, 11, 4]) + b"\x00" * 8  # RFC 791 record route, room for 2 addresses
     ip = ip_for(4, ip_options=record_route)
     assert ip[0] & 0x0F > 5
-    seg, summary = decode(synth.LINKTYPE_ETHERNET, ethernet(ip))
+    seg, _summary = decode(synth.LINKTYPE_ETHERNET, ethernet(ip))
     assert_segment(seg, 4)
 
 
@@ -147,7 +148,7 @@ def test_ipv4_options():
     [IPv6ExtHdrHopByHop(), IPv6ExtHdrRouting(addresses=["2001:db8::1"]), IPv6ExtHdrDestOpt()],
 ], ids=["hop-by-hop", "dest-opts", "routing", "all-three"])
 def test_ipv6_extension_headers(exts):
-    seg, summary = decode(synth.LINKTYPE_ETHERNET, ethernet(ip_for(6, ipv6_ext=exts)))
+    seg, _summary = decode(synth.LINKTYPE_ETHERNET, ethernet(ip_for(6, ipv6_ext=exts)))
     assert_segment(seg, 6)
 
 
@@ -162,7 +163,7 @@ def test_ipv4_fragments_counted_not_decoded(ip_flags, frag):
 
 
 def test_ipv4_dont_fragment_is_not_a_fragment():
-    seg, summary = decode(synth.LINKTYPE_ETHERNET, ethernet(ip_for(4, ip_flags="DF")))
+    seg, _summary = decode(synth.LINKTYPE_ETHERNET, ethernet(ip_for(4, ip_flags="DF")))
     assert_segment(seg, 4)
 
 
@@ -183,7 +184,7 @@ def test_snapped_packet_payload_shorter_than_payload_len(family, kept):
     payload = bytes(range(200))
     frame = ethernet(ip_for(family, payload))
     headers = len(frame) - len(payload)
-    seg, summary = decode(synth.LINKTYPE_ETHERNET, frame[: headers + kept], orig_len=len(frame))
+    seg, _summary = decode(synth.LINKTYPE_ETHERNET, frame[: headers + kept], orig_len=len(frame))
     assert_segment(seg, family, payload=payload[:kept], payload_len=200)
 
 
@@ -193,7 +194,7 @@ def test_ethernet_padding_is_not_payload(family, payload):
     ip = ip_for(family, payload)
     frame = ethernet(ip, pad_to=len(ip) + 14 + 12)  # padding after the IP packet
     assert len(frame) > len(ip) + 14
-    seg, summary = decode(synth.LINKTYPE_ETHERNET, frame)
+    seg, _summary = decode(synth.LINKTYPE_ETHERNET, frame)
     assert_segment(seg, family, payload=payload)
 
 
@@ -209,7 +210,7 @@ def test_ipv4_total_length_zero_uses_captured_length():
     """Linux captures of TCP segmentation offload show IPv4 total length 0; the capture's own
     length is the only length left."""
     ip = _patch(ip_for(4), 2, b"\x00\x00")
-    seg, summary = decode(synth.LINKTYPE_RAW, ip)
+    seg, _summary = decode(synth.LINKTYPE_RAW, ip)
     assert_segment(seg, 4)
 
 
@@ -295,7 +296,7 @@ def test_conversation_round_trip(linktype):
     conv = synth.amqp_conversation()
     summary = CaptureSummary()
     dec = PacketDecoder(summary)
-    for i, (seg, (ts, lt, frame)) in enumerate(zip(conv.segments, conv.packets(linktype)), 1):
+    for i, (seg, (ts, lt, frame)) in enumerate(zip(conv.segments, conv.packets(linktype), strict=False), 1):
         out = dec.decode(RawPacket(i, ts, lt, frame, len(frame)))
         assert (out.seq, out.ack, out.flags, out.payload) == (seg.seq, seg.ack, seg.flags, seg.payload)
         (src, sport), _ = conv.endpoints(seg.direction)

@@ -19,11 +19,12 @@ from fractions import Fraction
 
 import dpkt
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analyzer.errors import CaptureFileError
-from analyzer.sources.pcap import open_capture
 from analyzer.records import RawPacket
+from analyzer.sources.pcap import open_capture
 from tests import synth
 from tests.synth import (
     EPB_TYPE,
@@ -65,7 +66,7 @@ def test_pcap_variants(byteorder, nanosecond):
     fracs = ["0.000001", "0.5", "0.999999"] if not nanosecond else ["0.000000001", "0.123456789", "0.999999999"]
     stamps = [f"{T0 + i}{f[1:]}" for i, f in enumerate(fracs)]
     bodies = frames(3)
-    data = pcap_bytes([(ts, LINKTYPE_ETHERNET, b) for ts, b in zip(stamps, bodies)],
+    data = pcap_bytes([(ts, LINKTYPE_ETHERNET, b) for ts, b in zip(stamps, bodies, strict=False)],
                       byteorder=byteorder, nanosecond=nanosecond)
     reader, pkts = read(data)
     assert reader.format == "pcap"
@@ -75,7 +76,7 @@ def test_pcap_variants(byteorder, nanosecond):
     assert [p.orig_len for p in pkts] == [len(b) for b in bodies]
     assert all(isinstance(p, RawPacket) and p.linktype == LINKTYPE_ETHERNET for p in pkts)
     assert all(type(p.timestamp) is float and type(p.data) is bytes for p in pkts)
-    for p, ts in zip(pkts, stamps):
+    for p, ts in zip(pkts, stamps, strict=False):
         assert_ts(p.timestamp, ts)
 
 
@@ -178,7 +179,7 @@ def test_pcapng_epb_both_byte_orders(byteorder):
     bodies = frames(3)
     stamps = [f"{T0}.000001", f"{T0 + 1}.5", f"{T0 + 2}.999999"]
     data = pcapng_bytes([{"interfaces": [(LINKTYPE_ETHERNET, None)],
-                          "packets": [(0, ts, b) for ts, b in zip(stamps, bodies)]}], byteorder=byteorder)
+                          "packets": [(0, ts, b) for ts, b in zip(stamps, bodies, strict=False)]}], byteorder=byteorder)
     reader, pkts = read(data)
     assert reader.format == "pcapng"
     assert reader.warnings == []
@@ -186,7 +187,7 @@ def test_pcapng_epb_both_byte_orders(byteorder):
     assert [p.data for p in pkts] == bodies
     assert [p.linktype for p in pkts] == [LINKTYPE_ETHERNET] * 3
     assert all(type(p.timestamp) is float and type(p.data) is bytes for p in pkts)
-    for p, ts in zip(pkts, stamps):
+    for p, ts in zip(pkts, stamps, strict=False):
         assert_ts(p.timestamp, ts)
 
 
@@ -219,7 +220,7 @@ def test_pcapng_obsolete_packet_block(byteorder):
     data = pcapng_bytes([{"interfaces": [(LINKTYPE_ETHERNET, None), (LINKTYPE_RAW, 9)],
                           "packets": [(0, f"{T0}.000002", b"abc", "pb"),
                                       (1, f"{T0}.000000003", b"defgh", "pb")]}], byteorder=byteorder)
-    reader, pkts = read(data)
+    _reader, pkts = read(data)
     assert [(p.index, p.linktype, p.data) for p in pkts] == [(1, LINKTYPE_ETHERNET, b"abc"), (2, LINKTYPE_RAW, b"defgh")]
     assert_ts(pkts[0].timestamp, f"{T0}.000002")
     assert_ts(pkts[1].timestamp, f"{T0}.000000003")
@@ -231,7 +232,7 @@ def test_pcapng_unknown_blocks_skipped():
                RawBlock(pcapng_block(0x00000004, b"\x01\x00\x04\x00" + b"\x7f\x00\x00\x01" + b"lo\x00\x00" + b"\x00" * 4))]  # NRB
     data = pcapng_bytes([{"interfaces": [(LINKTYPE_ETHERNET, None)],
                           "packets": [(0, T0, b"one"), *unknown, (0, T0 + 1, b"two")]}])
-    reader, pkts = read(data)
+    _reader, pkts = read(data)
     assert [(p.index, p.data) for p in pkts] == [(1, b"one"), (2, b"two")]
 
 
@@ -242,10 +243,10 @@ def test_pcapng_two_interfaces_with_own_linktype_and_resolution():
     data = pcapng_bytes([{"interfaces": [(LINKTYPE_ETHERNET, None), (LINKTYPE_LINUX_SLL2, 9), (LINKTYPE_RAW, two_pow)],
                           "packets": [(0, stamps[0], b"e0"), (1, stamps[1], b"s1"),
                                       (2, stamps[2], b"r2"), (1, stamps[3], b"s3")]}])
-    reader, pkts = read(data)
+    _reader, pkts = read(data)
     assert [(p.linktype, p.data) for p in pkts] == [
         (LINKTYPE_ETHERNET, b"e0"), (LINKTYPE_LINUX_SLL2, b"s1"), (LINKTYPE_RAW, b"r2"), (LINKTYPE_LINUX_SLL2, b"s3")]
-    for p, ts in zip(pkts, stamps):
+    for p, ts in zip(pkts, stamps, strict=False):
         assert_ts(p.timestamp, ts)
     assert abs(pkts[3].timestamp - 1.000000007) < 1e-12
 
@@ -376,6 +377,6 @@ def test_agrees_with_dpkt_pcap_reader(byteorder, nanosecond):
     ours = list(open_capture(io.BytesIO(data)))
     theirs = list(dpkt.pcap.Reader(io.BytesIO(data)))
     assert len(ours) == len(theirs) == len(packets)
-    for p, (ts, buf) in zip(ours, theirs):
+    for p, (ts, buf) in zip(ours, theirs, strict=False):
         assert p.data == bytes(buf)
         assert abs(p.timestamp - float(ts)) <= 2 * math.ulp(float(ts))

@@ -80,7 +80,7 @@ def start_capture(path: pathlib.Path, port: int) -> tuple[subprocess.Popen, int]
             break
         time.sleep(0.05)
     proc.kill()
-    out, err = proc.communicate()
+    _out, err = proc.communicate()
     pytest.fail(f"capture did not start: {err}")
 
 

@@ -4,7 +4,8 @@ Shape of h11's Connection: `feed(data, timestamp, packet)` and `gap(...)` return
 (Frame, ProtocolHeader, DecodeError); no file, socket or clock inside. Fuzz invariant: bad
 bytes become DecodeError events and decoding resumes; any exception escaping is a bug.
 
-Framing (spec 4.2.3): type (1) channel (2) size (4) payload (size) frame-end 0xCE.
+The frame format and the whole-frame walk are frames.py's; the decoder walks whole frames with it
+and handles everything else here:
 - Method and header frames are buffered whole (they are small; capped at MAX_BUFFERED_FRAME).
 - Body frames are counted through, never buffered: only their first `payload_bytes` bytes are
   kept. A capture gap inside a body does not lose sync, since the body's end is known.
@@ -15,18 +16,23 @@ Framing (spec 4.2.3): type (1) channel (2) size (4) payload (size) frame-end 0xC
 from __future__ import annotations
 
 import re
-import struct
-from typing import NamedTuple
 
-import numpy as np
-import numpy.typing as npt
-
+from analyzer.amqp.frames import (
+    FRAME_END,
+    FRAME_HEADER_FORMAT,
+    FRAME_HEADER_SIZE,
+    FRAME_TYPES,
+    MAX_BUFFERED_FRAME,
+    MAX_FRAME_SIZE,
+    METHOD_IDS,
+    WholeFrame,
+    kept_payload_size,
+    whole_frames,
+)
 from analyzer.amqp.spec import CLASS_NAMES, METHOD_NAMES
 from analyzer.records import (
     FRAME_BODY,
-    FRAME_HEADER,
     FRAME_HEARTBEAT,
-    FRAME_HEARTBEAT_OLD,
     FRAME_METHOD,
     ConnectionInfo,
     DecodeError,
@@ -35,15 +41,6 @@ from analyzer.records import (
     ProtocolHeader,
 )
 
-FRAME_END = 0xCE
-FRAME_TYPES = frozenset((FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT, FRAME_HEARTBEAT_OLD))
-# RabbitMQ refuses messages above 512 MiB (max_message_size's hard limit, rabbit.app), and with
-# frame_max=0 a body frame can be a whole message: anything larger is not a frame size.
-MAX_FRAME_SIZE = 512 << 20
-# Method and content-header frames are held whole to decode their ids. RabbitMQ's default
-# frame_max is 128 KiB (deps/rabbit/Makefile); 1 MiB leaves room for a raised frame_max while a
-# corrupt 4 GiB size costs nothing: it is rejected when the frame header arrives.
-MAX_BUFFERED_FRAME = 1 << 20
 # A resync anchor must be verifiable without holding much: small frames only.
 MAX_ANCHOR_SIZE = 64 * 1024
 
@@ -56,208 +53,9 @@ PROTOCOL_HEADERS = {
     b"AMQP\x01\x01\x00\x0a": "amqp-0-10",
 }
 
-_HEADER = struct.Struct("!BHI")
-_IDS = struct.Struct("!HH")
-FRAME_HEADER_SIZE = 7  # type (1), channel (2), size (4)
 _ANCHOR_START = re.compile(rb"[\x01\x02\x08]")
 
 _TLS_HANDSHAKE = 0x16  # TLS record content type "handshake" (RFC 8446 5.1): a ClientHello starts with it
-
-
-HEARTBEAT_TYPES = frozenset((FRAME_HEARTBEAT, FRAME_HEARTBEAT_OLD))
-
-
-def heartbeat_is_nonstandard(frame_type: int, channel: int, size: int) -> bool:
-    """A heartbeat of type 4 (the 0-9 spec's misprint), or one with a channel or a payload: spec
-    4.2.7 says channel 0 and no payload. Counted, still liveness (the broker reads any byte)."""
-    return frame_type == FRAME_HEARTBEAT_OLD or size != 0 or channel != 0
-
-
-def kept_payload_size(frame_type: int, size: int, payload_bytes: int) -> int:
-    """How much of a frame's payload a Frame keeps: methods and content headers whole (their
-    arguments are decoded), bodies and heartbeats only their first `payload_bytes` bytes."""
-    return size if frame_type in (FRAME_METHOD, FRAME_HEADER) else min(size, payload_bytes)
-
-
-# ---- the frame walk: whole, well-formed frames back to back ---------------------------------------
-# One rule, used by the decoder for its common case and by the engine's quick paths: a frame is
-# *whole* when its header, payload and frame-end byte are all in the buffer, its type is known, its
-# size is at most MAX_BUFFERED_FRAME, its frame-end byte is 0xCE and, for a method frame, its
-# payload holds the class and method ids. The walk stops at the first frame that is not whole (or
-# is a method of one of `stop_classes`): the decoder's full rules take over there.
-
-
-class WholeFrame(NamedTuple):
-    offset: int  # of the frame's first byte in the buffer walked
-    type: int
-    channel: int
-    size: int
-    ids: int  # class_id << 16 | method_id for a method frame, else 0
-
-
-def whole_frames(buf: bytes | bytearray | memoryview, pos: int, end: int,
-                 stop_classes: frozenset[int] = frozenset()) -> tuple[list[WholeFrame], int]:
-    """The whole frames back to back from `pos` (not past `end`), and where the walk stopped."""
-    frames: list[WholeFrame] = []
-    unpack_header = _HEADER.unpack_from
-    while end - pos > FRAME_HEADER_SIZE:
-        frame_type, channel, size = unpack_header(buf, pos)
-        frame_end = pos + FRAME_HEADER_SIZE + size
-        if frame_end >= end or size > MAX_BUFFERED_FRAME or buf[frame_end] != FRAME_END:
-            break
-        ids = 0
-        if frame_type == FRAME_METHOD:
-            if size < 4:
-                break
-            class_id, method_id = _IDS.unpack_from(buf, pos + FRAME_HEADER_SIZE)
-            if class_id in stop_classes:
-                break
-            ids = class_id << 16 | method_id
-        elif frame_type not in FRAME_TYPES:
-            break
-        frames.append(WholeFrame(pos, frame_type, channel, size, ids))
-        pos = frame_end + 1
-    return frames, pos
-
-
-def heartbeat_is_nonstandard_columns(frame_type: npt.NDArray[np.int64], channel: npt.NDArray[np.int64],
-                                     size: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-    """heartbeat_is_nonstandard for columns."""
-    nonstandard: npt.NDArray[np.bool_] = (frame_type == FRAME_HEARTBEAT_OLD) | (size != 0) | (channel != 0)
-    return nonstandard
-
-
-class FrameTable(NamedTuple):
-    """Frames as columns, sorted by payload and offset."""
-
-    payload: npt.NDArray[np.int64]  # which payload (index into the walk's starts)
-    offset: npt.NDArray[np.int64]  # of the frame's first byte in the buffer
-    type: npt.NDArray[np.int64]
-    channel: npt.NDArray[np.int64]
-    size: npt.NDArray[np.int64]
-    ids: npt.NDArray[np.int64]  # class_id << 16 | method_id for method frames, else 0
-
-
-class FramesWalk(NamedTuple):
-    """whole_frames over many payloads at once (whole_frames_columns): per payload, and for its
-    heartbeats; every frame too when asked for."""
-
-    whole: npt.NDArray[np.bool_]  # the walk ended exactly at the payload's end
-    frame_count: npt.NDArray[np.int64]  # frames walked
-    last_type: npt.NDArray[np.int64]  # type of the last frame walked
-    last_ids: npt.NDArray[np.int64]  # its ids, when a method
-    heartbeat_payload: npt.NDArray[np.int64]  # the (whole) payload of each heartbeat frame, ascending
-    heartbeat_nonstandard: npt.NDArray[np.bool_]  # heartbeat_is_nonstandard of each
-    frames: FrameTable | None  # every frame of the whole payloads (keep_frames)
-
-
-# When fewer payloads than this still have frames to walk, the rest of their frames are walked by
-# whole_frames in Python: a numpy round costs the same for 3 payloads as for 3,000.
-PYTHON_TAIL = 64
-
-
-def whole_frames_columns(buf: bytes, starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],
-                         stop_classes: frozenset[int] = frozenset(), keep_frames: bool = False) -> FramesWalk:
-    """whole_frames for each payload buf[starts[k]:ends[k]], all payloads advancing one frame per
-    numpy round; payloads still walking when fewer than PYTHON_TAIL remain finish in whole_frames.
-    tests/test_framing.py holds it equal to whole_frames payload by payload."""
-    b = np.frombuffer(buf, dtype=np.uint8)
-    n = len(starts)
-    whole = np.ones(n, dtype=bool)
-    count = np.zeros(n, dtype=np.int64)
-    last_type = np.zeros(n, dtype=np.int64)
-    last_ids = np.zeros(n, dtype=np.int64)
-    beats: list[npt.NDArray[np.int64]] = []
-    odd: list[npt.NDArray[np.bool_]] = []
-    kept: list[tuple[npt.NDArray[np.int64], ...]] = []
-    pos = starts.astype(np.int64, copy=True)
-    end = ends.astype(np.int64, copy=False)
-    active = np.flatnonzero(pos < end)
-    last = len(b)
-    while len(active) >= PYTHON_TAIL:
-        c = pos[active]
-        e = end[active]
-        # Reads are clipped to the buffer: a frame header is only used where 8 bytes remain, and a
-        # method frame's ids only where the frame ends after them.
-        at = np.minimum(c, last - FRAME_HEADER_SIZE)
-        frame_type = b[at].astype(np.int64)
-        channel = b[at + 1].astype(np.int64) << 8 | b[at + 2]
-        size = (b[at + 3].astype(np.int64) << 24 | b[at + 4].astype(np.int64) << 16
-                | b[at + 5].astype(np.int64) << 8 | b[at + 6])
-        frame_end = c + FRAME_HEADER_SIZE + size
-        good = (e - c > FRAME_HEADER_SIZE) & (frame_end < e) & (size <= MAX_BUFFERED_FRAME)
-        good &= b[np.where(good, frame_end, c)] == FRAME_END
-        at = np.minimum(c, last - FRAME_HEADER_SIZE - 4)
-        ids = (b[at + 7].astype(np.int64) << 24 | b[at + 8].astype(np.int64) << 16
-               | b[at + 9].astype(np.int64) << 8 | b[at + 10])
-        method = frame_type == FRAME_METHOD
-        stopped = np.zeros(len(c), dtype=bool)
-        for class_id in stop_classes:
-            stopped |= (ids >> 16) == class_id
-        known = (frame_type == FRAME_HEADER) | (frame_type == FRAME_BODY) | (frame_type == FRAME_HEARTBEAT) | (
-            frame_type == FRAME_HEARTBEAT_OLD)
-        good &= (method & (size >= 4) & ~stopped) | known
-        whole[active[~good]] = False
-        moved = active[good]
-        ids = np.where(method, ids, 0)
-        count[moved] += 1
-        last_type[moved] = frame_type[good]
-        last_ids[moved] = ids[good]
-        beat = good & ((frame_type == FRAME_HEARTBEAT) | (frame_type == FRAME_HEARTBEAT_OLD))
-        if beat.any():
-            beats.append(active[beat])
-            odd.append(heartbeat_is_nonstandard_columns(frame_type[beat], channel[beat], size[beat]))
-        if keep_frames:
-            kept.append((moved, c[good], frame_type[good], channel[good], size[good], ids[good]))
-        pos[moved] = frame_end[good] + 1
-        active = moved[pos[moved] < end[moved]]
-    if len(active):
-        rows: list[tuple[int, int, int, int, int, int]] = []
-        tail_beats: list[int] = []
-        tail_odd: list[bool] = []
-        for k in active.tolist():
-            frames, stop = whole_frames(buf, int(pos[k]), int(end[k]), stop_classes)
-            if stop != end[k]:
-                whole[k] = False
-                continue
-            for frame in frames:
-                if frame.type in HEARTBEAT_TYPES:
-                    tail_beats.append(k)
-                    tail_odd.append(heartbeat_is_nonstandard(frame.type, frame.channel, frame.size))
-            if frames:
-                count[k] += len(frames)
-                last_type[k] = frames[-1].type
-                last_ids[k] = frames[-1].ids
-                if keep_frames:
-                    rows.extend((k, *frame) for frame in frames)
-        if tail_beats:
-            beats.append(np.array(tail_beats, dtype=np.int64))
-            odd.append(np.array(tail_odd, dtype=bool))
-        if rows:
-            kept.append(tuple(np.array(column, dtype=np.int64) for column in zip(*rows, strict=True)))
-    if beats:
-        beat_payload = np.concatenate(beats)
-        beat_odd = np.concatenate(odd)
-        keep = whole[beat_payload]
-        beat_payload, beat_odd = beat_payload[keep], beat_odd[keep]
-        order = np.argsort(beat_payload, kind="stable")
-        heartbeat_payload, heartbeat_nonstandard = beat_payload[order], beat_odd[order]
-    else:
-        heartbeat_payload, heartbeat_nonstandard = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
-    return FramesWalk(whole, count, last_type, last_ids, heartbeat_payload, heartbeat_nonstandard,
-                      _frame_table(kept, whole) if keep_frames else None)
-
-
-def _frame_table(kept: list[tuple[npt.NDArray[np.int64], ...]], whole: npt.NDArray[np.bool_]) -> FrameTable:
-    if not kept:
-        empty = np.zeros(0, dtype=np.int64)
-        return FrameTable(empty, empty, empty, empty, empty, empty)
-    payload, offset, frame_type, channel, size, ids = (np.concatenate(column) for column in zip(*kept, strict=True))
-    keep = whole[payload]
-    payload, offset = payload[keep], offset[keep]
-    order = np.argsort(payload << 32 | offset, kind="stable")
-    return FrameTable(payload[order], offset[order], frame_type[keep][order], channel[keep][order],
-                      size[keep][order], ids[keep][order])
 
 
 def _bad_body_end(end_byte: int, size: int) -> str:
@@ -380,14 +178,14 @@ class FrameDecoder:
             avail = len(buf) - pos
             if avail < FRAME_HEADER_SIZE:
                 break
-            frame_type, channel, size = _HEADER.unpack_from(buf, pos)
+            frame_type, channel, size = FRAME_HEADER_FORMAT.unpack_from(buf, pos)
             if frame_type not in FRAME_TYPES:
                 pos = self._error(pos, f"unknown frame type {frame_type}", out, timestamp, packet)
                 continue
             if size > MAX_FRAME_SIZE or (size > MAX_BUFFERED_FRAME and frame_type != FRAME_BODY):
                 pos = self._error(pos, f"impossible frame size {size} for a {frame_type} frame", out, timestamp, packet)
                 continue
-            end = pos + 7 + size
+            end = pos + FRAME_HEADER_SIZE + size
             if end >= len(buf):
                 if frame_type == FRAME_BODY:
                     self._start_body(pos, channel, size, timestamp, packet)
@@ -413,7 +211,7 @@ class FrameDecoder:
                     reason = f"method frame of {size} bytes has no class/method ids"
                     pos = self._error(pos, reason, out, timestamp, packet)
                     continue
-                frame.class_id, frame.method_id = _IDS.unpack_from(buf, pos + 7)
+                frame.class_id, frame.method_id = METHOD_IDS.unpack_from(buf, pos + FRAME_HEADER_SIZE)
             out.append(frame)
             pos = end + 1
         self._consume(pos)
@@ -425,9 +223,10 @@ class FrameDecoder:
                      payload)
 
     def _whole_frame(self, whole: WholeFrame, timestamp: float, packet: int) -> Frame:
-        frame = self._frame(whole.offset, whole.type, whole.channel, whole.size, timestamp, packet)
-        if whole.type == FRAME_METHOD:
-            frame.class_id, frame.method_id = whole.ids >> 16, whole.ids & 0xFFFF
+        offset, frame_type, channel, size, ids = whole
+        frame = self._frame(offset, frame_type, channel, size, timestamp, packet)
+        if frame_type == FRAME_METHOD:
+            frame.class_id, frame.method_id = ids >> 16, ids & 0xFFFF
         return frame
 
     # ---- for the engine's quick paths, which walk whole frames themselves (whole_frames) ----------
@@ -467,8 +266,8 @@ class FrameDecoder:
     # ---- bodies ---------------------------------------------------------------------------------
 
     def _start_body(self, pos: int, channel: int, size: int, timestamp: float, packet: int) -> None:
-        have = len(self.buf) - pos - 7
-        kept = bytes(self.buf[pos + 7 : pos + 7 + min(have, self.payload_bytes)])
+        have = len(self.buf) - pos - FRAME_HEADER_SIZE
+        kept = bytes(self.buf[pos + FRAME_HEADER_SIZE : pos + FRAME_HEADER_SIZE + min(have, self.payload_bytes)])
         self.body = Frame(self.connection, self.direction, timestamp, packet, self.base + pos, FRAME_BODY, channel,
                           size, kept)
         self.body_left = size - have
@@ -512,11 +311,11 @@ class FrameDecoder:
             pos = match.start()
             if len(buf) - pos < 8:
                 return pos
-            frame_type, channel, size = _HEADER.unpack_from(buf, pos)
+            frame_type, channel, size = FRAME_HEADER_FORMAT.unpack_from(buf, pos)
             if size > MAX_ANCHOR_SIZE:
                 pos += 1
                 continue
-            end = pos + 7 + size
+            end = pos + FRAME_HEADER_SIZE + size
             if end >= len(buf):
                 return pos  # might be an anchor: wait for the rest of it
             if buf[end] == FRAME_END and self._is_anchor(frame_type, channel, size, pos):
@@ -532,9 +331,9 @@ class FrameDecoder:
         if frame_type == FRAME_HEARTBEAT:
             return channel == 0 and size == 0
         if frame_type == FRAME_METHOD:
-            return size >= 4 and _IDS.unpack_from(self.buf, pos + 7) in METHOD_NAMES
+            return size >= 4 and METHOD_IDS.unpack_from(self.buf, pos + FRAME_HEADER_SIZE) in METHOD_NAMES
         # A content header: class id (2), weight 0 (2), body size (8), property flags (2).
-        return (size >= 14 and _IDS.unpack_from(self.buf, pos + 7)[0] in CLASS_NAMES
+        return (size >= 14 and METHOD_IDS.unpack_from(self.buf, pos + FRAME_HEADER_SIZE)[0] in CLASS_NAMES
                 and self.buf[pos + 9 : pos + 11] == b"\x00\x00")
 
     def _consume(self, pos: int) -> None:

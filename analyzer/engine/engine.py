@@ -152,10 +152,10 @@ class Engine:
             ip = IP_OFFSETS.get(linktype)
             if ip is not None:
                 fields = ipv4_tcp_fields(data, ip)
-                if fields is not None and fields.flags & ACK and not fields.flags & _NOT_ACK_ONLY:
-                    entry = self.flows.get(fields.key)
+                if fields is not None and fields[3] & ACK and not fields[3] & _NOT_ACK_ONLY:  # flags
+                    entry = self.flows.get(fields[0])  # key
                     if entry is not None:
-                        quick = quick_side(entry, self.builder)
+                        quick = entry.cache or quick_side(entry, self.builder)
                         if quick is not None and quick_packet(quick, data, fields, timestamp, index,
                                                               self.builder.feed):
                             return

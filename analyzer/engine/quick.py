@@ -4,28 +4,28 @@ Why: the plain path builds a Segment, a SegmentEvent, a StreamData and a Frame f
 and frame, and dispatches each; a timeline needs none of them for the common packet. Here that
 packet — an ACK without SYN/FIN/RST, at the next expected byte or a whole retransmission, of a
 flow whose streams hold nothing back — is applied by calling the owners directly:
-HalfStream.placement/advance/peer_ack (net/tcp.py), whole_frames and
+HalfStream.placement/advance/peer_ack (net/tcp.py), walk_whole_frames (amqp/frames.py) and
 FrameDecoder.skip_whole_frames (amqp/framing.py), Direction.add_segment/add_frames/add_heartbeat
-(timeline.py). Connection methods and channel.close still become Frame events for
-TimelineBuilder, which reads their arguments. No rule lives here: only the choice of calls.
+(timeline.py). Connection and channel methods still become Frame events for TimelineBuilder,
+which reads the arguments of some. No rule lives here: only the choice of calls.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from analyzer.amqp.framing import (
-    FRAME_HEADER_SIZE,
-    HEARTBEAT_TYPES,
-    FrameDecoder,
-    WholeFrame,
-    heartbeat_is_nonstandard,
-    whole_frames,
-)
+from analyzer.amqp.arguments import CONTROL_CLASSES
+from analyzer.amqp.frames import FRAME_HEADER_SIZE, WholeFrame, walk_whole_frames, whole_frames
+from analyzer.amqp.framing import FrameDecoder
 from analyzer.flows import AMQP, FlowSide
 from analyzer.net.packets import QuickTcp
 from analyzer.net.tcp import ELSEWHERE, REPEATED, HalfStream
 from analyzer.records import FRAME_METHOD, ConnectionInfo, Event, Frame
-from analyzer.timeline import ConnectionTimeline, Direction, TimelineBuilder, frame_name, reads_arguments
+from analyzer.timeline import ConnectionTimeline, Direction, TimelineBuilder, frame_name
+
+# Methods of these classes have their arguments read (the timeline: connection methods and
+# channel.close; the frame listing: every connection and channel method): they stay single Frame
+# events, never counted in bulk nor inside a run.
+SINGLE_FRAME_CLASSES = frozenset(CONTROL_CLASSES)
 
 
 class QuickSide:
@@ -72,14 +72,15 @@ def quick_packet(quick: QuickSide, data: bytes, fields: QuickTcp, t: float, inde
     if not quick.ready():
         return False
     stream = quick.stream
-    payload_len = fields.end - fields.start
+    _, seq, ack, _, start, end = fields
+    payload_len = end - start
     retransmission = False
     if payload_len:
-        where = stream.placement(fields.seq, payload_len)
+        where = stream.placement(seq, payload_len)
         if where == ELSEWHERE:
             return False
         retransmission = where == REPEATED
-    quick.peer_stream.peer_ack(fields.ack, t, index)
+    quick.peer_stream.peer_ack(ack, t, index)
     quick.timeline.saw(t)
     side = quick.side
     new_bytes = 0 if retransmission else payload_len
@@ -88,30 +89,28 @@ def quick_packet(quick: QuickSide, data: bytes, fields: QuickTcp, t: float, inde
         return True
     stream.advance(new_bytes)
     decoder = quick.decoder
-    start, end = fields.start, fields.end
     if not decoder.at_frame_boundary:
         for event in decoder.feed(data[start:end], t, index):
             feed_event(event)
         return True
-    frames, stop = whole_frames(data, start, end)
-    count = 0
-    last: WholeFrame | None = None
-    for frame in frames:
-        if frame.type in HEARTBEAT_TYPES:
-            if last is not None:
-                side.add_frames(t, count, frame_name(last.type, last.ids))
-                count, last = 0, None
-            side.add_heartbeat(t, heartbeat_is_nonstandard(frame.type, frame.channel, frame.size))
-        elif frame.type == FRAME_METHOD and reads_arguments(frame.ids >> 16, frame.ids & 0xFFFF):
-            if last is not None:
-                side.add_frames(t, count, frame_name(last.type, last.ids))
-                count, last = 0, None
-            feed_event(_method_frame(quick, data, frame, decoder.base + frame.offset - start, t, index))
-        else:
-            count += 1
-            last = frame
-    if last is not None:
-        side.add_frames(t, count, frame_name(last.type, last.ids))
+    stop = start
+    while True:
+        walked = walk_whole_frames(data, stop, end, SINGLE_FRAME_CLASSES)
+        if walked.frame_count:
+            for nonstandard in walked.heartbeats:
+                side.add_heartbeat(t, nonstandard)
+            side.add_frames(t, walked.frame_count - len(walked.heartbeats),
+                            frame_name(walked.last_type, walked.last_ids))
+        stop = walked.stop
+        if stop == end:
+            break
+        # Stopped at a method whose arguments are read (a Frame event for TimelineBuilder), or at
+        # a frame that is not whole (the decoder's).
+        following, _ = whole_frames(data, stop, end)
+        if not following:
+            break
+        feed_event(_method_frame(quick, data, following[0], decoder.base + stop - start, t, index))
+        stop += FRAME_HEADER_SIZE + following[0][3] + 1
     decoder.skip_whole_frames(stop - start)
     if stop < end:
         for event in decoder.feed(data[stop:end], t, index):
@@ -119,7 +118,8 @@ def quick_packet(quick: QuickSide, data: bytes, fields: QuickTcp, t: float, inde
     return True
 
 
-def _method_frame(quick: QuickSide, data: bytes, frame: WholeFrame, offset: int, t: float, index: int) -> Frame:
-    payload = data[frame.offset + FRAME_HEADER_SIZE : frame.offset + FRAME_HEADER_SIZE + frame.size]
-    return Frame(quick.info, quick.direction, t, index, offset, FRAME_METHOD, frame.channel, frame.size, payload,
-                 frame.ids >> 16, frame.ids & 0xFFFF)
+def _method_frame(quick: QuickSide, data: bytes, frame: WholeFrame, stream_offset: int, t: float, index: int) -> Frame:
+    offset, _, channel, size, ids = frame
+    payload = data[offset + FRAME_HEADER_SIZE : offset + FRAME_HEADER_SIZE + size]
+    return Frame(quick.info, quick.direction, t, index, stream_offset, FRAME_METHOD, channel, size, payload,
+                 ids >> 16, ids & 0xFFFF)

@@ -8,7 +8,7 @@ An *ordinary* packet is one the quick path (quick.py) would apply with no branch
 common IPv4/TCP packet (packets.ipv4_tcp_columns) with ACK and no SYN/FIN/RST, of a flow side
 whose QuickSide existed when the block started, new bytes exactly at the next expected sequence
 number, an ACK that does not pass what the capture saw of the peer, and a payload that is whole
-AMQP frames with no connection- or channel-class method (framing.whole_frames_columns; their
+AMQP frames with no connection- or channel-class method (frames.whole_frames_columns; their
 arguments are read one frame at a time). A run is a stretch of consecutive ordinary packets.
 For a run, every counter is a sum, a count, a last or a first over columns, applied by the
 owners' column methods (Direction.add_segments, HalfStream.advance,
@@ -31,9 +31,8 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from analyzer.amqp.arguments import CONTROL_CLASSES
-from analyzer.amqp.framing import FRAME_HEADER_SIZE, FrameTable, kept_payload_size, whole_frames_columns
-from analyzer.engine.quick import QuickSide
+from analyzer.amqp.frames import FRAME_HEADER_SIZE, FrameTable, kept_payload_size, whole_frames_columns
+from analyzer.engine.quick import SINGLE_FRAME_CLASSES, QuickSide
 from analyzer.net.packets import IP_OFFSETS, QUICK_HEADER_BYTES, ipv4_tcp_columns
 from analyzer.net.tcp import SEQ_MASK, seq_after_columns
 from analyzer.records import ACK, FIN, FRAME_METHOD, RST, SYN, Frame, SegmentEvent
@@ -43,9 +42,6 @@ from analyzer.timeline import frame_name
 # A run shorter than this is cheaper packet by packet than its fixed numpy cost (measured on
 # big.pcap: ~100 µs per run against ~1.5 µs per packet).
 MIN_RUN = 64
-# Frames whose arguments someone reads (the timeline: connection methods and channel.close; the
-# frame listing: every connection and channel method) are never inside a run.
-SINGLE_FRAME_CLASSES = frozenset(CONTROL_CLASSES)
 _I64 = npt.NDArray[np.int64]
 
 

@@ -194,13 +194,10 @@ _QUICK_COLUMNS = np.dtype({
 })
 
 
-class QuickTcp(NamedTuple):
-    key: bytes  # source and destination addresses, then ports: flows.flow_key's form
-    seq: int
-    ack: int
-    flags: int
-    start: int  # the payload is data[start:end]
-    end: int
+# (key, seq, ack, flags, start, end): the key is the source and destination addresses, then the
+# ports (flows.flow_key's form); the payload is data[start:end]. A plain tuple: the quick path
+# builds one per packet, and a NamedTuple costs about 0.2 µs more.
+QuickTcp = tuple[bytes, int, int, int, int, int]
 
 
 def ipv4_tcp_fields(data: bytes, ip: int) -> QuickTcp | None:
@@ -214,7 +211,7 @@ def ipv4_tcp_fields(data: bytes, ip: int) -> QuickTcp | None:
             or frag & IPV4_FRAGMENT_BITS or data_off < MIN_TCP_DATA_OFFSET or not total_len
             or start > end or end > len(data)):
         return None
-    return QuickTcp(key, seq, ack, flags, start, end)
+    return key, seq, ack, flags, start, end
 
 
 class QuickTcpColumns(NamedTuple):

@@ -12,11 +12,12 @@ import signal
 import threading
 from typing import TextIO
 
-from analyzer.errors import UsageError
+from analyzer.errors import ExitStatus, UsageError
 from analyzer.lab.capture import BACKENDS
 from analyzer.lab.scenarios import catalog
 
-DISAGREE = 1  # the analyzer contradicts the ground truth: a bug in one of them
+# The analyzer contradicts the ground truth: a bug in one of them (status 1, as the README says).
+DISAGREE = ExitStatus.INTERNAL_ERROR
 
 
 def register(subparsers) -> None:
@@ -68,7 +69,7 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_capture_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+def run_capture_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitStatus:
     from analyzer.lab.capture import run_capture
 
     if args.duration is not None and args.duration <= 0:
@@ -86,20 +87,20 @@ def run_capture_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO
     dropped = "unknown" if stats.dropped is None else str(stats.dropped)
     stdout.write(f"{stats.path}: {stats.packets} packets recorded, {dropped} dropped ({stats.backend}, "
                  f"{stats.interface}, {stats.filter})\n")
-    return 0
+    return ExitStatus.OK
 
 
-def run_list(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+def run_list(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitStatus:
     width = max(len(n) for n in catalog.SCENARIOS)
     for s in catalog.SCENARIOS.values():
         stdout.write(f"{s.name:<{width}}  {s.summary}\n")
         extra = "".join(f" {k}={v}" for k, v in s.broker_settings.items())
         stdout.write(f"{'':<{width}}  --heartbeat {s.heartbeat} --work {s.work:g} ({s.work_means})"
                      f" --messages {s.messages}{extra}\n")
-    return 0
+    return ExitStatus.OK
 
 
-def run_scenario_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+def run_scenario_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitStatus:
     from analyzer.lab.scenarios.runner import run_scenario
 
     catalog.get(args.name)  # unknown name: one line, before anything starts
@@ -128,20 +129,17 @@ def run_scenario_command(args: argparse.Namespace, stdout: TextIO, stderr: TextI
         stderr.write("amqp-hb: warning: the run did not go as the scenario claims (see the event log)\n")
     if args.analyze:
         return compare_with_analysis(result.pcap, meta, stdout, stderr)
-    return 0
+    return ExitStatus.OK
 
 
-def compare_with_analysis(pcap: str, meta: dict, stdout: TextIO, stderr: TextIO) -> int:
+def compare_with_analysis(pcap: str, meta: dict, stdout: TextIO, stderr: TextIO) -> ExitStatus:
     """Analyze the capture and say, per connection, whether the verdict matches the ground truth."""
-    try:
-        from analyzer.api import analyze_file
-    except ImportError:
-        stderr.write("amqp-hb: analysis is not available yet in this build\n")
-        return 2
+    from analyzer.api import analyze_file
+
     # Only the broker's port is named: the proxy port must be auto-detected as AMQP.
     analysis = analyze_file(pcap, ports=(meta["ports"]["amqp"],))
-    found = {(getattr(c, "id", None) or c.timeline.info.id): c.verdict for c in analysis.connections}
-    status = 0
+    found = {c.timeline.info.id: c.verdict for c in analysis.connections}
+    status = ExitStatus.OK
     for cid, expected in meta["expected_verdicts"].items():
         got = found.pop(cid, None)
         agree = got == expected
