@@ -6,11 +6,21 @@ rabbitmq-server, so a missing broker is a failure with the install hint, never a
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 from analyzer.errors import EnvironmentProblem
 from analyzer.lab.broker import LocalBroker
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (a zombie holds no socket, no memory)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def processes_matching(text: str) -> list[tuple[int, str]]:
@@ -63,7 +73,11 @@ def broker():
     try:
         yield node
     finally:
-        name = node.node
+        # The Erlang VM's command line does not hold the node name: follow its processes instead.
+        beams = node.beam_pids()
         node.stop()
-        left = processes_matching(name)
-        assert not left, f"broker node {name} still running after stop: {left}"
+        deadline = time.time() + 5
+        while any(map(running, beams)) and time.time() < deadline:
+            time.sleep(0.1)
+        left = [pid for pid in beams if running(pid)]
+        assert not left, f"broker node {node.node} still running after stop: beam.smp {left}"

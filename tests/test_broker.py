@@ -11,15 +11,7 @@ import pytest
 from analyzer.errors import EnvironmentProblem, UsageError
 from analyzer.lab import broker as broker_mod
 from analyzer.lab.broker import ExternalBroker, LocalBroker, free_port, probe
-
-
-def _running(pid: int) -> bool:
-    """The process exists and is not a zombie (a zombie holds no socket, no memory)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+from tests.fixtures_broker import running
 
 
 def test_session_broker_accepts_amqp(broker):
@@ -87,9 +79,9 @@ def test_node_is_stopped_after_a_failure_inside_the_block(broker):
         tempdir = node.dir
         raise RuntimeError("scenario failed")
     deadline = time.time() + 5
-    while any(map(_running, beams)) and time.time() < deadline:
+    while any(map(running, beams)) and time.time() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in beams if _running(pid)]
+    assert not [pid for pid in beams if running(pid)]
     assert node.epmd is None and not os.path.exists(tempdir)
     with pytest.raises(ConnectionRefusedError, match="Connection refused"):
         socket.create_connection((node.host, node.port), timeout=1).close()  # nothing listens there any more
