@@ -1,7 +1,7 @@
 """`amqp-hb plot FILE -o out.png`: the timeline figure of each connection, from the command line.
 
 Registered by analyzer.cli. matplotlib and pandas come with the
-`notebook` extra; without them the command says so (exit 2) and the rest of the CLI still works.
+`plot` extra; without them the command says so (exit 2) and the rest of the CLI still works.
 Figures are drawn with the Agg backend (no display needed); the format follows the extension.
 """
 from __future__ import annotations
@@ -58,8 +58,8 @@ def run_plot(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitSt
         matplotlib.use("Agg")
         import pandas  # noqa: F401
     except ImportError as exc:
-        raise EnvironmentProblem(f"plot needs matplotlib and pandas ({exc.name} is missing): "
-                                 "pip install 'amqp-hb[notebook]'") from None
+        raise EnvironmentProblem(f"plot needs the `plot` extra ({exc.name} is missing): pip install "
+                                 "'amqp-hb[plot]' (with pipx: pipx inject amqp-hb matplotlib pandas)") from None
     from analyzer.engine import DEFAULT_PORTS
     from analyzer.notebook import load
     from analyzer.render.plot import save

@@ -39,6 +39,8 @@ PreviousSettings = dict[str, SettingValue | None]
 SERVER_SCRIPTS = ("/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/lib/rabbitmq/sbin/rabbitmq-server")
 CTL_SCRIPTS = ("/usr/lib/rabbitmq/bin/rabbitmqctl", "/usr/lib/rabbitmq/sbin/rabbitmqctl")
 INSTALL_HINT = "rabbitmq-server is not installed: run `apt-get install rabbitmq-server` (Debian/Ubuntu)"
+# pika and scapy come with the `lab` extra; the install line a lab command prints when one is missing.
+LAB_EXTRA_HINT = "pip install 'amqp-hb[lab]' (with pipx: pipx inject amqp-hb pika scapy)"
 DEFAULT_AMQP_PORT = 5672  # IANA amqp; preferred so recorded captures look like real ones
 DEFAULT_AMQPS_PORT = 5671  # IANA amqps
 # A cold 3.10 node with no plugins boots in about 4 s on 2 cores; 90 s covers a loaded CI machine.
@@ -122,7 +124,10 @@ def redact_url(url: str) -> str:
 
 def probe(url: str, timeout: float = 5.0) -> dict[str, str]:
     """Open and close one AMQP connection; return the broker's server properties (str values)."""
-    import pika  # the client is a dependency of the scenarios only
+    try:
+        import pika  # the client comes with the `lab` extra, for the scenarios only
+    except ImportError:
+        raise EnvironmentProblem(f"the scenarios need the `lab` extra (pika is missing): {LAB_EXTRA_HINT}") from None
 
     params = pika.URLParameters(url)
     params.socket_timeout = timeout

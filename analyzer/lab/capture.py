@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from analyzer.errors import EnvironmentProblem, UsageError
-from analyzer.lab.broker import die_with_parent
+from analyzer.lab.broker import LAB_EXTRA_HINT, die_with_parent
 from analyzer.sources.pcap import PCAP_MAGICS
 
 if TYPE_CHECKING:  # scapy is imported only when its backend runs (importing it takes about a second)
@@ -100,13 +100,16 @@ def choose_backend(name: str = "auto") -> str:
     found = available_backends()
     if name == "auto":
         if not found:
-            raise EnvironmentProblem("no capture tool: run `apt-get install tcpdump` or `pip install scapy`")
+            raise EnvironmentProblem(f"no capture tool: run `apt-get install tcpdump`, or for scapy {LAB_EXTRA_HINT}")
         return found[0]
     if name not in BACKENDS:
         raise UsageError(f"unknown capture backend {name!r}; choose one of {', '.join(BACKENDS)} or auto")
     if name not in found:
-        hint = "pip install scapy" if name == "scapy" else f"apt-get install {'tshark' if name == 'dumpcap' else name}"
-        raise EnvironmentProblem(f"capture backend {name} is not installed: run `{hint}`")
+        if name == "scapy":
+            raise EnvironmentProblem(f"capture backend scapy needs the `lab` extra (scapy is missing): "
+                                     f"{LAB_EXTRA_HINT}")
+        raise EnvironmentProblem(f"capture backend {name} is not installed: run "
+                                 f"`apt-get install {'tshark' if name == 'dumpcap' else name}`")
     return name
 
 
@@ -292,7 +295,8 @@ class LiveCapture:
             from scapy.sendrecv import AsyncSniffer
             from scapy.utils import PcapWriter
         except ImportError as exc:
-            raise EnvironmentProblem("scapy is not installed: run `pip install scapy`") from exc
+            raise EnvironmentProblem(f"capture backend scapy needs the `lab` extra ({exc.name} is missing): "
+                                     f"{LAB_EXTRA_HINT}") from None
         # sync: flush after every packet; Ethernet (what Linux gives for lo too) so that an empty
         # capture still gets a valid header.
         self._writer = PcapWriter(self.path, sync=True, linktype=LINKTYPE_ETHERNET)

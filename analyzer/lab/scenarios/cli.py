@@ -12,7 +12,8 @@ import signal
 import threading
 from typing import TextIO
 
-from analyzer.errors import ExitStatus, UsageError
+from analyzer.errors import EnvironmentProblem, ExitStatus, UsageError
+from analyzer.lab.broker import LAB_EXTRA_HINT
 from analyzer.lab.capture import BACKENDS
 from analyzer.lab.scenarios import catalog
 
@@ -104,6 +105,10 @@ def run_scenario_command(args: argparse.Namespace, stdout: TextIO, stderr: TextI
     from analyzer.lab.scenarios.runner import run_scenario
 
     catalog.get(args.name)  # unknown name: one line, before anything starts
+    try:
+        import pika  # noqa: F401  (the client a scenario runs: the `lab` extra; checked before anything starts)
+    except ImportError:
+        raise EnvironmentProblem(f"scenario run needs the `lab` extra (pika is missing): {LAB_EXTRA_HINT}") from None
 
     def progress(msg: str) -> None:
         stderr.write(f"amqp-hb: {msg}\n")
