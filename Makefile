@@ -7,13 +7,23 @@ DEMO_CAPTURE ?= captures/blocked-callback.pcap
 
 .PHONY: demo test venv debian-packages fuzz bench clean
 
-$(VENV)/.installed: pyproject.toml
+# One venv, two stamps: the core (what `amqp-hb analyze` and `frames` import: numpy, pamqp) for
+# `make demo`, and the core plus the test extra (lab, notebook, plot and the test tools) for
+# `make test`. Editable installs: the tests run the working tree. hatchling builds nothing in the
+# source tree (no build/, no *.egg-info).
+$(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,notebook]'
+
+$(VENV)/.core: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
 	touch $@
 
-venv: $(VENV)/.installed
+$(VENV)/.test: pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.core
+
+venv: $(VENV)/.test
 
 # Installs what the tests need when it is missing (root on Debian; no-op when already present).
 debian-packages:
@@ -24,7 +34,7 @@ debian-packages:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-demo: venv
+demo: $(VENV)/.core
 	$(VENV)/bin/amqp-hb analyze $(DEMO_CAPTURE)
 
 # pytest exits 5 when it collected no test: that is a failure here, not a silent pass.
