@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +58,56 @@ class FileAnalysis:
     path: str
     summary: CaptureSummary
     connections: list[Diagnosis] = field(default_factory=list)
+
+
+SHOWN_IDS = 20  # connection ids a "no connection matching" message lists before "... N in all"
+
+
+def find_connection(key: int | str, ids: Sequence[str]) -> int:
+    """The position in `ids` (connection ids in the order `analyze` lists them) of the connection
+    `key` names: the one rule of every `--connection` option and of the notebook's
+    `Analysis.connection`.
+
+    - an int is a position (0 = first, negative from the end);
+    - a string is the full id ("CLIENT_IP:PORT->SERVER_IP:PORT"), else a part of it that only one
+      connection's id holds ("127.0.0.1:55934", "[::1]"). A string of digits is a port: the one
+      connection with that client or server port; a number that is no connection's port is a
+      position (so "0" is the first connection, never the 0 in "10.0.0.1").
+
+    An id seen twice (a reused port pair) names its first connection. Raises UsageError listing
+    the ids when nothing matches, or the matching ids when several do.
+    """
+    if isinstance(key, int) and not isinstance(key, bool):
+        if not -len(ids) <= key < len(ids):
+            raise UsageError(f"connection index {key} out of range: this capture has {len(ids)}")
+        return key % len(ids)
+    key = str(key)
+    first: dict[str, int] = {}
+    for i, cid in enumerate(ids):
+        first.setdefault(cid, i)
+    if key in first:
+        return first[key]
+    if key.isascii() and key.isdigit():
+        matches = [cid for cid in first if key in _ports(cid)]
+        if not matches and int(key) < len(ids):
+            return int(key)
+    else:
+        matches = [cid for cid in first if key in cid]
+    if len(matches) == 1:
+        return first[matches[0]]
+    if not matches:
+        raise UsageError(f"no connection matching {key!r}; the capture has: {_listed(list(first)) or 'none'}")
+    raise UsageError(f"{key!r} matches {len(matches)} connections: {_listed(matches)}")
+
+
+def _listed(ids: list[str]) -> str:
+    more = f", ... ({len(ids)} in all)" if len(ids) > SHOWN_IDS else ""
+    return ", ".join(ids[:SHOWN_IDS]) + more
+
+
+def _ports(connection_id: str) -> tuple[str, ...]:
+    """The client and server port of "CLIENT_IP:PORT->SERVER_IP:PORT" (IPv6 in brackets), as text."""
+    return tuple(side.rpartition(":")[2] for side in connection_id.split("->"))
 
 
 def open_file(path: str | os.PathLike):

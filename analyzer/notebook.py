@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from analyzer.api import FileAnalysis, analyze_file, frame_record
+from analyzer.api import FileAnalysis, analyze_file, find_connection, frame_record
 from analyzer.diagnosis.diagnose import Diagnosis
 from analyzer.engine import DEFAULT_PORTS
 from analyzer.errors import UsageError
@@ -215,19 +215,8 @@ class Analysis:
 
     def connection(self, key: int | str) -> Connection:
         """A connection by position (0 = first seen), exact id, or any unique part of its id
-        (e.g. the client port "38886")."""
-        ids = [d.timeline.info.id for d in self.diagnoses]
-        if isinstance(key, int) and not isinstance(key, bool):
-            if not -len(ids) <= key < len(ids):
-                raise UsageError(f"connection index {key} out of range: this capture has {len(ids)}")
-            return Connection(self, self.diagnoses[key])
-        key = str(key)
-        matches = [i for i, cid in enumerate(ids) if cid == key] or [i for i, cid in enumerate(ids) if key in cid]
-        if len(matches) == 1:
-            return Connection(self, self.diagnoses[matches[0]])
-        if not matches:
-            raise UsageError(f"no connection matching {key!r}; the capture has: {', '.join(ids) or 'none'}")
-        raise UsageError(f"{key!r} matches {len(matches)} connections: {', '.join(ids[i] for i in matches)}")
+        (e.g. the client port "38886"): analyzer.api.find_connection, the rule of `--connection`."""
+        return Connection(self, self.diagnoses[find_connection(key, [d.timeline.info.id for d in self.diagnoses])])
 
     def by_verdict(self, verdict: str) -> list[Connection]:
         return [c for c in self if c.verdict == verdict]

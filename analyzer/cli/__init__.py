@@ -6,6 +6,7 @@ httpie is the model: an ExitStatus enum, streams injected so tests run the CLI i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -14,17 +15,31 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
 from analyzer import __version__
+from analyzer.cli.options import (
+    CONNECTION_EXAMPLES,
+    CONNECTION_HELP,
+    CommandParser,
+    check_input_files,
+    file_error,
+    format_choice,
+    ignore_sigint,
+    input_files,
+    int_in_range,
+    port_number,
+)
 from analyzer.cli.plot import register as register_plot
 from analyzer.engine import DEFAULT_PORTS
-from analyzer.errors import AmqpHbError, CaptureFileError, ExitStatus
+from analyzer.errors import AmqpHbError, CaptureFileError, ExitStatus, UsageError
 from analyzer.lab.scenarios.cli import register as register_scenarios
 
 if TYPE_CHECKING:  # the stages are imported when a command runs
+    from concurrent.futures import ProcessPoolExecutor
+
     from analyzer.api import FileAnalysis
     from analyzer.diagnosis.results import Diagnosis
 
@@ -33,41 +48,63 @@ if TYPE_CHECKING:  # the stages are imported when a command runs
 __all__ = ["ExitStatus", "build_parser", "main"]
 
 
+FRAMES_FORMATS = ("text", "jsonl", "csv")
+ANALYZE_FORMATS = ("text", "json", "csv")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="amqp-hb",
         description="Explain AMQP 0-9-1 heartbeat timeouts and connection teardowns from packet captures.",
+        epilog="--traceback is accepted after the command too.",
     )
     parser.add_argument("--version", action="version", version=f"amqp-hb {__version__}")
-    parser.add_argument("--traceback", action="store_true", help="show the Python traceback on errors")
+    parser.set_defaults(traceback=False)  # CommandParser adds --traceback; a subcommand's keeps this value
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     def capture_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng capture files")
-        p.add_argument("--port", type=int, action="append", metavar="N",
+        input_files(p, "pcap or pcapng capture files")
+        p.add_argument("--port", type=port_number, action="append", metavar="N",
                        help=f"TCP port carrying AMQP (repeatable; default {DEFAULT_PORTS[0]}; other ports are "
                             "auto-detected)")
-        p.add_argument("--connection", metavar="ID", help="only this connection (CLIENT_IP:PORT->SERVER_IP:PORT)")
+        p.add_argument("--connection", metavar="ID", help=CONNECTION_HELP)
         p.add_argument("-q", "--quiet", action="store_true",
                        help="no progress line on stderr (it is shown only on a terminal, for files taking over 1 s)")
 
-    frames = sub.add_parser("frames", help="list every AMQP frame, one line each")
+    frames = sub.add_parser(
+        "frames", help="list every AMQP frame, one line each",
+        description="List every AMQP frame of each capture, one line each, in capture order.",
+        epilog=f"Examples: {CONNECTION_EXAMPLES}. With --connection the file is read twice: a first pass "
+               "lists the connections (as analyze does) to resolve ID, then the frames of that one are "
+               "listed as they are read.")
     capture_args(frames)
-    frames.add_argument("--format", choices=("text", "jsonl", "csv"), default="text")
+    frames.add_argument("--format", choices=FRAMES_FORMATS, default="text",
+                        type=format_choice(FRAMES_FORMATS, {"json": "jsonl"}, {}),
+                        help="text (one line a frame), jsonl (one JSON object a line; json is accepted for it) "
+                             "or csv (default: %(default)s)")
     frames.add_argument("--args", action="store_true",
                         help="decode every method's and content header's arguments (default: connection and "
                              "channel methods only, which is several times faster on a busy capture)")
-    frames.add_argument("--payload", type=int, default=0, metavar="N", help="show the first N bytes of bodies")
+    frames.add_argument("--payload", type=int_in_range(0), default=0, metavar="N",
+                        help="show the first N bytes of bodies")
     frames.add_argument("--show-secrets", action="store_true", help="do not redact passwords in start-ok")
     frames.set_defaults(handler=run_frames)
 
-    analyze = sub.add_parser("analyze", help="explain each connection's heartbeats and teardown")
+    analyze = sub.add_parser(
+        "analyze", help="explain each connection's heartbeats and teardown",
+        description="Explain each AMQP connection's heartbeats and teardown: verdict, timing model, findings.",
+        epilog=f"Examples: {CONNECTION_EXAMPLES}.")
     capture_args(analyze)
-    analyze.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    analyze.add_argument("--format", choices=ANALYZE_FORMATS, default="text",
+                         type=format_choice(ANALYZE_FORMATS, {}, {
+                             "jsonl": "analyze writes json, one amqp-hb/analysis/1 document per file (indented, "
+                                      "not one object a line)"}),
+                         help="text (a report per connection), json (one amqp-hb/analysis/1 document per file) "
+                              "or csv (one row per connection) (default: %(default)s)")
     analyze.add_argument("--show-secrets", action="store_true",
                          help="do not redact the start-ok password (the JSON's auth field)")
-    analyze.add_argument("-j", "--jobs", type=_positive_int, default=1, metavar="N",
+    analyze.add_argument("-j", "--jobs", type=int_in_range(1), default=1, metavar="N",
                          help="analyze N files at once in N processes (output stays in argument order)")
     analyze.set_defaults(handler=run_analyze)
 
@@ -78,13 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _ports(args: argparse.Namespace) -> tuple[int, ...]:
     return tuple(args.port) if args.port else DEFAULT_PORTS
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 class Progress:
@@ -145,9 +175,11 @@ def run_frames(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exit
         summary = CaptureSummary()
         progress = _progress(args, path, stderr)
         jsonl = JsonLines(path if several else None)
-        options = dict(ports=_ports(args), connection=args.connection, payload_bytes=args.payload,
-                       show_secrets=args.show_secrets, summary=summary, progress=progress, all_arguments=args.args)
         try:
+            connection = None if args.connection is None else _resolve_streaming(path, args, progress)
+            options = dict(ports=_ports(args), connection=connection, payload_bytes=args.payload,
+                           show_secrets=args.show_secrets, summary=summary, progress=progress,
+                           all_arguments=args.args)
             if args.format == "jsonl":
                 for item in read_frame_batches(path, **options):
                     stdout.write(jsonl.batch(item) if isinstance(item, FrameBatch) else jsonl.line(item))
@@ -161,14 +193,28 @@ def run_frames(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exit
                     writer.writerow(record)
                 else:
                     stdout.write(frame_line(frame) + "\n")
-        except CaptureFileError as exc:
-            stderr.write(f"amqp-hb: {exc}\n")
+        except (CaptureFileError, UsageError) as exc:
+            stderr.write(f"amqp-hb: {file_error(path, exc)}\n")
             status = ExitStatus.BAD_INPUT
         finally:
             progress.done()
         for warning in summary.warnings:
             stderr.write(f"amqp-hb: warning: {path}: {warning}\n")
     return status
+
+
+def _resolve_streaming(path: str, args: argparse.Namespace, progress: Progress) -> str:
+    """The id of the connection --connection names in `path`, for frames: a first pass over the file
+    lists its connections in analyze's order (frames streams, so it cannot hold the frames of every
+    candidate until the file's end shows which key is unique)."""
+    from analyzer.api import analyze_file, find_connection
+    from analyzer.timeline import timeline_order
+
+    seen: list[tuple[tuple[float, int], str]] = []
+    analyze_file(path, ports=_ports(args), progress=progress,
+                 on_connection=lambda d: seen.append((timeline_order(d.timeline), d.timeline.info.id)))
+    ids = [cid for _, cid in sorted(seen)]
+    return ids[find_connection(args.connection, ids)]
 
 
 def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitStatus:
@@ -187,26 +233,33 @@ def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exi
             return lambda d: _csv_line(connection_row(path, d), CSV_COLUMNS)
         return lambda d: connection_block(d, colour=colour)
 
-    for path, outcome, connections in _analyses(args, stderr, render):
-        with connections:
-            if isinstance(outcome, CaptureFileError):
-                stderr.write(f"amqp-hb: {outcome}\n")
-                status = ExitStatus.BAD_INPUT
-                continue
-            analysis = outcome
-            if args.format == "json":
-                write_document(analysis, connections, len(connections), stdout)
-            elif args.format == "csv":
-                if csv_header:
-                    csv.DictWriter(stdout, fieldnames=CSV_COLUMNS).writeheader()
-                    csv_header = False
-                stdout.writelines(connections)
-            else:
-                stdout.write(report_head(analysis, len(connections), colour=colour))
-                stdout.writelines(connections)
-        if args.format != "text":
-            for warning in analysis.summary.warnings:
-                stderr.write(f"amqp-hb: warning: {path}: {warning}\n")
+    # closing: on Ctrl-C (or any error) while a file is written, the generator stops its workers at once.
+    with contextlib.closing(_analyses(args, stderr, render)) as analyses:
+        for path, outcome, connections in analyses:
+            with connections:
+                try:
+                    if isinstance(outcome, CaptureFileError):
+                        raise outcome
+                    if args.connection is not None:
+                        connections.select(args.connection)
+                except (CaptureFileError, UsageError) as exc:
+                    stderr.write(f"amqp-hb: {file_error(path, exc)}\n")
+                    status = ExitStatus.BAD_INPUT
+                    continue
+                analysis = outcome
+                if args.format == "json":
+                    write_document(analysis, connections, len(connections), stdout)
+                elif args.format == "csv":
+                    if csv_header:
+                        csv.DictWriter(stdout, fieldnames=CSV_COLUMNS).writeheader()
+                        csv_header = False
+                    stdout.writelines(connections)
+                else:
+                    stdout.write(report_head(analysis, len(connections), colour=colour))
+                    stdout.writelines(connections)
+            if args.format != "text":
+                for warning in analysis.summary.warnings:
+                    stderr.write(f"amqp-hb: warning: {path}: {warning}\n")
     return status
 
 
@@ -218,7 +271,8 @@ def _csv_line(row: Mapping[str, object], columns: list[str]) -> str:
 
 class _RenderedConnections:
     """One file's connections, rendered as they are handed over (in closing order) and kept on an
-    unnamed temporary file; read back in connection order. Memory: 32 bytes a connection."""
+    unnamed temporary file; read back in connection order. Memory: 32 bytes a connection, and its id
+    (for --connection, resolved once the file's end shows which key is unique)."""
 
     def __init__(self, render: Render) -> None:
         self._render = render
@@ -227,7 +281,9 @@ class _RenderedConnections:
         self._number = array("q")
         self._offset = array("q")
         self._length = array("q")
+        self._ids: list[str] = []
         self._end = 0
+        self._shown: list[int] | None = None  # by select: the indices written, in connection order
 
     def add(self, diagnosis: Diagnosis) -> None:
         data = self._render(diagnosis).encode("utf-8")
@@ -236,15 +292,24 @@ class _RenderedConnections:
         self._number.append(diagnosis.timeline.number)
         self._offset.append(self._end)
         self._length.append(len(data))
+        self._ids.append(diagnosis.timeline.info.id)
         self._end += len(data)
 
+    def _order(self) -> list[int]:
+        first_seen, number = self._first_seen, self._number
+        return sorted(range(len(self._offset)), key=lambda i: (first_seen[i], number[i]))
+
+    def select(self, key: str) -> None:
+        """Keep only the connection(s) with the id --connection names (analyzer.api.find_connection)."""
+        order = self._order()
+        self._shown = _selected(key, [self._ids[i] for i in order], order)
+
     def __len__(self) -> int:
-        return len(self._offset)
+        return len(self._offset) if self._shown is None else len(self._shown)
 
     def __iter__(self) -> Iterator[str]:
         self._file.flush()
-        first_seen, number = self._first_seen, self._number
-        for i in sorted(range(len(self)), key=lambda i: (first_seen[i], number[i])):
+        for i in self._order() if self._shown is None else self._shown:
             self._file.seek(self._offset[i])
             yield self._file.read(self._length[i]).decode("utf-8")
 
@@ -259,6 +324,14 @@ class _RenderedConnections:
 class _Rendered(list[str]):
     """Connections rendered from a whole FileAnalysis (--jobs): the same interface, in memory."""
 
+    def __init__(self, texts: Iterable[str] = (), ids: Iterable[str] = ()) -> None:
+        super().__init__(texts)
+        self._ids = list(ids)
+
+    def select(self, key: str) -> None:
+        kept = [self[i] for i in _selected(key, self._ids, range(len(self)))]
+        self[:] = kept
+
     def __enter__(self) -> _Rendered:
         return self
 
@@ -267,8 +340,16 @@ class _Rendered(list[str]):
         pass
 
 
-def _analyze_one(path: str, ports: tuple[int, ...], connection: str | None, show_secrets: bool,
-                 progress: Progress | None = None,
+def _selected(key: str, ids: list[str], indices: Sequence[int]) -> list[int]:
+    """The `indices` (one per id, in connection order) of the connections --connection `key` names:
+    every connection with the id it finds (the filter analyze_file's `connection` applies)."""
+    from analyzer.api import find_connection
+
+    chosen = ids[find_connection(key, ids)]
+    return [i for i, cid in zip(indices, ids, strict=True) if cid == chosen]
+
+
+def _analyze_one(path: str, ports: tuple[int, ...], show_secrets: bool, progress: Progress | None = None,
                  on_connection: Callable[[Diagnosis], None] | None = None) -> FileAnalysis | CaptureFileError:
     """One file's FileAnalysis, or the CaptureFileError that says why there is none (run in a worker
     process with --jobs, where the result is sent back whole; other errors propagate to main's one
@@ -276,7 +357,7 @@ def _analyze_one(path: str, ports: tuple[int, ...], connection: str | None, show
     from analyzer.api import analyze_file
 
     try:
-        return analyze_file(path, ports=ports, connection=connection, show_secrets=show_secrets, progress=progress,
+        return analyze_file(path, ports=ports, show_secrets=show_secrets, progress=progress,
                             on_connection=on_connection)
     except CaptureFileError as exc:
         return exc
@@ -286,39 +367,58 @@ def _analyze_one(path: str, ports: tuple[int, ...], connection: str | None, show
 
 
 def _analyses(args: argparse.Namespace, stderr: TextIO, render: Callable[[str], Render],
-              ) -> Iterator[tuple[str, FileAnalysis | CaptureFileError, _RenderedConnections | _Rendered]]:
+              ) -> Generator[tuple[str, FileAnalysis | CaptureFileError, _RenderedConnections | _Rendered], None, None]:
     """(path, FileAnalysis or CaptureFileError, its rendered connections) in argument order. One
     file at a time, connections are rendered as they close and kept on a temporary file (memory
     follows the connections open at once); with --jobs N, files in parallel, each process sending
-    its whole result back."""
+    its whole result back. Every connection is rendered: --connection is resolved (select) once a
+    file's list is complete."""
     ports = _ports(args)
     if args.jobs == 1 or len(args.files) == 1:
         for path in args.files:
             connections = _RenderedConnections(render(path))
-            outcome = _analyze_one(path, ports, args.connection, args.show_secrets, _progress(args, path, stderr),
+            outcome = _analyze_one(path, ports, args.show_secrets, _progress(args, path, stderr),
                                    on_connection=connections.add)
             yield path, outcome, connections
         return
     from concurrent.futures import ProcessPoolExecutor
 
     # Each file is read, decoded and diagnosed in its own process; only the (bounded) results come
-    # back. map() hands them over in argument order, whichever finishes first.
-    with ProcessPoolExecutor(max_workers=min(args.jobs, len(args.files))) as pool:
-        count = len(args.files)
-        outcomes = pool.map(_analyze_one, args.files, [ports] * count, [args.connection] * count,
-                            [args.show_secrets] * count)
+    # back. map() hands them over in argument order, whichever finishes first. The workers ignore
+    # SIGINT: a Ctrl-C is the parent's alone to report (main), and it stops them (_stop_workers).
+    count = len(args.files)
+    pool = ProcessPoolExecutor(max_workers=min(args.jobs, count), initializer=ignore_sigint)
+    try:
+        outcomes = pool.map(_analyze_one, args.files, [ports] * count, [args.show_secrets] * count)
         for path, outcome in zip(args.files, outcomes, strict=True):
-            rendered = _Rendered() if isinstance(outcome, CaptureFileError) else _Rendered(
-                map(render(path), outcome.connections))
-            yield path, outcome, rendered
+            if isinstance(outcome, CaptureFileError):
+                yield path, outcome, _Rendered()
+            else:
+                ids = [d.timeline.info.id for d in outcome.connections]
+                yield path, outcome, _Rendered(map(render(path), outcome.connections), ids)
+    except BaseException:  # KeyboardInterrupt, or GeneratorExit when the caller stopped early
+        _stop_workers(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's workers now, mid-file (ProcessPoolExecutor.terminate_workers from Python
+    3.14; shutdown alone waits for the files they are reading)."""
+    for process in list((pool._processes or {}).values()):
+        process.terminate()
 
 
 def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
+    try:  # argparse writes --help, --version and its one-line errors to the injected streams too
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            args = parser.parse_args(argv)
+            if "files" in args:
+                check_input_files(args)
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return ExitStatus.OK if exc.code == 0 else ExitStatus.BAD_INPUT
     handler: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.handler

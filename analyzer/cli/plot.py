@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
-from analyzer.errors import EnvironmentProblem, ExitStatus, UsageError
-
-if TYPE_CHECKING:  # the notebook API (and with it pandas) is imported when the command runs
-    from analyzer.notebook import Analysis, Connection
+from analyzer.cli.options import CONNECTION_EXAMPLES, CONNECTION_HELP, file_error, input_files, port_number
+from analyzer.errors import CaptureFileError, EnvironmentProblem, ExitStatus, UsageError
 
 FORMATS = (".png", ".svg")
 
@@ -22,15 +20,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser("plot", help="draw each connection's heartbeat timeline (PNG or SVG)",
                               description="Draw each AMQP connection's heartbeat timeline: frames, heartbeats "
                                           "and bare ACKs per direction, the broker's checks, the model's window, "
-                                          "the predicted and the observed teardown.")
-    p.add_argument("file", metavar="FILE", help="pcap or pcapng capture file")
+                                          "the predicted and the observed teardown.",
+                              epilog=f"Examples: {CONNECTION_EXAMPLES}.")
+    input_files(p, "pcap or pcapng capture file", most=1)
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file, .png or .svg; with several connections and no --connection, one file "
                         "per connection named OUT-1.png, OUT-2.png, ...")
-    p.add_argument("--connection", metavar="ID",
-                   help="only this connection: its id (CLIENT_IP:PORT->SERVER_IP:PORT), a unique part of it "
-                        "such as the client port, or its position (0 = first)")
-    p.add_argument("--port", type=int, action="append", metavar="N",
+    p.add_argument("--connection", metavar="ID", help=CONNECTION_HELP)
+    p.add_argument("--port", type=port_number, action="append", metavar="N",
                    help="TCP port carrying AMQP (repeatable; default 5672; other ports are auto-detected)")
     p.add_argument("--checks", choices=("auto", "broker", "pika", "both", "none"), default="auto",
                    help="which peer's heartbeat checks to draw (default: the one that decided the teardown)")
@@ -64,23 +61,18 @@ def run_plot(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitSt
     from analyzer.notebook import load
     from analyzer.render.plot import save
 
-    analysis = load(args.file, ports=tuple(args.port) if args.port else DEFAULT_PORTS)
-    views = [_pick(analysis, args.connection)] if args.connection is not None else list(analysis)
+    (capture,) = args.files
+    try:
+        analysis = load(capture, ports=tuple(args.port) if args.port else DEFAULT_PORTS)
+        views = [analysis.connection(args.connection)] if args.connection is not None else list(analysis)
+    except (CaptureFileError, UsageError) as exc:
+        raise type(exc)(file_error(capture, exc)) from exc
     if not views:
-        raise UsageError(f"{args.file}: no AMQP connection in this capture")
+        raise UsageError(f"{capture}: no AMQP connection in this capture")
     for view, path in zip(views, output_paths(args.output, len(views)), strict=True):
         save(view.plot(checks=args.checks), path)
         stdout.write(f"{path}: {view.id} ({view.verdict})\n")
     for warning in analysis.summary.warnings:
-        stderr.write(f"amqp-hb: warning: {args.file}: {warning}\n")
+        stderr.write(f"amqp-hb: warning: {capture}: {warning}\n")
     return ExitStatus.OK
 
-
-def _pick(analysis: Analysis, key: str) -> Connection:
-    """A connection by id or unique part of it (a client port is digits too), else by position."""
-    try:
-        return analysis.connection(key)
-    except UsageError as by_id:
-        if not key.isdigit() or int(key) >= len(analysis):
-            raise by_id from None
-    return analysis.connection(int(key))
