@@ -198,8 +198,10 @@ def test_plot_has_the_lanes_timers_window_and_teardown(blog_pcap, tmp_path):
             "acks-c2s", "rst-s2c", "broker-checks-saw", "broker-checks-silent", "window", "predicted",
             "observed", "naive-timeout", "timeout", "silence", "caption", "note-client-app-blocked"} <= gids
     labels = _labels(fig)
-    assert {"heartbeat c2s", "heartbeat s2c", "ACK-only c2s (kernel alive)", "RST from broker",
-            "predicted close 12.007 s"} <= labels
+    assert {"heartbeat", "frames", "ACK-only (kernel alive)", "RST from broker", "predicted close 12.007 s"} <= labels
+    # One legend entry per symbol, not one per direction (both lanes draw heartbeats, frames and ACKs).
+    assert not any(" c2s" in lab or " s2c" in lab for lab in labels), labels
+    assert len(labels) == len(fig.axes[0].get_legend().get_texts())
     assert any(lab.startswith("observed RST 12.010 s") for lab in labels)
     # The window [L+2T, L+3T) is shaded where the model says.
     window = next(a for a in fig.findobj() if a.get_gid() == "window")

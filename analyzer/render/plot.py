@@ -220,11 +220,18 @@ def plot_connection(
     handles, labels = ax.get_legend_handles_labels()
     seen: dict[str, Any] = {}
     for h, lab in zip(handles, labels, strict=True):
-        seen.setdefault(lab, h)
+        # A symbol means the same in both lanes (frames, heartbeats, bare ACKs, ...): one legend entry
+        # each, not one per direction; the artists keep their per-direction labels and gids.
+        seen.setdefault(_legend_label(lab), h)
     ax.legend(list(seen.values()), list(seen), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
               frameon=False, borderaxespad=0.0)
     fig.text(0.01, 0.015, caption(d), fontsize=9, va="bottom", ha="left", gid="caption", wrap=False)
     return fig
+
+
+def _legend_label(label: str) -> str:
+    """An artist's label without its direction ("heartbeat c2s" -> "heartbeat")."""
+    return label.replace(f" {C2S}", "").replace(f" {S2C}", "")
 
 
 def caption(d: Diagnosis) -> str:
