@@ -269,3 +269,14 @@ def test_pika_model_plot_marks_the_decisive_pika_checks(tmp_path):
     assert {"lane-pika-checks", "pika-checks-saw", "pika-checks-silent", "fin-c2s", "window"} <= gids
     assert "lane-broker-checks" not in gids
     assert any("pika closes in" in lab for lab in _labels(fig))
+
+
+def test_a_lane_without_checks_says_why(captures_dir):
+    """heartbeat=0: the check lane carries a sentence, not nothing (and draws no check)."""
+    view = analyzer.load(captures_dir / "heartbeat-disabled.pcap").connection(0)
+    assert view.diagnosis.heartbeat.effective == 0
+    for checks, gid in (("auto", "broker-checks-none"), ("pika", "pika-checks-none")):
+        fig = view.plot(checks=checks)
+        notes = [a for a in fig.findobj() if a.get_gid() == gid]
+        assert len(notes) == 1 and "heartbeat disabled" in notes[0].get_text()
+        assert not {g for g in _gids(fig) if g.endswith(("-saw", "-silent"))}

@@ -327,11 +327,20 @@ def _draw_checks(ax: Axes, ticks: list[tuple[float, bool]], y: float, who: str, 
                    linewidths=2, zorder=4, gid=f"{gid}-silent", label=f"{who} check: nothing new (silent)")
 
 
+def _no_checks(ax: Axes, y: float, start: float, end: float, who: str, timeout: float | None, gid: str) -> None:
+    """Say in the lane why it holds no check, rather than leave it empty."""
+    why = (f"heartbeat disabled (0 in tune-ok): {who} never checks" if timeout == 0
+           else "heartbeat not negotiated in the capture: no checks to draw")
+    ax.text((start + end) / 2, y, why, ha="center", va="center", fontsize=9, color="#555555", style="italic",
+            gid=gid)
+
+
 def _broker_checks(ax: Axes, d: Diagnosis, y: float, segments: list[Row], frames: list[Row], start: float,
                    end: float) -> None:
     """RabbitMQ's monitor: looks at tune-ok + k·T (rabbit_heartbeat.erl), paused while blocked."""
     tl, timeout = d.timeline, d.heartbeat.effective
     if not timeout:
+        _no_checks(ax, y, start, end, "RabbitMQ", timeout, "broker-checks-none")
         return
     right = _checks_end(d, end, "rabbitmq")
     grids: list[tuple[float, float, float, bool]] = []  # (anchor, from, to, anchor-is-real)
@@ -381,6 +390,7 @@ def _pika_checks(ax: Axes, d: Diagnosis, y: float, frames: list[Row], start: flo
     tl, timeout = d.timeline, d.heartbeat.effective
     begin = tl.tune_ok or tl.tune
     if not timeout or begin is None:
+        _no_checks(ax, y, start, end, "pika", timeout, "pika-checks-none")
         return
     checker = d.rel(begin.time)
     right = _checks_end(d, end, "pika")
