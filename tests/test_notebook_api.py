@@ -280,3 +280,12 @@ def test_a_lane_without_checks_says_why(captures_dir):
         notes = [a for a in fig.findobj() if a.get_gid() == gid]
         assert len(notes) == 1 and "heartbeat disabled" in notes[0].get_text()
         assert not {g for g in _gids(fig) if g.endswith(("-saw", "-silent"))}
+
+
+def test_the_silence_is_measured_in_the_deciding_timer_s_unit(captures_dir):
+    """broker-paused is decided by pika's T+5 checker: its silence is given in T+5, not in T."""
+    view = analyzer.load(captures_dir / "broker-paused.pcap").connection(0)
+    assert view.diagnosis.prediction.model == "pika"
+    texts = [t.get_text() for t in view.plot().findobj(matplotlib.text.Text) if "silent" in t.get_text()
+             and "s =" in t.get_text()]
+    assert texts == [f"broker silent {view.diagnosis.silence:.3f} s = {view.diagnosis.silence / 8:.2f} (T+5)"]

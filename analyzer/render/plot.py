@@ -193,7 +193,13 @@ def plot_connection(
         ax.annotate("", xy=(close.time, y), xytext=(last, y), gid="silence",
                     arrowprops=dict(arrowstyle="<->", color=COLOURS["silence"], lw=1.5, shrinkA=0, shrinkB=0))
         who = "client" if silent_dir == C2S else "broker"
-        ratio = f" = {d.silence / timeout:.2f} T" if timeout else ""
+        # In the unit of the timer that decided: RabbitMQ looks every T, pika every T + 5 s.
+        if not timeout:
+            ratio = ""
+        elif d.prediction is not None and d.prediction.model == "pika":
+            ratio = f" = {d.silence / pika_model.check_interval(timeout):.2f} (T+{pika_model.CHECK_MARGIN:g})"
+        else:
+            ratio = f" = {d.silence / timeout:.2f} T"
         ax.text((last + close.time) / 2, y + 0.05, f"{who} silent {d.silence:.3f} s{ratio}", ha="center",
                 va="bottom", fontsize=9, color=COLOURS["silence"], fontweight="bold")
 
