@@ -235,12 +235,19 @@ def test_plot_cli_writes_one_file_per_connection(blocked_pcap, tmp_path):
     import io
 
     out, err = io.StringIO(), io.StringIO()
-    status = main(["plot", str(blocked_pcap), "-o", str(tmp_path / "t.png")], stdout=out, stderr=err)
+    status = main(["plot", str(blocked_pcap), "-o", str(tmp_path / "t.png"), "--all"], stdout=out, stderr=err)
     assert status == 0, err.getvalue()
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == ["t-1.png", "t-2.png"]
     assert all((tmp_path / n).stat().st_size > 10_000 for n in written)
     assert out.getvalue().count("\n") == 2 and "missed-client-heartbeats" in out.getvalue()
+    # Without --all, the publisher (4 ms, closed normally, no finding) is listed, not drawn.
+    out = io.StringIO()
+    assert main(["plot", str(blocked_pcap), "-o", str(tmp_path / "u.png")], stdout=out, stderr=err) == 0
+    assert (tmp_path / "u.png").exists() and not list(tmp_path.glob("u-*.png"))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("not drawn: ") and "(graceful, " in lines[0]
+    assert "missed-client-heartbeats" in lines[1]
     svg = tmp_path / "one.svg"
     status = main(["plot", str(blocked_pcap), "-o", str(svg), "--connection", "1"], stdout=out, stderr=err)
     assert status == 0 and svg.read_text().lstrip().startswith("<?xml")

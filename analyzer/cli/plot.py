@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="TCP port carrying AMQP (repeatable; default 5672; other ports are auto-detected)")
     p.add_argument("--checks", choices=("auto", "broker", "pika", "both", "none"), default="auto",
                    help="which peer's heartbeat checks to draw (default: the one that decided the teardown)")
+    p.add_argument("--all", action="store_true",
+                   help="also draw connections with nothing to show (closed normally within a second or one "
+                        "heartbeat interval, no finding), which are otherwise listed in one line each")
     p.set_defaults(handler=run_plot)
 
 
@@ -59,7 +62,7 @@ def run_plot(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitSt
                                  "'amqp-hb[plot]' (with pipx: pipx inject amqp-hb matplotlib pandas)") from None
     from analyzer.engine import DEFAULT_PORTS
     from analyzer.notebook import load
-    from analyzer.render.plot import save
+    from analyzer.render.plot import save, worth_plotting
 
     (capture,) = args.files
     try:
@@ -69,6 +72,14 @@ def run_plot(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitSt
         raise type(exc)(file_error(capture, exc)) from exc
     if not views:
         raise UsageError(f"{capture}: no AMQP connection in this capture")
+    if args.connection is None and not args.all:
+        shown = [view for view in views if worth_plotting(view.diagnosis)] or views
+        for view in views:
+            if view not in shown:
+                lasted = view.diagnosis.timeline.last_seen - view.diagnosis.timeline.first_seen
+                stdout.write(f"not drawn: {view.id} ({view.verdict}, {lasted:.3f} s, nothing to show; "
+                             "--all or --connection draws it)\n")
+        views = shown
     for view, path in zip(views, output_paths(args.output, len(views)), strict=True):
         save(view.plot(checks=args.checks), path)
         stdout.write(f"{path}: {view.id} ({view.verdict})\n")

@@ -19,7 +19,7 @@ import textwrap
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from analyzer.diagnosis.diagnose import Diagnosis
+from analyzer.diagnosis.diagnose import GRACEFUL, Diagnosis
 from analyzer.diagnosis.models import pika as pika_model
 from analyzer.diagnosis.models import rabbitmq as rabbitmq_model
 from analyzer.diagnosis.models.common import ON_TICK_TOLERANCE, grid_times
@@ -238,6 +238,18 @@ def plot_connection(
 def _legend_label(label: str) -> str:
     """An artist's label without its direction ("heartbeat c2s" -> "heartbeat")."""
     return label.replace(f" {C2S}", "").replace(f" {S2C}", "")
+
+
+# A connection shorter than this (or than its heartbeat interval, when longer) that closed normally
+# with no finding has nothing a timeline shows: a publisher that connected, sent and left.
+SHORT_CONNECTION = 1.0
+
+
+def worth_plotting(d: Diagnosis) -> bool:
+    """False for a short connection that closed normally with no finding (its figure would be empty)."""
+    lasted = d.timeline.last_seen - d.timeline.first_seen
+    return not (d.verdict == GRACEFUL and not d.findings
+                and lasted < max(SHORT_CONNECTION, d.heartbeat.effective or 0.0))
 
 
 def caption(d: Diagnosis) -> str:
