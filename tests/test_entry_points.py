@@ -106,7 +106,12 @@ class RunCounter(EventObserver):
 def test_runs_were_applied(capture) -> None:
     counter = RunCounter()
     analyze_timelines(io.BytesIO(capture.read_bytes()), CaptureSummary(), observer=counter)
-    assert counter.runs >= (1 if "synthetic" in capture.name else 0)
+    if "synthetic" in capture.name:
+        assert counter.runs >= 1
+    else:
+        # One read block holds the whole 11 KiB capture and its flows start inside it, so every packet
+        # goes one by one: the synthetic capture (small blocks) is the one that exercises the runs.
+        assert counter.runs == 0
 
 
 def methods_in(path: pathlib.Path) -> set:
