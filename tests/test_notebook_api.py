@@ -296,3 +296,15 @@ def test_the_silence_is_measured_in_the_deciding_timer_s_unit(captures_dir):
     texts = [t.get_text() for t in view.plot().findobj(matplotlib.text.Text) if "silent" in t.get_text()
              and "s =" in t.get_text()]
     assert texts == [f"broker silent {view.diagnosis.silence:.3f} s = {view.diagnosis.silence / 8:.2f} (T+5)"]
+
+
+def test_an_event_finding_does_not_hide_the_frame_it_came_with(captures_dir):
+    """consumer-timeout: the 406 star sits above the broker's frame row, not on its heartbeat."""
+    view = analyzer.load(captures_dir / "consumer-timeout.pcap").connection(0)
+    fig = view.plot()
+    star = next(a for a in fig.findobj() if a.get_gid() == "finding-consumer-timeout")
+    beats = next(a for a in fig.findobj() if a.get_gid() == "heartbeats-s2c")
+    (star_x, star_y), = star.get_offsets()
+    near = [(x, y) for x, y in beats.get_offsets() if abs(x - star_x) < 0.05]
+    assert near, "the broker's heartbeat next to the channel.close"
+    assert all(star_y - y >= 0.15 for _, y in near)

@@ -139,7 +139,9 @@ def plot_connection(
             if t is not None:
                 who = "client" if direction == C2S else "broker"
                 benign = name == "RST" and d.close.benign_rst is not None
-                ax.scatter([d.rel(t)], [y], marker=marker, s=150, color="black", zorder=5,
+                # A white edge keeps the marker readable on the observed-teardown line drawn at the same time.
+                ax.scatter([d.rel(t)], [y], marker=marker, s=150, color="black", edgecolors="white", linewidths=1.2,
+                           zorder=5,
                            label=f"{name} from {who}" + (" (benign, after the close)" if benign else ""),
                            gid=f"{name.lower()}-{direction}")
 
@@ -309,6 +311,9 @@ _EVENT_FINDINGS = {
 }
 
 
+FINDING_ROW = 0.3  # height of an event finding's star in its lane (frames sit at +0.12, bare ACKs at -0.2)
+
+
 def _event_findings(ax: Axes, d: Diagnosis) -> None:
     for f in d.findings:
         if f.kind not in _EVENT_FINDINGS:
@@ -317,9 +322,10 @@ def _event_findings(ax: Axes, d: Diagnosis) -> None:
         if f.kind == "channel-error" and f.detail.startswith("client"):
             direction = C2S
         y = LANES[direction]
-        ax.scatter([f.time], [y + 0.12], marker="*", s=260, color="#f1c40f", edgecolors="black", linewidths=0.8,
-                   zorder=6, label=label, gid=f"finding-{f.kind}")
-        ax.text(f.time, y + 0.3, f.kind, ha="center", va="bottom", fontsize=8, zorder=6,
+        # Above the frame row (y + 0.12), so the event does not hide the frame it came with.
+        ax.scatter([f.time], [y + FINDING_ROW], marker="*", s=220, color="#f1c40f", edgecolors="black",
+                   linewidths=0.8, zorder=6, label=label, gid=f"finding-{f.kind}")
+        ax.text(f.time, y + FINDING_ROW + 0.14, f.kind, ha="center", va="bottom", fontsize=8, zorder=6,
                 bbox=dict(facecolor="white", edgecolor="none", pad=1.0, alpha=0.85))
 
 
