@@ -308,3 +308,21 @@ def test_an_event_finding_does_not_hide_the_frame_it_came_with(captures_dir):
     near = [(x, y) for x, y in beats.get_offsets() if abs(x - star_x) < 0.05]
     assert near, "the broker's heartbeat next to the channel.close"
     assert all(star_y - y >= 0.15 for _, y in near)
+
+
+def test_a_frozen_broker_s_checks_are_not_drawn_as_seen_and_the_notes_do_not_overprint(captures_dir):
+    """broker-paused with both timers: after the broker's last byte its checks are 'not known' (a
+    frozen broker looks at nothing), and the silence note and the silence label do not overlap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    view = analyzer.load(captures_dir / "broker-paused.pcap").connection(0)
+    d = view.diagnosis
+    fig = view.plot(checks="both")
+    broker_last = d.rel(d.timeline.s2c.last_payload)
+    by_gid = {a.get_gid(): a for a in fig.findobj() if a.get_gid()}
+    assert all(x <= broker_last for x, _ in by_gid["broker-checks-saw"].get_offsets())
+    assert len(by_gid["broker-checks-unknown"].get_offsets()) >= 3
+    FigureCanvasAgg(fig).draw()
+    note = by_gid["note-broker-app-blocked"].get_window_extent()
+    label = next(t for t in fig.findobj(matplotlib.text.Text) if t.get_text().startswith("broker silent"))
+    assert not note.overlaps(label.get_window_extent())

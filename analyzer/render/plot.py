@@ -19,7 +19,7 @@ import textwrap
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from analyzer.diagnosis.diagnose import GRACEFUL, Diagnosis
+from analyzer.diagnosis.diagnose import GRACEFUL, MISSED_SERVER, Diagnosis
 from analyzer.diagnosis.models import pika as pika_model
 from analyzer.diagnosis.models import rabbitmq as rabbitmq_model
 from analyzer.diagnosis.models.common import ON_TICK_TOLERANCE, grid_times
@@ -39,7 +39,7 @@ LANE_NAMES = {C2S: "client → broker", S2C: "broker → client"}
 COLOURS = {
     "heartbeat": "#d62728", "frame": "#1f77b4", "ack": "#7f7f7f", "retransmission": "#ff7f0e",
     "gap": "#e377c2", "saw": "#2ca02c", "silent": "#d62728", "window": "#f5b041", "predicted": "#8e44ad",
-    "observed": "#000000", "naive": "#7f7f7f", "silence": "#c0392b", "paused": "#bdc3c7",
+    "observed": "#000000", "naive": "#7f7f7f", "silence": "#c0392b", "paused": "#bdc3c7", "unknown": "#aab7b8",
 }
 FIGSIZE = (13.0, 5.4)
 CAPTION_WIDTH = 165  # characters per caption line at FIGSIZE
@@ -287,6 +287,9 @@ _BLOCKED_NOTES = {
 }
 
 
+NOTE_OFFSET = 0.33  # a silence note's distance from its lane's centre line
+
+
 def _blocked_note(ax: Axes, d: Diagnosis, silent_dir: str, last: float | None, close: float | None) -> None:
     """One line of plain words in the silent lane, from the finding that explains the silence."""
     if last is None:
@@ -298,7 +301,9 @@ def _blocked_note(ax: Axes, d: Diagnosis, silent_dir: str, last: float | None, c
         direction = C2S if f.kind == "client-app-blocked" or (f.kind == "peer-unreachable" and silent_dir == C2S) \
             else S2C
         end = close if close is not None else d.rel(d.timeline.last_seen)
-        ax.text((f.time + end) / 2, LANES[direction] - 0.33, note, ha="center", va="center", fontsize=8,
+        # Across the lane from the silence arrow (drawn below the broker's lane, above the client's).
+        y = LANES[direction] + (NOTE_OFFSET if direction == S2C else -NOTE_OFFSET)
+        ax.text((f.time + end) / 2, y, note, ha="center", va="center", fontsize=8,
                 style="italic", color="#444444", gid=f"note-{f.kind}", zorder=6)
         return
 
@@ -403,6 +408,17 @@ def _broker_checks(ax: Axes, d: Diagnosis, y: float, segments: list[Row], frames
                 saw = _saw(arrivals, prev if prev is not None else t - timeout, t)
             ticks.append((t, saw))
             prev = t
+    broker_last = tl.s2c.last_payload
+    if d.verdict == MISSED_SERVER and broker_last is not None:
+        # The client gave up on a silent broker: after the broker's last byte the wire cannot say
+        # whether its monitor still looked (a frozen broker looks at nothing), so no verdict is drawn.
+        after = d.rel(broker_last)
+        unknown = [t for t, _ in ticks if t > after]
+        ticks = [(t, saw) for t, saw in ticks if t <= after]
+        if unknown:
+            ax.scatter(unknown, [y] * len(unknown), marker="o", s=60, facecolors="white",
+                       edgecolors=COLOURS["unknown"], linewidths=1.5, linestyle="--", zorder=4,
+                       gid="broker-checks-unknown", label="broker check: not known (the broker sent nothing)")
     _draw_checks(ax, ticks, y, "broker", "broker-checks")
     if not ticks:
         ax.text(start, y, f"  no broker check within this connection's life (the first comes T = {timeout:g} s "
