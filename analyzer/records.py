@@ -34,6 +34,11 @@ PSH = 0x08
 ACK = 0x10
 
 
+# RawPacket's fields as a plain tuple (index, timestamp, linktype, data, orig_len): what the readers
+# yield a block at a time and the engine takes one by one, without building a RawPacket.
+RecordFields = tuple[int, float, int, bytes, int]
+
+
 @dataclass(slots=True)
 class RawPacket:
     """One captured record: bytes as the link layer delivered them."""

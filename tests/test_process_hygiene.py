@@ -23,7 +23,7 @@ import pytest
 from analyzer.lab.broker import free_port
 from analyzer.lab.capture import count_pcap_records
 from analyzer.sources.pcap import open_capture
-from tests.fixtures_broker import live_children, processes_matching
+from tests.fixtures_broker import live_children, processes_matching, running
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -91,19 +91,12 @@ def wait_for_records(path: pathlib.Path, at_least: int = 1, timeout: float = 5.0
     assert count_pcap_records(str(path)) >= at_least
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
 
 def wait_gone(pid: int, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
+    while running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not alive(pid)
+    return not running(pid)
 
 
 def read_back(path: pathlib.Path) -> tuple[list, list[str]]:

@@ -24,13 +24,12 @@ from analyzer.engine.quick import QuickSide, quick_packet, quick_side
 from analyzer.engine.runs import MIN_RUN, PacketRun, Plan
 from analyzer.flows import RETIRE_AFTER, FlowSide, FlowTable, flow_key
 from analyzer.net.packets import IP_OFFSETS, PacketDecoder, ipv4_tcp_fields
-from analyzer.records import ACK, FIN, RST, SYN, CaptureSummary, Event, RawPacket
+from analyzer.records import ACK, FIN, RST, SYN, CaptureSummary, Event, RawPacket, RecordFields
 from analyzer.sources.pcap import RecordBlock
 from analyzer.timeline import ConnectionTimeline, TimelineBuilder
 
 DEFAULT_PORTS = (5672,)
 _NOT_ACK_ONLY = SYN | FIN | RST
-Record = tuple[int, float, int, bytes, int]  # RawPacket's fields: index, timestamp, linktype, data, orig_len
 
 
 class Observer(Protocol):
@@ -146,7 +145,7 @@ class Engine:
         if self.summary.start_epoch is None:
             self.summary.start_epoch = timestamp
 
-    def _packet(self, record: Record) -> None:
+    def _packet(self, record: RecordFields) -> None:
         index, timestamp, linktype, data, _orig_len = record
         if self.observer is None:
             ip = IP_OFFSETS.get(linktype)
@@ -199,7 +198,7 @@ class _BlockRecords:
         linktype = block.linktype
         self.linktype: int | list[int] = linktype if isinstance(linktype, int) else linktype.tolist()
 
-    def record(self, k: int) -> Record:
+    def record(self, k: int) -> RecordFields:
         start = self.start[k]
         linktype = self.linktype if isinstance(self.linktype, int) else self.linktype[k]
         return (self.first + k, self.timestamp[k], linktype, self.buf[start : start + self.caplen[k]],

@@ -296,22 +296,22 @@ class PacketRun:
     def events(self) -> Iterator[SegmentEvent | Frame]:
         plan = self.plan
         frames = self.frames
-        block = plan.block
-        buf = block.buf
-        timestamps = block.timestamp.tolist()
-        first_index = block.first_index + 1
+        i, j = self.i, self.j
+        buf = plan.block.buf
+        first_index = plan.block.first_index + 1 + i
         frame_packets = frames.packet.tolist()
-        columns = zip(frames.side.tolist(), frames.offset.tolist(), frames.type.tolist(), frames.channel.tolist(),
-                      frames.size.tolist(), frames.ids.tolist(), frames.position.tolist(), strict=True)
+        columns = zip(frames.offset.tolist(), frames.type.tolist(), frames.channel.tolist(), frames.size.tolist(),
+                      frames.ids.tolist(), frames.position.tolist(), strict=True)
         f = 0
-        for k in range(self.i, self.j):
-            quick = plan.sides[int(plan.side_id[k])]
-            t = timestamps[k]
+        # The run's packets only, as Python values once (not the whole block per run).
+        packets = zip(plan.side_id[i:j].tolist(), plan.block.timestamp[i:j].tolist(), plan.flags[i:j].tolist(),
+                      plan.seq[i:j].tolist(), plan.ack[i:j].tolist(), plan.payload_len[i:j].tolist(), strict=True)
+        for k, (side, t, flags, seq, ack, payload_len) in enumerate(packets):
+            quick = plan.sides[side]
             index = first_index + k
-            yield SegmentEvent(quick.info, quick.direction, t, index, int(plan.flags[k]), int(plan.seq[k]),
-                               int(plan.ack[k]), int(plan.payload_len[k]), False, 0)
+            yield SegmentEvent(quick.info, quick.direction, t, index, flags, seq, ack, payload_len, False, 0)
             while f < len(frame_packets) and frame_packets[f] == index:
-                _side, offset, frame_type, channel, size, ids, position = next(columns)
+                offset, frame_type, channel, size, ids, position = next(columns)
                 keep = kept_payload_size(frame_type, size, self.payload_bytes)
                 payload = buf[position + FRAME_HEADER_SIZE : position + FRAME_HEADER_SIZE + keep]
                 method = frame_type == FRAME_METHOD
