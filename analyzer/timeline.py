@@ -51,7 +51,8 @@ CHANNEL_CLOSE = (20, 40)
 # Direction.last_frame_name of frames other than methods (methods: their dotted name).
 FRAME_KIND_NAMES = {FRAME_HEADER: "content header", FRAME_BODY: "content body", FRAME_HEARTBEAT: "heartbeat",
                     FRAME_HEARTBEAT_OLD: "heartbeat"}
-NEGOTIATION_METHODS = {(10, 10): "start", (10, 11): "start_ok", (10, 30): "tune", (10, 31): "tune_ok"}
+NEGOTIATION_METHODS = {(10, 10): "start", (10, 11): "start_ok", (10, 30): "tune", (10, 31): "tune_ok",
+                       (10, 41): "open_ok"}
 BLOCKED, UNBLOCKED = (10, 60), (10, 61)
 CONNECTION_CLASS = 10
 
@@ -222,6 +223,7 @@ class ConnectionTimeline:
     start_ok: MethodAt | None = None
     tune: MethodAt | None = None
     tune_ok: MethodAt | None = None
+    open_ok: MethodAt | None = None  # several clients start their heartbeat timers here
     connection_close: MethodAt | None = None
     connection_close_ok: MethodAt | None = None
     channel_closes: list[MethodAt] = field(default_factory=list)  # capped

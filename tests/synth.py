@@ -534,9 +534,14 @@ def method_frame(cmd, channel: int = 0) -> bytes:
     return _method(cmd, channel)
 
 
-def handshake_steps(heartbeat: int, *, proposed: int = 60, at: float = 0.0, step: float = 0.001) -> list:
-    """TCP handshake, protocol header and connection.start..open-ok as pika and RabbitMQ send them;
-    tune-ok is the 7th step, at `at + 7 * step`."""
+PIKA_CLIENT_PROPERTIES = {"product": "Pika Python Client Library", "version": "1.4.4"}
+
+
+def handshake_steps(heartbeat: int, *, proposed: int = 60, at: float = 0.0, step: float = 0.001,
+                    client_properties: dict | None = None, mechanism: str = "PLAIN") -> list:
+    """TCP handshake, protocol header and connection.start..open-ok as pika (or the library whose
+    `client_properties` are given) and RabbitMQ send them; tune-ok is the 7th step, at
+    `at + 7 * step`, open-ok the 9th."""
     t = lambda i: round(at + i * step, 6)  # noqa: E731
     return [
         (t(0), C2S, SYN, b""),
@@ -546,8 +551,8 @@ def handshake_steps(heartbeat: int, *, proposed: int = 60, at: float = 0.0, step
         (t(4), S2C, PSH | ACK, _method(commands.Connection.Start(
             server_properties={"product": "RabbitMQ", "version": "3.10.8"}, mechanisms="PLAIN", locales="en_US"))),
         (t(5), C2S, PSH | ACK, _method(commands.Connection.StartOk(
-            client_properties={"product": "Pika Python Client Library", "version": "1.4.4"},
-            mechanism="PLAIN", response="\x00guest\x00guest", locale="en_US"))),
+            client_properties=client_properties or PIKA_CLIENT_PROPERTIES,
+            mechanism=mechanism, response="\x00guest\x00guest", locale="en_US"))),
         (t(6), S2C, PSH | ACK, _method(commands.Connection.Tune(channel_max=2047, frame_max=131072, heartbeat=proposed))),
         (t(7), C2S, PSH | ACK, _method(commands.Connection.TuneOk(channel_max=2047, frame_max=131072, heartbeat=heartbeat))),
         (t(8), C2S, PSH | ACK, _method(commands.Connection.Open(virtual_host="/"))),

@@ -118,7 +118,10 @@ def test_analyze_json_contract(conversation_pcap):
     assert required <= set(conn)
     assert conn["heartbeat"] == {"server_proposed": 10, "client_requested": 10, "effective": 10, "source": "negotiated"}
     assert conn["close"]["how"] == "connection.close" and conn["verdict"] == "graceful"
-    assert conn["client"] == {"ip": "10.0.0.1", "port": 52018}
+    # the client endpoint, and its library (this synthetic start-ok says product "pika", which no
+    # library sends: pika says "Pika Python Client Library")
+    assert conn["client"] == {"ip": "10.0.0.1", "port": 52018, "library": "unknown", "version": None,
+                              "wrapper_hint": None, "identified_by": "handshake", "product": "pika"}
 
 
 def test_connection_filter(conversation_pcap):

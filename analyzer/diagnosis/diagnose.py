@@ -8,10 +8,13 @@ The plain-language explanation is written by analyzer.diagnosis.explain from the
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 from analyzer.diagnosis.explain import explain
+from analyzer.diagnosis.identify import identify
 from analyzer.diagnosis.models import pika as pika_model
 from analyzer.diagnosis.models import rabbitmq as rabbitmq_model
+from analyzer.diagnosis.models.client_timers import TimerStart, predict_give_up
 from analyzer.diagnosis.models.common import Prediction
 from analyzer.diagnosis.results import (
     CLOSE_HANDSHAKE_SLACK,
@@ -30,7 +33,7 @@ from analyzer.diagnosis.results import (
     Peer,
 )
 from analyzer.records import C2S, S2C
-from analyzer.timeline import ConnectionTimeline, Direction
+from analyzer.timeline import ConnectionTimeline, Direction, MethodAt
 
 # The record types and verdicts live in results.py (explain.py reads them too); importers of this
 # module keep finding them here.
@@ -63,6 +66,7 @@ PRECONDITION_FAILED = 406
 
 def diagnose(timeline: ConnectionTimeline, t0: float) -> Diagnosis:
     d = Diagnosis(timeline, t0, _heartbeat(timeline), _close(timeline, t0))
+    d.client = identify(timeline, d.heartbeat.effective)
     _verdict(d)
     if d.verdict == RESET:
         _hidden_close(d)
@@ -129,7 +133,13 @@ def _verdict(d: Diagnosis) -> None:
         d.verdict = OPEN
         return
     if close.how == "connection.close":
-        d.verdict = GRACEFUL if close.reply_code in (None, REPLY_SUCCESS) else CLOSED_WITH_ERROR
+        d.verdict = GRACEFUL if _normal_close_code(d) else CLOSED_WITH_ERROR
+        return
+    if close.initiator == "client" and _blocked_at(d, observed) is not None:
+        # The client gave up while the broker held it blocked: the broker's heartbeats kept coming
+        # (its sender is never paused), so no heartbeat timer closed it; its blocked-connection
+        # timeout (pika's blocked_connection_timeout) or the application did.
+        d.verdict = RESET
         return
     timeout = d.heartbeat.effective
     silent_side = tl.c2s if close.initiator == "server" else tl.s2c
@@ -170,7 +180,7 @@ def _verdict(d: Diagnosis) -> None:
                         "load balancer sits between client and broker, or tcp_listen_options were customised")
         return
     d.verdict = RESET
-    who = "RabbitMQ" if prediction.model == "rabbitmq" else "pika"
+    who = prediction.decider
     lo, hi = prediction.window
     if observed < lo:
         d.misfit = (f"the teardown at {observed:.3f} s came {lo - observed:.3f} s before {who}'s earliest heartbeat "
@@ -199,10 +209,31 @@ def _hidden_close(d: Diagnosis) -> None:
     d.misfit = note if d.misfit is None else f"{note}; besides, {d.misfit}"
 
 
+def _normal_close_code(d: Diagnosis) -> bool:
+    """A connection.close with reply-success, or with the code the client's library sends on its
+    own normal close (py-amqp and php-amqplib send 0). 0 is no AMQP error code: from a client not
+    identified it is read as a normal close too."""
+    code, close = d.close.reply_code, d.close
+    if code in (None, REPLY_SUCCESS):
+        return True
+    if close.initiator != "client":
+        return False
+    return code == d.profile.normal_close_code or (code == 0 and d.client.library == "unknown")
+
+
+def _blocked_at(d: Diagnosis, t: float) -> float | None:
+    """The connection.blocked time (relative) when the broker held the connection blocked at `t`."""
+    for blocked, unblocked in _blocked_periods(d):
+        if blocked <= t and (unblocked is None or unblocked > t):
+            return blocked
+    return None
+
+
 def _fits(prediction: Prediction, observed: float) -> bool:
     lo, hi = prediction.window
-    if prediction.model == "pika":
-        # pika's timers run only inside its I/O loop (BlockingConnection): it may detect late, never early.
+    if prediction.late_ok:
+        # The client's timer runs only when its loop or the application lets it (pika's
+        # BlockingConnection, py-amqp's heartbeat_tick): it may detect late, never early.
         return observed >= lo - WINDOW_EARLY_TOLERANCE
     return lo - WINDOW_EARLY_TOLERANCE <= observed < hi + WINDOW_LATE_TOLERANCE + prediction.lateness_allowance
 
@@ -253,11 +284,25 @@ def _broker_prediction(d: Diagnosis, last_client: float, timeout: float,
 
 
 def _client_prediction(d: Diagnosis, last_server: float, timeout: float) -> Prediction | None:
-    tl = d.timeline
+    """The client library's own give-up rule (its profile row); for pika the checker model."""
+    tl, row = d.timeline, d.profile
     start = tl.tune_ok or tl.tune
-    if start is None:
+    if row.key == "pika":
+        if start is None:
+            return None
+        return pika_model.predict_missed_server_heartbeats(last_server, d.rel(start.time), timeout)
+    if row.detection is None:
         return None
-    return pika_model.predict_missed_server_heartbeats(last_server, d.rel(start.time), timeout)
+    steps: tuple[tuple[TimerStart, MethodAt | None], ...] = (
+        ("tune", tl.tune), ("tune-ok", start), ("open-ok", tl.open_ok))
+    anchors = {step: d.rel(method.time) for step, method in steps if method is not None}
+    prediction = predict_give_up(row.detection, row.key, last_server, timeout, anchors)
+    if prediction is None:
+        return None
+    # A timer on the loop that runs the handler (or driven by the application) fires late when
+    # that loop is busy.
+    late_ok = prediction.late_ok or row.sender_runs != "own-thread"
+    return replace(prediction, peer=row.name, late_ok=late_ok)
 
 
 def _blocked_periods(d: Diagnosis) -> list[tuple[float, float | None]]:
@@ -285,7 +330,7 @@ def _findings(d: Diagnosis) -> Iterator[Finding]:
             and hb.client_requested > hb.server_proposed):
         yield Finding(d.rel(tl.tune_ok.time), "heartbeat-above-proposal", None,
                       f"the client asked for {hb.client_requested} s, more than the broker's {hb.server_proposed} s; "
-                      "RabbitMQ accepts it as is (pika's int heartbeat always overrides the broker)")
+                      f"RabbitMQ accepts it as is ({_negotiation_note(d)})")
     if timeout:
         for side, peer, kind in ((tl.c2s, tl.s2c, "client"), (tl.s2c, tl.c2s, "broker")):
             yield from _silence_findings(d, side, peer, kind, end, timeout)
@@ -316,6 +361,10 @@ def _findings(d: Diagnosis) -> Iterator[Finding]:
         else:
             yield Finding(d.rel(close.time), "channel-error", close.channel,
                           f"{who} closed channel {close.channel}: {code} {text}")
+    if d.close.initiator == "client" and d.close.how in ("fin", "rst") and d.close.time is not None:
+        blocked = _blocked_at(d, d.close.time)
+        if blocked is not None:
+            yield Finding(d.close.time, "client-gave-up-blocked", None, _blocked_give_up(d, d.close.time - blocked))
     for t, what in tl.blocked:
         yield Finding(d.rel(t), "connection-blocked", None,
                       "broker sent connection.blocked (resource alarm): it pauses its heartbeat monitor"
@@ -323,6 +372,22 @@ def _findings(d: Diagnosis) -> Iterator[Finding]:
     if tl.protocol != "amqp-0-9-1":
         yield Finding(d.rel(tl.protocol_header or tl.first_seen), "not-amqp-0-9-1", None,
                       f"this connection speaks {tl.protocol}, not AMQP 0-9-1: its frames are not decoded")
+
+
+def _negotiation_note(d: Diagnosis) -> str:
+    if d.client.library == "unknown":
+        return "the client's value always wins"
+    return f"{d.profile.name}: {d.profile.negotiation}"
+
+
+def _blocked_give_up(d: Diagnosis, after: float) -> str:
+    row = d.profile
+    head = (f"the client closed the connection {after:.3f} s after connection.blocked, while the broker still held "
+            "it blocked (a resource alarm), without connection.close")
+    if row.blocked_timeout is not None:
+        return (f"{head}: {row.name}'s {row.blocked_timeout} fired ({row.blocked_timeout_error}); its value is that "
+                f"setting, about {after:.0f} s")
+    return f"{head}: the application gave up on the blocked connection ({row.name} has no such timeout of its own)"
 
 
 def _silence_findings(d: Diagnosis, side: Direction, peer: Direction, kind: str, end: float,
@@ -338,11 +403,17 @@ def _silence_findings(d: Diagnosis, side: Direction, peer: Direction, kind: str,
     if side.ack_only_since_payload:
         name = "client-app-blocked" if kind == "client" else "broker-app-blocked"
         other = "broker" if kind == "client" else "client"
-        loop = ("pika's I/O loop (a long callback?)" if kind == "client"
-                else "its Erlang processes (SIGSTOP, GC, overload?)")
-        yield Finding(last, name, None,
-                      f"the {kind} sent no AMQP bytes for {silence:.3f} s after {last:.3f} s while its kernel ACKed "
-                      f"{side.ack_only_since_payload} {other} segments: the process was alive but not running {loop}")
+        detail = (f"the {kind} sent no AMQP bytes for {silence:.3f} s after {last:.3f} s while its kernel ACKed "
+                  f"{side.ack_only_since_payload} {other} segments: ")
+        if kind != "client":
+            detail += "the process was alive but not running its Erlang processes (SIGSTOP, GC, overload?)"
+        elif d.profile.sender_runs == "own-thread":
+            detail += (f"the process was alive but not running {d.profile.loop}: {d.profile.name} sends heartbeats "
+                       "from a thread of its own, so a long handler alone does not explain it (a process-wide "
+                       "stall: a long GC pause, CPU starvation, a suspended VM, or a write blocked on a full socket)")
+        else:
+            detail += f"the process was alive but not running {d.profile.loop} (a long callback?)"
+        yield Finding(last, name, None, detail)
     elif peer_sent:
         yield Finding(last, "peer-unreachable", None,
                       f"the {kind} sent nothing, not even TCP ACKs, for {silence:.3f} s after {last:.3f} s while its "

@@ -14,12 +14,6 @@ from analyzer.diagnosis.results import (
 )
 from analyzer.timeline import Direction
 
-FIX_CLIENT_BLOCKED = (
-    "Fix: run long work in a thread and ack from it with "
-    "connection.add_callback_threadsafe(functools.partial(ch.basic_ack, delivery_tag=...)); "
-    "or let pika service I/O during the work (connection.process_data_events / connection.sleep); "
-    "or negotiate a heartbeat longer than the longest task."
-)
 FIX_BROKER_BLOCKED = (
     "Check the broker: a stopped (SIGSTOP), overloaded or partitioned node stops sending while its kernel "
     "still ACKs; its logs and `rabbitmq-diagnostics status` tell which."
@@ -54,6 +48,7 @@ def explain(d: Diagnosis) -> str:
         what = "an RST" if close.how == "rst" else "a FIN"
         parts.append(f"The {close.initiator} ended the connection with {what} at {close.time:.3f} s, "
                      "without an AMQP connection.close.")
+        parts.extend(f.detail[0].upper() + f.detail[1:] + "." for f in d.findings if f.kind == "client-gave-up-blocked")
         if d.misfit:
             parts.append(f"It does not fit a heartbeat timeout: {d.misfit}.")
         parts.append(_last_bytes(d))
@@ -93,9 +88,11 @@ def _missed(d: Diagnosis, *, silent: str) -> list[str]:
         if d.alternative is not None:
             out.append(f"Tune-ok was not captured; the grid phase was inferred from the broker's heartbeats (the "
                        f"other possible phase would close at {d.alternative.predicted:.3f} s).")
-    else:
+    elif pred.model == "pika":
         out.append(f"pika looks every T+5 = {pred.period:g} s and gives up after one silent window; it then raises "
                    "AMQPHeartbeatTimeout and closes the socket with a FIN, without connection.close.")
+    else:
+        out.append(_give_up_sentence(d))
     if d.misfit:
         out.append(f"Note: {d.misfit}.")
     blocked = [f for f in d.findings if f.kind in ("client-app-blocked", "broker-app-blocked", "peer-unreachable")]
@@ -103,10 +100,31 @@ def _missed(d: Diagnosis, *, silent: str) -> list[str]:
         out.append(finding.detail[0].upper() + finding.detail[1:] + ".")
     if silent == "client":
         if any(f.kind == "client-app-blocked" for f in blocked):
-            out.append(FIX_CLIENT_BLOCKED)
+            out.append(d.profile.fix)
     else:
         out.append(FIX_BROKER_BLOCKED)
     return out
+
+
+_WIRE_WORDS = {
+    "fin": "closes the socket with a FIN, without connection.close",
+    "rst": "resets the socket, without connection.close",
+    "nothing": "puts nothing on the wire at once (no connection.close; the socket closes later, if at all)",
+    "connection.close": "sends connection.close",
+}
+
+
+def _give_up_sentence(d: Diagnosis) -> str:
+    """How the client's own library gives up, from its profile row."""
+    row = d.profile
+    who = row.name if d.client.library != "unknown" else "The client's library (not identified)"
+    if d.client.library == "unknown":
+        return (f"{who} gave up on the silent broker by its own rule ({row.detection_text}); which library it is "
+                "the capture does not say.")
+    # Library names keep their own case ("amqplib", "py-amqp"); "the ..." starts a sentence.
+    who = who[0].upper() + who[1:] if who.startswith("the ") else who
+    return (f"{who} {row.detection_text}; it then {_WIRE_WORDS[row.gives_up_with]}, and the "
+            f"application sees {row.app_sees}.")
 
 
 def _last_thing(d: Diagnosis, side: Direction) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal, overload
 
+from analyzer.diagnosis.models.clients import ClientProfile, profile
 from analyzer.diagnosis.models.common import Prediction
 from analyzer.timeline import ConnectionTimeline
 
@@ -44,6 +45,30 @@ class Finding:
     kind: str
     channel: int | None
     detail: str
+
+
+IdentifiedBy = Literal["handshake", "behaviour", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientIdentity:
+    """Which client library a connection's client is (identify.py).
+
+    `library` is a profile key (models/clients.py) or "unknown"; `product` is the start-ok
+    product as on the wire (also for a library without a profile row); `wrapper_hint` names the
+    wrappers that do not name themselves ("kombu or Celery"), or the one the wire proves.
+    """
+
+    library: str
+    name: str
+    version: str | None
+    wrapper_hint: str | None
+    identified_by: IdentifiedBy
+    product: str | None
+    evidence: str
+
+
+UNKNOWN_CLIENT = ClientIdentity("unknown", "the client", None, None, "unknown", None, "not identified")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +108,12 @@ class Diagnosis:
     gap_fits: bool | None = None
     findings: list[Finding] = field(default_factory=list)
     explanation: str = ""
+    client: ClientIdentity = UNKNOWN_CLIENT
+
+    @property
+    def profile(self) -> ClientProfile:
+        """The client's profile row; the generic row for an unknown library."""
+        return profile(self.client.library)
 
     @overload
     def rel(self, t: float) -> float: ...

@@ -78,6 +78,8 @@ def connection_document(d: Diagnosis) -> JsonObject:
         p = d.prediction
         prediction = {
             "model": p.model,
+            "rule": p.rule,
+            "exact": p.exact,
             "window": [_r(p.window[0]), _r(p.window[1])],
             "predicted": _r(p.predicted),
             "error": _r(p.error(close.time)),
@@ -91,7 +93,7 @@ def connection_document(d: Diagnosis) -> JsonObject:
             prediction["alternative_predicted"] = _r(d.alternative.predicted)
     return {
         "id": info.id,
-        "client": {"ip": info.client.ip, "port": info.client.port},
+        "client": {"ip": info.client.ip, "port": info.client.port, **_library(d)},
         "server": {"ip": info.server.ip, "port": info.server.port},
         "role_source": info.role_source,
         "protocol": tl.protocol,
@@ -127,6 +129,13 @@ def connection_document(d: Diagnosis) -> JsonObject:
                      for f in d.findings],
         "explanation": d.explanation,
     }
+
+
+def _library(d: Diagnosis) -> JsonObject:
+    """Which client library (issue 12): a profile key or "unknown", as identified."""
+    c = d.client
+    return {"library": c.library, "version": c.version, "wrapper_hint": c.wrapper_hint,
+            "identified_by": c.identified_by, "product": c.product}
 
 
 def _auth(tl: ConnectionTimeline) -> JsonObject | None:

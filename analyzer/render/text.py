@@ -45,6 +45,7 @@ def connection_report(d: Diagnosis, *, colour: bool = False) -> list[str]:
     peers = _peers(d)
     if peers:
         out.append(f"  peers      {peers}")
+    out.append(f"  library    {_library(d)}")
     if hb.effective is None:
         out.append("  heartbeat  unknown (no handshake and no broker heartbeat cadence in the capture)")
     else:
@@ -82,6 +83,19 @@ def _peers(d: Diagnosis) -> str:
             platform = props.get("platform")
             parts.append(f"{name} {ident}" + (f" ({platform})" if platform else ""))
     return " · ".join(parts)
+
+
+def _library(d: Diagnosis) -> str:
+    c = d.client
+    if c.library == "unknown":
+        named = f"{c.product} (no profile for it)" if c.product else "unknown"
+        return f"{named}: {c.evidence}; advice in AMQP terms"
+    text = f"{c.name}" + (f" {c.version}" if c.version else "")
+    how = "connection.start-ok" if c.identified_by == "handshake" else "heartbeat cadence"
+    hint = f"; {c.wrapper_hint} may wrap it" if c.wrapper_hint and c.wrapper_hint != "Spring AMQP" else ""
+    if c.wrapper_hint == "Spring AMQP":
+        hint = "; Spring AMQP (its connection_name)"
+    return f"{text} (from {how}{hint})"
 
 
 def _ended(d: Diagnosis) -> str:

@@ -17,21 +17,29 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-ModelName = Literal["rabbitmq", "pika"]
+# "rabbitmq" is the broker's monitor; the others are client libraries' rules (models/clients.py,
+# one per profile row; "generic" is an unknown client's).
+ModelName = Literal["rabbitmq", "pika", "py-amqp", "aiormq", "amqplib", "java", "dotnet", "go", "bunny",
+                    "php-amqplib", "generic"]
 # Where the check grid starts: the broker's monitor at tune-ok or at a resume after
-# connection.unblocked; a phase inferred from broker heartbeats; pika's checker start.
-AnchorKind = Literal["tune-ok", "unblocked", "inferred", "checker-start"]
+# connection.unblocked; a phase inferred from broker heartbeats; pika's checker start; a client
+# timer started at open-ok; a read deadline counted from the broker's last frame.
+AnchorKind = Literal["tune-ok", "unblocked", "inferred", "checker-start", "open-ok", "last-frame"]
+# How the deciding timer works (models/client_timers.py): periodic looks at a received counter, a
+# read deadline re-armed by every frame, or a check that runs only when the application calls in.
+RuleKind = Literal["look", "deadline", "call-in"]
 
 # Classic pcap timestamps have microsecond resolution: a byte nearer a check than this cannot be
 # ordered against it from the capture, so it counts as "on" the check.
 ON_TICK_TOLERANCE = 1e-6
 
-_PEER = {"rabbitmq": ("RabbitMQ", "client"), "pika": ("pika", "broker's")}
 _ANCHOR_WORDS = {
     "tune-ok": "from tune-ok",
     "unblocked": "from the monitor's restart after connection.unblocked",
     "inferred": "on a grid inferred from the broker's heartbeats, anchored",
     "checker-start": "from its checker start (tune)",
+    "open-ok": "from connection.open-ok",
+    "last-frame": "from the broker's last frame",
 }
 
 
@@ -82,10 +90,23 @@ class Prediction:
     predicted: float
     checks: tuple[Check, ...]
     lateness_allowance: float = 0.0
+    rule: RuleKind = "look"
+    silent_looks: int = 2  # looks in a row that saw nothing before a "look" rule gives up
+    # False when only the window is known (the timer's phase was not captured, or the
+    # application drives the check): `predicted` is then the window's start.
+    exact: bool = True
+    # The timer runs only when the application lets the library run (pika's BlockingConnection,
+    # py-amqp's heartbeat_tick): it may give up any time after the window, never before.
+    late_ok: bool = False
+    peer: str = ""  # who decides, as the report names it ("RabbitMQ", "pika", "amqplib", ...)
 
     def error(self, observed: float) -> float:
         """Observed minus predicted teardown time, seconds (positive: it came late)."""
         return observed - self.predicted
+
+    @property
+    def decider(self) -> str:
+        return self.peer or ("RabbitMQ" if self.model == "rabbitmq" else self.model)
 
     def explain(self) -> str:
         """One sentence with the window arithmetic, e.g. for the blog's capture:
@@ -93,9 +114,23 @@ class Prediction:
         "RabbitMQ checks every 3 s from tune-ok at 0.003 s; the 6.003 s check saw the client
         byte at 4.506 s, the 9.003 s and 12.003 s checks saw nothing, so it closed at 12.003 s."
         """
-        peer, whose = _PEER[self.model]
+        whose = "client" if self.model == "rabbitmq" else "broker's"
+        verb = "closed" if self.model == "rabbitmq" else "gave up"
+        if self.rule == "deadline" and self.exact:
+            if self.anchor_kind == "last-frame":
+                return (f"{self.decider} gives up when no frame arrived for {self.period:g} s; the broker's last "
+                        f"byte came at {self.last_byte:.3f} s, so it gave up at {self.predicted:.3f} s.")
+            return (f"{self.decider} looks every {self.period:g} s {_ANCHOR_WORDS[self.anchor_kind]} at "
+                    f"{self.anchor:.3f} s and gives up at the first look more than "
+                    f"{self.window[0] - self.last_byte:g} s after the broker's last frame ({self.last_byte:.3f} s), "
+                    f"so at {self.predicted:.3f} s.")
+        if not self.exact:
+            lo, hi = self.window
+            late = ", or later if the application does not call in" if self.late_ok else ""
+            return (f"{self.decider} gives up between {lo - self.last_byte:g} s and {hi - self.last_byte:g} s after "
+                    f"the {whose} last byte at {self.last_byte:.3f} s: in [{lo:.3f}, {hi:.3f}){late}.")
         period = f"{self.period:g} s" + (f" (heartbeat {self.timeout:g} + 5)" if self.model == "pika" else "")
-        head = f"{peer} checks every {period} {_ANCHOR_WORDS[self.anchor_kind]} at {self.anchor:.3f} s"
+        head = f"{self.decider} checks every {period} {_ANCHOR_WORDS[self.anchor_kind]} at {self.anchor:.3f} s"
         seen = [c for c in self.checks if c.saw_activity]
         silent = [f"{c.time:.3f} s" for c in self.checks if not c.saw_activity]
         if seen and self.last_byte <= self.anchor and self.anchor_kind in ("tune-ok", "unblocked"):
@@ -106,7 +141,6 @@ class Prediction:
         else:
             saw = f"the {whose} last byte at {self.last_byte:.3f} s came before the checks started"
         silent_text = " and ".join(silent) + (" checks" if len(silent) > 1 else " check")
-        verb = "closed" if self.model == "rabbitmq" else "gave up"
         text = f"{head}; {saw}, the {silent_text} saw nothing, so it {verb} at {self.predicted:.3f} s."
         if self.anchor_kind == "inferred":
             text += f" (Heartbeats alone leave this grid's phase ambiguous by {self.period / 2:g} s.)"

@@ -28,7 +28,10 @@ the client was not servicing its I/O loop for that long, not that the model is o
 """
 from __future__ import annotations
 
-from analyzer.diagnosis.models.common import Check, Prediction, first_tick_index, grid_times
+from dataclasses import replace
+
+from analyzer.diagnosis.models.client_timers import LookRule, predict_give_up
+from analyzer.diagnosis.models.common import Prediction, grid_times
 
 # pika/heartbeat.py line 65: the check interval is the negotiated timeout plus 5 s.
 CHECK_MARGIN = 5.0
@@ -55,6 +58,12 @@ def pika_send_times(checker_start: float, timeout: float, start: float, end: flo
     return grid_times(checker_start, timeout / 2, start, end) if timeout >= 1 else []
 
 
+# The checker as a look rule: every T+5 from its start, one silent look closes, and the bytes
+# before its start are in its first snapshot (they count for no look).
+PIKA_RULE = LookRule(period=check_interval, silent_looks=1, start="tune-ok", prior_bytes_seen=False,
+                     anchor_kind="checker-start")
+
+
 def predict_missed_server_heartbeats(
     last_server_byte: float, checker_start: float, timeout: float
 ) -> Prediction | None:
@@ -64,21 +73,5 @@ def predict_missed_server_heartbeats(
     A byte at or before `checker_start` is seen by no look: the first look closes. None when the
     checker does not exist (T < 1).
     """
-    if timeout < 1:
-        return None
-    period = check_interval(timeout)
-    k = first_tick_index(checker_start, period, last_server_byte)
-    if k < 1:  # already in the first snapshot
-        close = checker_start + period
-        checks: tuple[Check, ...] = (Check(close, False),)
-        effective = checker_start
-    else:
-        seen = checker_start + k * period
-        close = seen + period
-        checks = (Check(seen, True), Check(close, False))
-        effective = last_server_byte
-    return Prediction(
-        model="pika", timeout=timeout, period=period, anchor=checker_start,
-        anchor_kind="checker-start", last_byte=last_server_byte,
-        window=(effective + period, effective + 2 * period), predicted=close, checks=checks,
-    )
+    prediction = predict_give_up(PIKA_RULE, "pika", last_server_byte, timeout, {"tune-ok": checker_start})
+    return None if prediction is None else replace(prediction, peer="pika", late_ok=True)
