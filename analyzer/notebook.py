@@ -335,7 +335,7 @@ def _display_figures_in_ipython() -> None:
         png.for_type(Figure, lambda fig: print_figure(fig, "png", bbox_inches="tight"))
 
 
-SUMMARY_HEADERS = ("connection", "verdict", "heartbeat", "close", "silence", "prediction error")
+SUMMARY_HEADERS = ("connection", "client", "verdict", "heartbeat", "close", "silence", "prediction error")
 _VERDICT_COLOURS = {"missed-client-heartbeats": "#c0392b", "missed-server-heartbeats": "#c0392b",
                     "reset": "#d35400", "closed-with-error": "#d35400", "graceful": "#27ae60", "open": "#2471a3"}
 
@@ -365,5 +365,8 @@ def _summary_cells(d: Diagnosis) -> list[str]:
             error += ", does not fit"
     colour = _VERDICT_COLOURS.get(d.verdict, "#555")
     verdict = f"<b style='color:{colour}'>{html.escape(d.verdict)}</b>"
-    return [f"<code>{html.escape(d.timeline.info.id)}</code>", verdict, html.escape(heartbeat),
+    client = d.client.name if d.client.library != "unknown" else (d.client.product or "unknown")
+    if d.client.version:
+        client += f" {d.client.version}"
+    return [f"<code>{html.escape(d.timeline.info.id)}</code>", html.escape(client), verdict, html.escape(heartbeat),
             html.escape(ended), html.escape(silence), html.escape(error)]

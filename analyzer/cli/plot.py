@@ -29,8 +29,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--connection", metavar="ID", help=CONNECTION_HELP)
     p.add_argument("--port", type=port_number, action="append", metavar="N",
                    help="TCP port carrying AMQP (repeatable; default 5672; other ports are auto-detected)")
-    p.add_argument("--checks", choices=("auto", "broker", "pika", "both", "none"), default="auto",
-                   help="which peer's heartbeat checks to draw (default: the one that decided the teardown)")
+    p.add_argument("--checks", choices=("auto", "broker", "client", "pika", "both", "none"), default="auto",
+                   help="which peer's heartbeat checks to draw: the broker's, the client library's own "
+                        "('pika' is the same as 'client'), both or none (default: the one that decided the "
+                        "teardown)")
     p.add_argument("--all", action="store_true",
                    help="also draw connections with nothing to show (closed normally within a second or one "
                         "heartbeat interval, no finding), which are otherwise listed in one line each")

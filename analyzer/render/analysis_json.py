@@ -165,7 +165,8 @@ def _direction(side: Direction, d: Diagnosis) -> JsonObject:
 
 
 CSV_COLUMNS = [
-    "file", "id", "client_ip", "client_port", "server_ip", "server_port", "start", "end", "handshake_seen",
+    "file", "id", "client_ip", "client_port", "client_library", "client_version", "client_identified_by",
+    "server_ip", "server_port", "start", "end", "handshake_seen",
     "heartbeat_server_proposed", "heartbeat_client_requested", "heartbeat_effective", "heartbeat_source",
     "last_client_byte", "last_server_byte", "close_time", "close_initiator", "close_how", "close_reply_code",
     "close_reply_text", "verdict", "silence", "prediction_model", "prediction_window_start",
@@ -181,6 +182,8 @@ def connection_row(path: str, d: Diagnosis) -> Row:
     return {
         "file": path, "id": info.id,
         "client_ip": info.client.ip, "client_port": info.client.port,
+        "client_library": d.client.library, "client_version": d.client.version,
+        "client_identified_by": d.client.identified_by,
         "server_ip": info.server.ip, "server_port": info.server.port,
         "start": _r(d.rel(tl.first_seen)), "end": _r(d.rel(tl.last_seen)), "handshake_seen": tl.handshake_seen,
         "heartbeat_server_proposed": hb.server_proposed, "heartbeat_client_requested": hb.client_requested,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from analyzer.diagnosis.diagnose import GRACEFUL, MISSED_SERVER, Diagnosis
 from analyzer.diagnosis.models import pika as pika_model
 from analyzer.diagnosis.models import rabbitmq as rabbitmq_model
+from analyzer.diagnosis.models.client_timers import LookRule
 from analyzer.diagnosis.models.common import ON_TICK_TOLERANCE, grid_times
 from analyzer.records import C2S, S2C
 
@@ -74,8 +75,8 @@ def plot_connection(
     """Draw one connection's timeline; returns the Figure (the one `ax` belongs to, when given).
 
     `checks`: which peer's timer to draw in the bottom lane — "broker" (RabbitMQ's monitor),
-    "pika" (pika's checker), "both", "none", or "auto" (pika's when pika's model decided the
-    teardown, else the broker's).
+    "client" (the client library's own timer, from its profile; "pika" is accepted for it), "both",
+    "none", or "auto" (the client's when the client's model decided the teardown, else the broker's).
     """
     from matplotlib.figure import Figure
 
@@ -96,8 +97,9 @@ def plot_connection(
     timeout = d.heartbeat.effective or 0.0
     p = d.prediction
     if checks == "auto":
-        checks = "pika" if p is not None and p.model == "pika" else "broker"
-    check_lanes = {"broker": ["broker"], "pika": ["pika"], "both": ["broker", "pika"], "none": []}[checks]
+        checks = "client" if p is not None and p.model != "rabbitmq" else "broker"
+    check_lanes = {"broker": ["broker"], "client": ["client"], "pika": ["client"], "both": ["broker", "client"],
+                   "none": []}[checks]
 
     # ---- lanes -------------------------------------------------------------------------------------
     for direction, y in LANES.items():
@@ -107,7 +109,7 @@ def plot_connection(
     for i, which in enumerate(check_lanes):
         y = CHECK_LANE - i
         lane_y[which] = y
-        ax.axhspan(y - 0.4, y + 0.4, color="#f4f6f6", zorder=0, gid=f"lane-{which}-checks",
+        ax.axhspan(y - 0.4, y + 0.4, color="#f4f6f6", zorder=0, gid=f"lane-{_lane_name(d, which)}-checks",
                    label=f"_lane {which} checks")
 
     # ---- traffic -----------------------------------------------------------------------------------
@@ -148,9 +150,9 @@ def plot_connection(
     # ---- timers ------------------------------------------------------------------------------------
     if "broker" in lane_y:
         _broker_checks(ax, d, lane_y["broker"], segment_rows, frame_rows, start, end)
-    if "pika" in lane_y:
-        _pika_checks(ax, d, lane_y["pika"], frame_rows, start, end)
-    model_lane = {"rabbitmq": "broker", "pika": "pika"}.get(p.model) if p is not None else None
+    if "client" in lane_y:
+        _client_checks(ax, d, lane_y["client"], frame_rows, start, end)
+    model_lane = ("broker" if p.model == "rabbitmq" else "client") if p is not None else None
     if p is not None and model_lane in lane_y:
         silent_no = 0
         for check in p.checks:
@@ -168,12 +170,12 @@ def plot_connection(
     close = d.close
     if p is not None:
         lo, hi = p.window
-        span = "[L+2T, L+3T)" if p.model == "rabbitmq" else "[L+(T+5), L+2(T+5))"
+        span = {"rabbitmq": "[L+2T, L+3T)", "pika": "[L+(T+5), L+2(T+5))"}.get(p.model, "its window")
         ax.axvspan(lo, hi, color=COLOURS["window"], alpha=0.28, zorder=1, gid="window",
-                   label=f"{'RabbitMQ' if p.model == 'rabbitmq' else 'pika'} closes in {span} = "
-                         f"[{lo:.3f}, {hi:.3f})")
+                   label=f"{p.decider} closes in {span} = [{lo:.3f}, {hi:.3f})")
         ax.axvline(p.predicted, color=COLOURS["predicted"], ls="--", lw=1.8, zorder=3, gid="predicted",
-                   label=f"predicted close {p.predicted:.3f} s")
+                   label=f"predicted close {p.predicted:.3f} s" if p.exact else
+                         f"earliest close {p.predicted:.3f} s (the exact time is not known)")
         right = max(right, hi, p.predicted)
     if close.time is not None and close.how != "open":
         what = "connection.close" if close.how == "connection.close" else close.how.upper()
@@ -212,7 +214,8 @@ def plot_connection(
     ticks = {y: LANE_NAMES[direction] for direction, y in LANES.items()}
     for which, y in lane_y.items():
         ticks[y] = ("RabbitMQ checks\n(every T from tune-ok)" if which == "broker"
-                    else "pika checks\n(every T+5 s)")
+                    else "pika checks\n(every T+5 s)" if d.profile.key == "pika"
+                    else f"{d.profile.name} checks")
     ax.set_yticks(list(ticks), list(ticks.values()))
     bottom = min(lane_y.values(), default=1.0)
     ax.set_ylim(bottom - 0.6, 3.1)
@@ -264,9 +267,11 @@ def caption(d: Diagnosis) -> str:
         if d.prediction.model == "rabbitmq":
             body += (" Why not at T: RabbitMQ looks at the client's bytes only every T and gives up on the second"
                      " silent look in a row, so it always closes 2T to 3T after the client's last byte.")
-        else:
+        elif d.prediction.model == "pika":
             body += (" pika looks at the broker's bytes every T+5 s and gives up after one silent look, so it"
                      " detects a silent broker (T+5) to 2(T+5) after its last byte.")
+        else:
+            body += f" {d.profile.name} {d.profile.detection_text}."
         if d.misfit:
             body += f" Note: {d.misfit}."
     else:
@@ -425,23 +430,36 @@ def _broker_checks(ax: Axes, d: Diagnosis, y: float, segments: list[Row], frames
                 "after tune-ok)", va="center", fontsize=8, color="#555555")
 
 
-def _pika_checks(ax: Axes, d: Diagnosis, y: float, frames: list[Row], start: float, end: float) -> None:
-    """pika's HeartbeatChecker: looks at bytes_received every T+5 from its start (tune)."""
-    tl, timeout = d.timeline, d.heartbeat.effective
-    begin = tl.tune_ok or tl.tune
-    if not timeout or begin is None:
-        _no_checks(ax, y, start, end, "pika", timeout, "pika-checks-none")
+def _lane_name(d: Diagnosis, which: str) -> str:
+    """A check lane's name in gids: "broker", "pika" for pika's checker (as before profiles), else "client"."""
+    return "pika" if which == "client" and d.profile.key == "pika" else which
+
+
+def _client_checks(ax: Axes, d: Diagnosis, y: float, frames: list[Row], start: float, end: float) -> None:
+    """The client library's own timer (its profile row): pika's checker every T+5 from tune-ok, or
+    another library's periodic looks; a deadline or application-driven check has no grid to draw."""
+    tl, timeout, row = d.timeline, d.heartbeat.effective, d.profile
+    gid = "pika-checks" if row.key == "pika" else "client-checks"
+    rule = row.detection
+    anchors = {"tune": tl.tune, "tune-ok": tl.tune_ok or tl.tune, "open-ok": tl.open_ok}
+    begin = anchors.get(rule.start) if isinstance(rule, LookRule) else None
+    if not timeout or not isinstance(rule, LookRule) or begin is None:
+        if timeout and not isinstance(rule, LookRule):
+            ax.text((start + end) / 2, y, f"{row.name} {row.detection_text}: no grid of looks to draw", ha="center",
+                    va="center", fontsize=9, color="#555555", style="italic", gid=f"{gid}-none")
+        else:
+            _no_checks(ax, y, start, end, row.name, timeout, f"{gid}-none")
         return
     checker = d.rel(begin.time)
-    right = _checks_end(d, end, "pika")
-    times = pika_model.pika_check_times(checker, timeout, checker, right)
+    right = _checks_end(d, end, row.key)
+    times = rule.looks(checker, timeout, checker, right)
     arrivals = sorted(r["t"] for r in frames if r["direction"] == S2C)
     ticks: list[tuple[float, bool]] = []
-    prev = checker
+    prev = checker + rule.offset
     for t in times:
         ticks.append((t, _saw(arrivals, prev, t)))
         prev = t
-    _draw_checks(ax, ticks, y, "pika", "pika-checks")
+    _draw_checks(ax, ticks, y, row.name, gid)
 
 
 def _checks_end(d: Diagnosis, end: float, model: str) -> float:
