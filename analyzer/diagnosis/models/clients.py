@@ -293,9 +293,12 @@ DOTNET = ClientProfile(
 )
 
 GO = ClientProfile(
-    key="go", name="amqp091-go", wrappers=("streadway/amqp",),
-    products=("AMQP 0.9.1 Client", "Amqp 0.9.1 Client", "https://github.com/streadway/amqp"), platform_prefix=None,
-    negotiation="default 10 s; min(N, S) when both are above 0, else the larger",
+    # Not "https://github.com/streadway/amqp": amqp091-go up to 1.3.0 sends it too, but streadway
+    # heartbeats every T and waits 3T, amqp091-go every T/2 and 1.5T; that product names no row.
+    key="go", name="amqp091-go", wrappers=(),
+    products=("AMQP 0.9.1 Client", "Amqp 0.9.1 Client"), platform_prefix=None,
+    negotiation="default 10 s (also for Config{Heartbeat: 0}); min(N, S) when both are above 0, else the larger, "
+                "so ?heartbeat=0 in the URI yields S",
     sender="a goroutine ticking every T/2: sends when nothing was sent for T/2 - 1 s",
     sender_runs="own-thread", signature_period=None,
     detection=DeadlineRule(after=lambda t: 1.5 * t, start="tune"),
@@ -311,13 +314,16 @@ GO = ClientProfile(
          "process; handle each Delivery in worker goroutines and tune T with amqp.Config{Heartbeat: ...}."),
     api_names=("amqp.Config", "Delivery", "NotifyClose"),
     sources={
-        "products": "rabbitmq/amqp091-go@v1.14.0 connection.go defaultProduct, platform (l.29-33, 107-114)",
-        "negotiation": "rabbitmq/amqp091-go@v1.14.0 connection.go Connection.openTune pick (l.1300-1302, 1437-1442)",
+        "products": "rabbitmq/amqp091-go@v1.14.0 connection.go defaultProduct, NewConnectionProperties (l.29-33, "
+                    "109-115); 'Amqp 0.9.1 Client' with platform golang from v1.3.1 (commit d25e3e5) to v1.4.0",
+        "negotiation": "rabbitmq/amqp091-go@v1.14.0 connection.go DialConfig (l.294-299), Connection.openTune pick "
+                       "(l.1300-1302, 1437-1442)",
         "sender": "rabbitmq/amqp091-go@v1.14.0 connection.go Connection.heartbeater (l.992-1041)",
         "detection": "rabbitmq/amqp091-go@v1.14.0 connection.go Connection.heartbeater SetReadDeadline "
                      "(maxServerHeartbeatsInFlight * interval)",
         "gives_up_with": "rabbitmq/amqp091-go@v1.14.0 connection.go Connection.shutdown (c.conn.Close(), l.843)",
-        "normal_close_code": "rabbitmq/amqp091-go@v1.14.0 connection.go Connection.Close (replySuccess)",
+        "normal_close_code": "rabbitmq/amqp091-go@v1.14.0 connection.go Connection.Close (200 'kthxbai', "
+                             "l.601-616)",
         "fix": "rabbitmq/amqp091-go@v1.14.0 connection.go Config.Heartbeat; consumers.go Delivery buffers",
     },
 )
@@ -381,7 +387,8 @@ PHP_AMQPLIB = ClientProfile(
                      "PhpAmqpLib/Channel/AMQPChannel.php consume (l.1599-1627)",
         "gives_up_with": "php-amqplib/php-amqplib@v3.7.3 AbstractConnection.php wait_channel setIsConnected(false), "
                          "close() returns early (l.745)",
-        "normal_close_code": "php-amqplib/php-amqplib@v3.7.3 AbstractConnection.php close($reply_code = 0)",
+        "normal_close_code": "php-amqplib/php-amqplib@v3.7.3 AbstractConnection.php close($reply_code = 0, "
+                             "$reply_text = '')",
         "fix": "php-amqplib/php-amqplib@v3.7.3 PhpAmqpLib/Connection/Heartbeat/PCNTLHeartbeatSender.php register",
     },
 )
