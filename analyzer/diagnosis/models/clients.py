@@ -124,8 +124,9 @@ PY_AMQP = ClientProfile(
            "T/rate (Celery calls it every T/3)",
     sender_runs="application", signature_period=None,
     detection=CallInRule(earliest=lambda t: 2 * t, usual=lambda t: 3 * t),
-    detection_text="raises inside heartbeat_tick() once no frame was processed for more than 2T; it runs only when "
-                   "the application calls it (Celery every T/3, kombu's ConsumerMixin after a 1 s idle drain)",
+    detection_text="raises inside heartbeat_tick() once no frame was processed for more than 2T (within 2T + "
+                   "T/rate when ticked as asked); it runs only when the application calls it (Celery every T/3, "
+                   "kombu's ConsumerMixin after a 1 s idle drain)",
     gives_up_with="fin",
     app_sees="ConnectionForced('Too many heartbeats missed'); Celery logs 'Connection to broker lost' and "
              "reconnects",
@@ -163,7 +164,8 @@ AIORMQ = ClientProfile(
     detection_text="looks every max(1, T//2) s and gives up once no frame arrived for more than 3(T+1) s",
     gives_up_with="nothing",
     app_sees="a warning 'Server connection ... was stuck. No frames were received in N seconds.'; the "
-             "connection's closing future ends with CancelledError (aio-pika's RobustConnection reconnects)",
+             "connection's closing future ends with CancelledError; its FIN goes out only when the connection "
+             "object is garbage-collected (aio-pika's RobustConnection drops it and reconnects at once)",
     normal_close_code=200,
     blocked_timeout=None, blocked_timeout_error=None, blocked_timeout_wire=None,
     loop="the asyncio event loop",
@@ -180,9 +182,9 @@ AIORMQ = ClientProfile(
         "detection": "mosquito/aiormq@6.9.3 aiormq/connection.py is_connection_was_stuck (l.766-768), "
                      "__heartbeat_grace_timeout (l.434-436)",
         "gives_up_with": "mosquito/aiormq@6.9.3 aiormq/connection.py Connection.__reader CancelledError handler "
-                         "(l.757-762), __writer (l.818)",
+                         "(l.757-762), __writer skips Connection.Close and __close_writer when stuck (l.818)",
         "normal_close_code": "mosquito/aiormq@6.9.3 aiormq/connection.py Connection._on_close (Connection.Close "
-                             "reply_code=200)",
+                             "200 'normally closed', then FIN without waiting for close-ok)",
         "fix": "Python stdlib asyncio.to_thread, loop.run_in_executor; mosquito/aio-pika@9.6.0 "
                "aio_pika/message.py IncomingMessage.process",
     },
@@ -214,7 +216,7 @@ AMQPLIB = ClientProfile(
                      "lib/connection.js onOpenOk starts the heartbeater (l.197)",
         "gives_up_with": "amqp-node/amqplib@v2.0.1 lib/connection.js Connection.startHeartbeater timeout handler "
                          "(l.367-375) -> toClosed -> stream.end() (l.354)",
-        "normal_close_code": "amqp-node/amqplib@v2.0.1 lib/connection.js Connection.close (replyCode 200)",
+        "normal_close_code": "amqp-node/amqplib@v2.0.1 lib/connection.js Connection.close (200 'Cheers, thanks')",
         "fix": "amqp-node/amqplib@v2.0.1 lib/channel_model.js Channel.ack, Channel.prefetch; Node.js worker_threads",
     },
 )
