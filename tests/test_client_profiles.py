@@ -43,7 +43,7 @@ def test_every_row_has_every_field_and_a_source_for_each_fact():
         for f in dataclasses.fields(row):
             value = getattr(row, f.name)
             if f.name in ("blocked_timeout", "blocked_timeout_error", "blocked_timeout_wire", "platform_prefix",
-                          "signature_period"):
+                          "signature_period", "bare_capabilities"):
                 continue  # None is a fact here: the library has no such setting / needs no prefix
             if row.key == "generic" and f.name in ("products", "api_names", "wrappers"):
                 continue
@@ -166,10 +166,25 @@ def test_library_named_from_start_ok(tmp_path, library):
     assert d.client.version == START_OK[library].get("version", START_OK[library].get("product_version"))
 
 
+def test_go_without_its_name_is_known_by_its_capabilities(tmp_path):
+    # amqp091-go drops product/version/platform when the application sets Config.Properties (a
+    # connection name); its four capabilities stay. Seen on a real amqp091-go 1.5.0 capture.
+    props = {"connection_name": "orders", "capabilities": {
+        "publisher_confirms": True, "connection.blocked": True, "consumer_cancel_notify": True, "basic.nack": True}}
+    d = only(analyze_file(write(tmp_path, synth.handshake_steps(5, client_properties=props))))
+    assert (d.client.library, d.client.identified_by, d.client.product) == ("go", "handshake", None)
+    props["capabilities"]["authentication_failure_close"] = True  # pika 1.3's and aiormq's five
+    d = only(analyze_file(write(tmp_path, synth.handshake_steps(5, client_properties=props), name="c2.pcap")))
+    assert d.client.library == "unknown"
+
+
 def test_spring_named_from_its_connection_name_and_unknown_product_gets_generic_advice(tmp_path):
     spring = {**START_OK["java"], "connection_name": "rabbitConnectionFactory#1b2c3d4e:0"}
     d = only(analyze_file(write(tmp_path, synth.handshake_steps(5, client_properties=spring))))
-    assert (d.client.library, d.client.wrapper_hint) == ("java", "Spring AMQP")
+    assert (d.client.library, d.client.wrapper_hint, d.client.wrapper_proven) == ("java", "Spring AMQP", True)
+    plain = {**START_OK["java"], "connection_name": "orders-consumer"}
+    d = only(analyze_file(write(tmp_path, synth.handshake_steps(5, client_properties=plain), name="c1.pcap")))
+    assert (d.client.library, d.client.wrapper_proven) == ("java", False)
     other = {"product": "rabbitmq-c", "version": "0.11.0"}
     d = only(analyze_file(write(tmp_path, synth.handshake_steps(5, client_properties=other), name="c2.pcap")))
     assert (d.client.library, d.client.product, d.profile.key) == ("unknown", "rabbitmq-c", "generic")

@@ -181,6 +181,7 @@ def _verdict(d: Diagnosis) -> None:
         return
     d.verdict = RESET
     who = prediction.decider
+    who = "t" + who[1:] if who.startswith("The ") else who  # mid-sentence
     lo, hi = prediction.window
     if observed < lo:
         d.misfit = (f"the teardown at {observed:.3f} s came {lo - observed:.3f} s before {who}'s earliest heartbeat "

@@ -79,8 +79,12 @@ def _missed(d: Diagnosis, *, silent: str) -> list[str]:
                f"({d.heartbeat.source})."]
     explained = pred.explain()
     how = "RST" if close.how == "rst" else "FIN"
-    error_ms = pred.error(end) * 1000
-    out.append(f"{explained[:-1]} (observed {how} at {end:.3f} s, {error_ms:+.0f} ms from the prediction).")
+    if pred.exact:
+        error_ms = pred.error(end) * 1000
+        out.append(f"{explained[:-1]} (observed {how} at {end:.3f} s, {error_ms:+.0f} ms from the prediction).")
+    else:
+        where = "inside that window" if end < pred.window[1] else "after that window"
+        out.append(f"{explained[:-1]} (observed {how} at {end:.3f} s, {where}).")
     if pred.model == "rabbitmq" and d.silence is not None:
         out.append(f"So the teardown comes {d.silence:.3f} s ({d.silence / t:.2f} T) after the last byte: RabbitMQ "
                    f"looks only every T and needs two silent looks, so it always lands between 2T and 3T "

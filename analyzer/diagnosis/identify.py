@@ -45,20 +45,38 @@ def _from_handshake(properties: Any) -> ClientIdentity:
     props: Mapping[str, Any] = properties if isinstance(properties, Mapping) else {}
     product, platform = _text(props.get("product")), _text(props.get("platform")) or ""
     version = _text(props.get("version")) or _text(props.get("product_version"))
+    if product is None:
+        return _from_capabilities(props)
     matches = [p for p in PROFILES.values()
                if product in p.products and (p.platform_prefix is None or platform.startswith(p.platform_prefix))]
     evidence = f"connection.start-ok product {product!r}" + (f", platform {platform!r}" if platform else "")
     if len(matches) != 1:
         return ClientIdentity("unknown", "the client", version, None, "handshake", product, evidence)
     row = matches[0]
-    return ClientIdentity(row.key, row.name, version, _wrapper_hint(row, props), "handshake", product, evidence)
-
-
-def _wrapper_hint(row: ClientProfile, props: Mapping[str, Any]) -> str | None:
     name = _text(props.get("connection_name")) or ""
     if row.key == "java" and SPRING_CONNECTION_NAME.search(name):
-        return "Spring AMQP"
+        return ClientIdentity(row.key, row.name, version, "Spring AMQP", "handshake", product,
+                              f"{evidence}, Spring's connection_name {name!r}", wrapper_proven=True)
+    return ClientIdentity(row.key, row.name, version, _possible_wrappers(row), "handshake", product, evidence)
+
+
+def _possible_wrappers(row: ClientProfile) -> str | None:
     return " or ".join(row.wrappers) if row.wrappers else None
+
+
+def _from_capabilities(props: Mapping[str, Any]) -> ClientIdentity:
+    """A start-ok without a product: some libraries drop their name when the application passes
+    its own properties, but keep their capabilities table (`ClientProfile.bare_capabilities`)."""
+    capabilities = props.get("capabilities")
+    keys = frozenset(capabilities) if isinstance(capabilities, Mapping) else frozenset()
+    matches = [p for p in PROFILES.values() if p.bare_capabilities is not None and p.bare_capabilities == keys]
+    if len(matches) != 1:
+        return ClientIdentity("unknown", "the client", None, None, "unknown", None,
+                              "connection.start-ok names no product, and its capabilities match no one library")
+    row = matches[0]
+    evidence = (f"connection.start-ok names no product (the application set its own properties), but its "
+                f"capabilities are exactly {row.name}'s: {', '.join(sorted(keys))}")
+    return ClientIdentity(row.key, row.name, None, _possible_wrappers(row), "handshake", None, evidence)
 
 
 def idle_heartbeat_interval(times: list[float]) -> float | None:
@@ -93,4 +111,4 @@ def _from_behaviour(tl: ConnectionTimeline, timeout: float | None) -> ClientIden
     row, expected = matches[0]
     evidence = (f"no connection.start-ok in the capture; the client's heartbeats come every {interval:.3f} s at "
                 f"heartbeat {timeout:g} s, {row.name}'s cadence ({expected:g} s) and no other library's")
-    return ClientIdentity(row.key, row.name, None, " or ".join(row.wrappers) or None, "behaviour", None, evidence)
+    return ClientIdentity(row.key, row.name, None, _possible_wrappers(row), "behaviour", None, evidence)

@@ -66,6 +66,7 @@ class ClientIdentity:
     identified_by: IdentifiedBy
     product: str | None
     evidence: str
+    wrapper_proven: bool = False  # the wire names the wrapper (Spring's connection_name)
 
 
 UNKNOWN_CLIENT = ClientIdentity("unknown", "the client", None, None, "unknown", None, "not identified")

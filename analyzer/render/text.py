@@ -78,10 +78,10 @@ def _peers(d: Diagnosis) -> str:
     for name, method, key in (("client", tl.start_ok, "client_properties"),
                               ("server", tl.start, "server_properties")):
         props = (method.args.get(key) if method else None) or {}
-        if props:
-            ident = " ".join(str(props[k]) for k in ("product", "version") if props.get(k))
-            platform = props.get("platform")
-            parts.append(f"{name} {ident}" + (f" ({platform})" if platform else ""))
+        ident = " ".join(str(props[k]) for k in ("product", "version") if props.get(k))
+        platform = props.get("platform")
+        if ident or platform:
+            parts.append(f"{name} {ident}".rstrip() + (f" ({platform})" if platform else ""))
     return " · ".join(parts)
 
 
@@ -92,9 +92,12 @@ def _library(d: Diagnosis) -> str:
         return f"{named}: {c.evidence}; advice in AMQP terms"
     text = f"{c.name}" + (f" {c.version}" if c.version else "")
     how = "connection.start-ok" if c.identified_by == "handshake" else "heartbeat cadence"
-    hint = f"; {c.wrapper_hint} may wrap it" if c.wrapper_hint and c.wrapper_hint != "Spring AMQP" else ""
-    if c.wrapper_hint == "Spring AMQP":
-        hint = "; Spring AMQP (its connection_name)"
+    if c.wrapper_proven:
+        hint = f", under {c.wrapper_hint}"
+    elif c.wrapper_hint:
+        hint = f"; {c.wrapper_hint} would say the same"
+    else:
+        hint = ""
     return f"{text} (from {how}{hint})"
 
 

@@ -40,6 +40,10 @@ class ClientProfile:
     # where two libraries share a product (the Java and .NET clients both say "RabbitMQ").
     products: tuple[str, ...]
     platform_prefix: str | None
+    # The capabilities table of a start-ok that names no product, when only this library sends it
+    # so (amqp091-go drops product, version and platform when the application passes
+    # Config.Properties, but always sends its four capabilities); None: no such case.
+    bare_capabilities: frozenset[str] | None
     negotiation: str  # what tune-ok carries, given the broker's proposal S
     sender: str  # when it sends heartbeats
     sender_runs: SenderRuns
@@ -79,7 +83,7 @@ def _bunny_interval(timeout: float) -> float | None:
 
 PIKA = ClientProfile(
     key="pika", name="pika", wrappers=(),
-    products=("Pika Python Client Library",), platform_prefix=None,
+    products=("Pika Python Client Library",), platform_prefix=None, bare_capabilities=None,
     negotiation="heartbeat=None (default) accepts S; an int overrides S verbatim (no min); 0 disables",
     sender="a timer every T/2, unconditionally, from the checker start (tune-ok)",
     sender_runs="same-loop", signature_period=None,
@@ -118,7 +122,7 @@ PIKA = ClientProfile(
 
 PY_AMQP = ClientProfile(
     key="py-amqp", name="py-amqp", wrappers=("kombu", "Celery"),
-    products=("py-amqp",), platform_prefix=None,
+    products=("py-amqp",), platform_prefix=None, bare_capabilities=None,
     negotiation="heartbeat=0 (default) sends 0 whatever S; N > 0 sends min(N, S), or N when S = 0",
     sender="only inside heartbeat_tick(), which the application calls: it sends when no frame went out for "
            "T/rate (Celery calls it every T/3)",
@@ -155,7 +159,7 @@ PY_AMQP = ClientProfile(
 
 AIORMQ = ClientProfile(
     key="aiormq", name="aiormq", wrappers=("aio-pika",),
-    products=("aiormq",), platform_prefix=None,
+    products=("aiormq",), platform_prefix=None, bare_capabilities=None,
     negotiation="sends the URL's ?heartbeat= verbatim (default 60), whatever S; 0 disables",
     sender="an asyncio task: sleeps max(1, T//2) s, then queues a heartbeat, unconditionally",
     sender_runs="same-loop",
@@ -192,7 +196,7 @@ AIORMQ = ClientProfile(
 
 AMQPLIB = ClientProfile(
     key="amqplib", name="amqplib (Node.js)", wrappers=(),
-    products=("amqplib",), platform_prefix=None,
+    products=("amqplib",), platform_prefix=None, bare_capabilities=None,
     negotiation="2.x: unset accepts S, 0 disables, N sends min(N, S); up to 1.2: the default and 0 both send S",
     sender="setInterval(T/2) from open-ok: sends when nothing was written since the last look, its own "
            "heartbeats included, so an idle connection sends every T",
@@ -223,7 +227,7 @@ AMQPLIB = ClientProfile(
 
 JAVA = ClientProfile(
     key="java", name="the RabbitMQ Java client", wrappers=("Spring AMQP",),
-    products=("RabbitMQ",), platform_prefix="Java",
+    products=("RabbitMQ",), platform_prefix="Java", bare_capabilities=None,
     negotiation="default 60; min(N, S) when both are above 0, else the larger (so 0 yields S)",
     sender="a scheduler thread of its own, every T/2: sends when no other frame was written in the last T/2",
     sender_runs="own-thread", signature_period=None,
@@ -260,7 +264,7 @@ JAVA = ClientProfile(
 
 DOTNET = ClientProfile(
     key="dotnet", name="the RabbitMQ .NET client", wrappers=(),
-    products=("RabbitMQ",), platform_prefix=".NET",
+    products=("RabbitMQ",), platform_prefix=".NET", bare_capabilities=None,
     negotiation="default 60 s; min(N, S) when both are above 0, else the larger",
     sender="a timer 200 ms after tune-ok, then every T/2 unconditionally (6.x: every T/4)",
     sender_runs="own-thread", signature_period=_dotnet6_interval,
@@ -299,6 +303,7 @@ GO = ClientProfile(
     # heartbeats every T and waits 3T, amqp091-go every T/2 and 1.5T; that product names no row.
     key="go", name="amqp091-go", wrappers=(),
     products=("AMQP 0.9.1 Client", "Amqp 0.9.1 Client"), platform_prefix=None,
+    bare_capabilities=frozenset({"connection.blocked", "consumer_cancel_notify", "basic.nack", "publisher_confirms"}),
     negotiation="default 10 s (also for Config{Heartbeat: 0}); min(N, S) when both are above 0, else the larger, "
                 "so ?heartbeat=0 in the URI yields S",
     sender="a goroutine ticking every T/2: sends when nothing was sent for T/2 - 1 s",
@@ -318,6 +323,9 @@ GO = ClientProfile(
     sources={
         "products": "rabbitmq/amqp091-go@v1.14.0 connection.go defaultProduct, NewConnectionProperties (l.29-33, "
                     "109-115); 'Amqp 0.9.1 Client' with platform golang from v1.3.1 (commit d25e3e5) to v1.4.0",
+        "bare_capabilities": "rabbitmq/amqp091-go@v1.14.0 connection.go Connection.openTune: the default "
+                             "properties only when len(config.Properties) == 0 (l.1241-1244), capabilities always "
+                             "(l.1246-1251)",
         "negotiation": "rabbitmq/amqp091-go@v1.14.0 connection.go DialConfig (l.294-299), Connection.openTune pick "
                        "(l.1300-1302, 1437-1442)",
         "sender": "rabbitmq/amqp091-go@v1.14.0 connection.go Connection.heartbeater (l.992-1041)",
@@ -332,7 +340,7 @@ GO = ClientProfile(
 
 BUNNY = ClientProfile(
     key="bunny", name="Bunny (Ruby)", wrappers=(),
-    products=("Bunny",), platform_prefix=None,
+    products=("Bunny",), platform_prefix=None, bare_capabilities=None,
     negotiation="default :server accepts S; 0 or nil disables; N sends min(N, S), or the larger when one is 0",
     sender="a thread of its own from open-ok: every max(T/2 - 1, 0.4) s, sends when no other frame went out",
     sender_runs="own-thread", signature_period=_bunny_interval,
@@ -363,7 +371,7 @@ BUNNY = ClientProfile(
 
 PHP_AMQPLIB = ClientProfile(
     key="php-amqplib", name="php-amqplib", wrappers=(),
-    products=("AMQPLib",), platform_prefix=None,
+    products=("AMQPLib",), platform_prefix=None, bare_capabilities=None,
     negotiation="heartbeat 0 (default) sends 0; N > 0 sends min(N, S), or N when S = 0",
     sender="only when the application is inside the library (select, read, wait, consume): sends when nothing was "
            "written for T/2",
@@ -397,7 +405,7 @@ PHP_AMQPLIB = ClientProfile(
 
 GENERIC = ClientProfile(
     key="generic", name="the client", wrappers=(),
-    products=(), platform_prefix=None,
+    products=(), platform_prefix=None, bare_capabilities=None,
     negotiation="unknown: the tune-ok value is what counts",
     sender="unknown",
     sender_runs="application", signature_period=None,

@@ -106,7 +106,9 @@ class Prediction:
 
     @property
     def decider(self) -> str:
-        return self.peer or ("RabbitMQ" if self.model == "rabbitmq" else self.model)
+        """Who decides, as a sentence starts with it ("RabbitMQ", "pika", "The client")."""
+        name = self.peer or ("RabbitMQ" if self.model == "rabbitmq" else self.model)
+        return "T" + name[1:] if name.startswith("the ") else name
 
     def explain(self) -> str:
         """One sentence with the window arithmetic, e.g. for the blog's capture:
