@@ -136,7 +136,7 @@ PY_AMQP = ClientProfile(
              "reconnects",
     normal_close_code=0,
     blocked_timeout=None, blocked_timeout_error=None, blocked_timeout_wire=None,
-    loop="the thread that calls drain_events and heartbeat_tick (kombu: heartbeat_check)",
+    loop="the thread that calls drain_events and heartbeat_tick",
     fix=("Fix: keep the thread that owns the connection looping connection.drain_events(timeout=1) and "
          "connection.heartbeat_tick() (kombu: conn.drain_events(timeout=1) and conn.heartbeat_check()) and run "
          "the work in another thread; in Celery keep long tasks on the prefork or threads pool, not --pool solo, "
