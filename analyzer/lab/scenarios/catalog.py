@@ -21,6 +21,9 @@ VERDICTS = (MISSED_CLIENT, MISSED_SERVER, GRACEFUL, CLOSED_WITH_ERROR, RESET, OP
 # Connection roles a run logs; "upstream" is the proxy's own connection to the broker.
 CONSUMER, PUBLISHER, UPSTREAM = "consumer", "publisher", "upstream"
 
+# The client libraries a scenario can run (the `library` of each connection in the metadata).
+PIKA = "pika"
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -43,6 +46,8 @@ class Scenario:
     # The runner raises the broker's memory alarm when the client asks (event `alarm_wanted`) and
     # clears it `work` seconds after the client saw Connection.Blocked.
     memory_alarm: bool = False
+    # The library the scenario's client program runs (the metadata names each connection's library).
+    client: str = PIKA
 
     def describe(self) -> str:
         params = f"heartbeat={self.heartbeat} work={self.work:g} ({self.work_means}) messages={self.messages}"

@@ -123,7 +123,9 @@ def run_scenario_command(args: argparse.Namespace, stdout: TextIO, stderr: TextI
     dropped = "unknown" if cap["dropped"] is None else cap["dropped"]
     stdout.write(f"capture:  {result.pcap} ({cap['packets']} packets, {dropped} dropped, {cap['backend']})\n")
     stdout.write(f"metadata: {result.metadata_path}\n")
-    stdout.write(f"broker:   {meta['broker']['product']} {meta['broker']['version']}, pika {meta['client']['pika']}\n")
+    client = meta["client"]
+    stdout.write(f"broker:   {meta['broker']['product']} {meta['broker']['version']}, "
+                 f"{client['library']} {client['version']}\n")
     observed = ", ".join(meta["observed_exceptions"]) or "none"
     stdout.write(f"client exception: {observed} (expected {meta['expected_exception'] or 'none'})\n")
     for cid, verdict in meta["expected_verdicts"].items():

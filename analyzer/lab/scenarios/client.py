@@ -1,42 +1,26 @@
 """The scripted pika programs (edge): one process per scenario run, logging what it did as JSON lines.
 
-Run as `python -m analyzer.lab.scenarios.client NAME PARAMS_JSON`. It runs in its own process so that a
-client blocked in a callback can be killed, and so that its log survives it: every event is one
-JSON object per line, flushed at once, with an epoch timestamp `t`. PARAMS_JSON carries the broker
-URL (`url`, maybe a proxy), the direct broker URL for the publisher (`publish_url`), the queue, the
-event log path and the timings. Each connection logs its own id `CLIENT:PORT->SERVER:PORT` (read
-from the socket), the broker's Connection.Tune proposal and the heartbeat sent back in Tune-Ok.
+Run as `python -m analyzer.lab.scenarios.client NAME PARAMS_JSON` (program.py has the event log and
+main every client program shares). PARAMS_JSON carries the broker URL (`url`, maybe a proxy), the
+direct broker URL for the publisher (`publish_url`), the queue, the event log path and the timings.
+Each connection logs its own id `CLIENT:PORT->SERVER:PORT` (read from the socket), the broker's
+Connection.Tune proposal and the heartbeat sent back in Tune-Ok.
 """
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any
 
 import pika
 
-LOCK = threading.Lock()
-LOG: TextIO | None = None  # the open event log (main opens it)
+from analyzer.lab.scenarios.program import declare, emit, log_exception, run_program, socket_id
 
-
-def emit(event: str, **fields) -> None:
-    record = {"t": time.time(), "source": "client", "event": event, **fields}
-    line = json.dumps(record, default=str)
-    assert LOG is not None, "main() opens the event log first"
-    with LOCK:
-        LOG.write(line + "\n")
-        LOG.flush()
-
-
-def endpoint(addr) -> str:
-    ip, port = addr[0], addr[1]
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+LIBRARY = "pika"
 
 
 def connection_id(conn: pika.BlockingConnection) -> tuple[str, str, str]:
@@ -46,15 +30,16 @@ def connection_id(conn: pika.BlockingConnection) -> tuple[str, str, str]:
     the attribute path is private, so any failure yields "unknown" rather than an exception.
     """
     try:
-        sock = conn._impl._transport._sock
-        local, remote = endpoint(sock.getsockname()), endpoint(sock.getpeername())
-        return f"{local}->{remote}", local, remote
+        return socket_id(conn._impl._transport._sock)
     except Exception:  # noqa: BLE001 (private pika internals: a version change must not abort the scenario)
         return "unknown", "", ""
 
 
-def connect(url: str, role: str, heartbeat) -> pika.BlockingConnection:
-    """Open a BlockingConnection and log `connected` with the Tune values on the wire."""
+def connect(url: str, role: str, heartbeat, blocked_timeout: float | None = None) -> pika.BlockingConnection:
+    """Open a BlockingConnection and log `connected` with the Tune values on the wire.
+
+    blocked_timeout: pika's blocked_connection_timeout (None: pika waits for Unblocked for ever).
+    """
     tune: dict = {}
 
     def choose(_conn, server_value):  # pika calls this with Connection.Tune's heartbeat
@@ -63,14 +48,15 @@ def connect(url: str, role: str, heartbeat) -> pika.BlockingConnection:
 
     params = pika.URLParameters(url)
     params.heartbeat = choose
-    params.blocked_connection_timeout = None
+    params.blocked_connection_timeout = blocked_timeout
     params.connection_attempts = 1
     conn = pika.BlockingConnection(params)
     cid, local, remote = connection_id(conn)
     impl = conn._impl
-    emit("connected", role=role, connection=cid, local=local, remote=remote,
-         server_heartbeat=tune.get("server_heartbeat"), heartbeat=impl.params.heartbeat,
-         frame_max=impl.params.frame_max, channel_max=impl.params.channel_max)
+    emit("connected", role=role, connection=cid, local=local, remote=remote, library=LIBRARY,
+         library_version=pika.__version__, server_heartbeat=tune.get("server_heartbeat"),
+         heartbeat=impl.params.heartbeat, frame_max=impl.params.frame_max, channel_max=impl.params.channel_max,
+         blocked_connection_timeout=blocked_timeout)
     return conn
 
 
@@ -78,11 +64,6 @@ def close(conn: pika.BlockingConnection, role: str) -> None:
     if conn.is_open:
         conn.close()
         emit("closed", role=role, how="connection.close")
-
-
-def declare(channel, queue: str) -> None:
-    # x-expires: the broker deletes the queue 60 s after its last use, so runs leave nothing behind.
-    channel.queue_declare(queue=queue, arguments={"x-expires": 60000})
 
 
 def publish(p: dict, count: int) -> None:
@@ -318,26 +299,8 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], None]] = {
 }
 
 
-def log_exception(exc: BaseException) -> None:
-    cause = exc.__cause__ or exc.__context__
-    emit("exception", type=f"{type(exc).__module__}.{type(exc).__qualname__}", name=type(exc).__name__,
-         text=str(exc), cause=repr(cause) if cause else None,
-         where=traceback.extract_tb(exc.__traceback__)[-1].name if exc.__traceback__ else None)
-
-
 def main(argv: list[str]) -> int:
-    global LOG
-    name, params = argv[0], json.loads(argv[1])
-    LOG = open(params["events"], "a", encoding="utf-8")  # noqa: SIM115 (open for the process's life; emit writes)
-    emit("start", scenario=name, pid=os.getpid(), pika=pika.__version__, python=sys.version.split()[0])
-    try:
-        SCENARIOS[name](params)
-    except Exception as exc:  # noqa: BLE001 (the point of most scenarios: record which exception pika raised)
-        log_exception(exc)
-        emit("exit", status=1)
-        return 1
-    emit("exit", status=0)
-    return 0
+    return run_program(argv, SCENARIOS, LIBRARY, pika.__version__, pika=pika.__version__)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -333,11 +332,16 @@ def build_metadata(scenario, params, settings, broker, cap, log: EventLog, clien
         if e["event"] == "connected":
             connections[e["connection"]] = {"role": e["role"], "via": "proxy" if scenario.proxy and
                                             e["role"] == catalog.CONSUMER else "direct",
+                                            # programs before the `library` field were all pika
+                                            "library": e.get("library", catalog.PIKA),
+                                            "library_version": e.get("library_version"),
                                             "heartbeat": e.get("heartbeat"),
                                             "server_heartbeat": e.get("server_heartbeat")}
         elif e["event"] == "proxy_accept":
+            leg = connections.get(e["connection"], {})  # the upstream leg carries the client leg's bytes
             connections[e["upstream"]] = {"role": catalog.UPSTREAM, "via": "proxy-to-broker",
-                                          "client_leg": e["connection"]}
+                                          "client_leg": e["connection"], "library": leg.get("library"),
+                                          "library_version": leg.get("library_version")}
     for info in connections.values():
         info["expected_verdict"] = scenario.verdicts.get(info["role"], catalog.UNKNOWN)
     exceptions = [e for e in events if e["event"] == "exception"]
@@ -356,7 +360,9 @@ def build_metadata(scenario, params, settings, broker, cap, log: EventLog, clien
         "started_utc": utc_iso(started), "ended_utc": utc_iso(ended),
         "started_epoch": started, "ended_epoch": ended,
         "broker": broker.info.as_dict(),
-        "client": {"pika": client_start.get("pika"), "python": client_start.get("python", platform.python_version()),
+        "client": {"library": client_start.get("library", scenario.client), "version": client_start.get("version"),
+                   # the other runtimes and libraries the program ran (pika: the Python programs' publisher)
+                   **{k: client_start[k] for k in ("pika", "aiormq", "python", "node") if k in client_start},
                    "exit_status": exit_status, "output_tail": client_output if exit_status not in (0, None) else ""},
         "ports": {"amqp": broker.port, **({"proxy": ports[1]} if len(ports) > 1 else {})},
         "capture": {**cap.stats.as_dict(), "file": pcap_name},
