@@ -23,7 +23,21 @@ $(VENV)/.test: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@ $(VENV)/.core
 
-venv: $(VENV)/.test
+# amqplib (Node.js) for the amqplib-* scenarios, installed with npm into the venv (the scenario
+# runner looks in $(VENV)/node/node_modules). Optional: without npm, or when the install fails, a
+# warning is printed and `make` goes on; those scenarios' tests then skip, naming what is missing.
+# No stamp is left then, so the next `make venv` tries again.
+AMQPLIB := amqplib@2
+$(VENV)/node/.amqplib: | $(PY)
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  echo "warning: npm is missing (apt-get install nodejs npm): the amqplib scenarios will be skipped"; \
+	elif npm install --prefix $(VENV)/node --no-audit --no-fund --loglevel=error $(AMQPLIB); then \
+	  touch $@; \
+	else \
+	  echo "warning: npm install $(AMQPLIB) failed: the amqplib scenarios will be skipped"; \
+	fi
+
+venv: $(VENV)/.test $(VENV)/node/.amqplib
 
 # Installs what the tests need when it is missing (root on Debian; no-op when already present).
 debian-packages:

@@ -7,7 +7,10 @@ direction's concatenated payload. Good enough for loopback captures without loss
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from pamqp import commands
+from pamqp import frame as pamqp_frame
 from scapy.layers.inet import IP, TCP
 from scapy.utils import rdpcap
 
@@ -66,3 +69,28 @@ def summarize(path: str) -> dict[str, Conn]:
         if flags & RST and s.rst_at is None:
             s.rst_at = t
     return {c.id: c for c in conns.values()}
+
+
+def frames(payload: bytes) -> list[tuple[int, Any]]:
+    """(channel, frame) of every frame in one direction's payload, decoded by pamqp (the protocol
+    header, when present, is the first frame); stops at a frame the capture cut short."""
+    data, out = bytes(payload), []
+    while data:
+        try:
+            used, channel, frame = pamqp_frame.unmarshal(data)
+        except Exception:  # noqa: BLE001 (pamqp raises several types for a frame cut short)
+            break
+        out.append((channel, frame))
+        data = data[used:]
+    return out
+
+
+def methods(payload: bytes) -> list[str]:
+    """The names of the method frames in one direction's payload, e.g. "Connection.Close" (other
+    frames' names have no dot: Heartbeat, ContentHeader, ContentBody, ProtocolHeader)."""
+    return [f.name for _channel, f in frames(payload) if "." in f.name]
+
+
+def connection_close(payload: bytes) -> commands.Connection.Close | None:
+    """The Connection.Close in one direction's payload (reply_code, reply_text), if any."""
+    return next((f for _channel, f in frames(payload) if isinstance(f, commands.Connection.Close)), None)

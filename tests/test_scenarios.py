@@ -13,6 +13,7 @@ from analyzer.api import analyze_file
 from analyzer.lab.scenarios import catalog
 from analyzer.lab.scenarios.runner import run_scenario
 from tests.fixtures_broker import live_children
+from tests.fixtures_clients import CLIENT_TIMINGS
 from tests.scenario_wire import summarize
 
 T = 2  # heartbeat timeout for the tests: broker gives up 2T..3T after the client's last byte
@@ -30,6 +31,9 @@ TIMINGS = {
     "proxy": dict(heartbeat=T, work=BLOCK),
 }
 SLACK = 0.1  # timer drift and loopback scheduling, seconds
+# The other client libraries' scenarios and blocked-connection-timeout: tests/test_client_scenarios.py
+# (timings in tests/fixtures_clients.py); this file runs the rest.
+HERE = sorted(set(catalog.SCENARIOS) - set(CLIENT_TIMINGS))
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,8 @@ def runs(broker, tmp_path_factory):
 
 
 def test_every_scenario_has_test_timings():
-    assert set(TIMINGS) == set(catalog.SCENARIOS)
+    assert set(TIMINGS) == set(HERE)
+    assert set(TIMINGS) | set(CLIENT_TIMINGS) == set(catalog.SCENARIOS)
 
 
 def by_role(result, role):
@@ -81,7 +86,7 @@ def assert_broker_gave_up(conn):
     assert 2 * T - SLACK <= silence <= 3 * T + SLACK, silence
 
 
-@pytest.mark.parametrize("name", sorted(catalog.SCENARIOS))
+@pytest.mark.parametrize("name", HERE)
 def test_metadata_and_files(runs, name):
     result = runs(name)
     with open(result.metadata_path) as f:
@@ -188,7 +193,7 @@ def test_proxy(runs):
 KNOWN_DISAGREEMENTS: dict[str, str] = {}  # scenario -> reason (none left: broker-paused and proxy were fixed)
 
 
-@pytest.mark.parametrize("name", sorted(catalog.SCENARIOS))
+@pytest.mark.parametrize("name", HERE)
 def test_analyzer_agrees(runs, name, request):
     if name in KNOWN_DISAGREEMENTS:
         request.applymarker(pytest.mark.xfail(reason=KNOWN_DISAGREEMENTS[name], strict=False))
@@ -207,7 +212,7 @@ def test_nothing_left_running(runs, broker):
     assert not leftovers, leftovers
 
 
-@pytest.mark.parametrize("name", sorted(catalog.SCENARIOS))
+@pytest.mark.parametrize("name", HERE)
 def test_shipped_capture(captures_dir, name, request):
     """captures/<name>.pcap + .json exist, are small, clean, and the analyzer agrees with them."""
     pcap, meta_path = captures_dir / f"{name}.pcap", captures_dir / f"{name}.json"

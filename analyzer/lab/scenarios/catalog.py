@@ -1,8 +1,9 @@
 """The scenario catalog: what each scripted run does, its default timings and its ground truth.
 
-Pure data, no I/O. The runner (runner.py) orchestrates a run from these entries; the client
-(client.py) holds the pika code. Defaults reproduce the blog in ../shared/seed/ (heartbeat T=3,
-a 10 s callback); timing facts are from /work/shared/heartbeat-model.md.
+Pure data, no I/O. The runner (runner.py) orchestrates a run from these entries; each client
+library's program holds its code (client.py for pika, client_pyamqp.py, client_aiopika.py,
+client_amqplib.js). Defaults reproduce the blog in ../shared/seed/ (heartbeat T=3, a 10 s
+callback); timing facts are from /work/shared/heartbeat-model.md.
 """
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ VERDICTS = (MISSED_CLIENT, MISSED_SERVER, GRACEFUL, CLOSED_WITH_ERROR, RESET, OP
 CONSUMER, PUBLISHER, UPSTREAM = "consumer", "publisher", "upstream"
 
 # The client libraries a scenario can run (the `library` of each connection in the metadata).
-PIKA = "pika"
+PIKA, PY_AMQP, AIO_PIKA, AMQPLIB = "pika", "py-amqp", "aio-pika", "amqplib"
+CLIENTS = (PIKA, PY_AMQP, AIO_PIKA, AMQPLIB)
+
+# Why a connection is expected to end as it does, when its verdict alone does not say it.
+BLOCKED_CONNECTION_TIMEOUT = "blocked-connection-timeout"  # pika gave up waiting for Connection.Unblocked
 
 
 @dataclass(frozen=True)
@@ -44,10 +49,14 @@ class Scenario:
     # the client's last byte before the callback is then a heartbeat, as in the blog's capture.
     idle_first: bool = False
     # The runner raises the broker's memory alarm when the client asks (event `alarm_wanted`) and
-    # clears it `work` seconds after the client saw Connection.Blocked.
+    # clears it `work` seconds after the client saw Connection.Blocked ...
     memory_alarm: bool = False
-    # The library the scenario's client program runs (the metadata names each connection's library).
+    # ... or, when set, once the client has logged this event (the client's own timer must fire first).
+    alarm_cleared_after: str | None = None
+    # The library the scenario's client program runs (its consumer or only connection; the metadata
+    # names each connection's library: the Python programs publish through pika).
     client: str = PIKA
+    expected_causes: dict = field(default_factory=dict)  # role -> why it ends so (BLOCKED_CONNECTION_TIMEOUT)
 
     def describe(self) -> str:
         params = f"heartbeat={self.heartbeat} work={self.work:g} ({self.work_means}) messages={self.messages}"
@@ -57,6 +66,40 @@ class Scenario:
 
 def _both(consumer: str) -> dict:
     return {CONSUMER: consumer, PUBLISHER: GRACEFUL}
+
+
+# The other client libraries (the Python programs publish through a short pika connection, amqplib
+# through a second amqplib connection): `client`-blocked-handler is the blog's blocked handler,
+# `client`-healthy the same kind of work done without blocking the I/O loop. A row: client, what
+# its blocked handler does, the exception it then raises, what its healthy run does, where that
+# run's work goes.
+OTHER_CLIENTS = [
+    (PY_AMQP, "consumer in kombu's drain_events/heartbeat_tick loop: a 10 s time.sleep in the handler with T=3 "
+     "stops the ticks", "ConnectionResetError",
+     "consumer: the handler hands 8 s of work to a thread, the loop keeps ticking (heartbeats flow); "
+     "connection.close() sends reply code 0", "in a thread"),
+    (AIO_PIKA, "consumer (?heartbeat=3): an async callback blocking in time.sleep(10) stops the event loop and "
+     "aiormq's heartbeat task", "AMQPConnectionError",
+     "consumer: the callback awaits asyncio.to_thread(time.sleep, 8); aiormq's heartbeats flow; normal close",
+     "awaited in a thread"),
+    (AMQPLIB, "(Node.js) consumer with heartbeat: 3: the consume callback blocks synchronously (Atomics.wait) "
+     "for 10 s: no timers, no heartbeats", "ECONNRESET",
+     "(Node.js) consumer: the callback awaits a timer for 8 s; amqplib's heartbeats flow; normal close",
+     "awaited (setTimeout)"),
+]
+
+
+def _blocked_handler(client: str, summary: str, exception: str) -> Scenario:
+    """`client`-blocked-handler: the blog's run (T=3, idle first, a 10 s handler) in another library."""
+    return Scenario(f"{client}-blocked-handler", f"{client} {summary}: broker RST", heartbeat=3, work=10,
+                    messages=1, verdicts=_both(MISSED_CLIENT), exception=exception, idle_first=True, client=client)
+
+
+def _healthy(client: str, summary: str, work_means: str) -> Scenario:
+    """`client`-healthy: 8 s of work (more than 2.5T) off the I/O loop; heartbeats flow, normal close."""
+    return Scenario(f"{client}-healthy", f"{client} {summary}", heartbeat=3, work=8, messages=1,
+                    verdicts=_both(GRACEFUL), exception=None, work_means=f"seconds of work per message, {work_means}",
+                    client=client)
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
@@ -99,6 +142,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              heartbeat=2, work=1, messages=2, verdicts=_both(GRACEFUL), exception="ChannelClosedByBroker",
              work_means="seconds the memory alarm stays up after Connection.Blocked",
              needs_local_broker=True, idle_first=True, memory_alarm=True),
+    Scenario("blocked-connection-timeout", "a pika publisher (blocked_connection_timeout=3) is blocked by the "
+             "memory alarm: pika closes the socket 3 s after Connection.Blocked, without Connection.Close",
+             heartbeat=3, work=3, messages=1, verdicts={PUBLISHER: RESET}, exception="ConnectionBlockedTimeout",
+             work_means="pika's blocked_connection_timeout: seconds from Connection.Blocked to its teardown",
+             needs_local_broker=True, memory_alarm=True, alarm_cleared_after="exception",
+             expected_causes={PUBLISHER: BLOCKED_CONNECTION_TIMEOUT}),
+    *(scenario for row in OTHER_CLIENTS for scenario in (_blocked_handler(*row[:3]), _healthy(row[0], *row[3:]))),
 ]}
 
 

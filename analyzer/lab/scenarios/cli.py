@@ -13,7 +13,6 @@ import threading
 from typing import TextIO
 
 from analyzer.errors import EnvironmentProblem, ExitStatus, UsageError
-from analyzer.lab.broker import LAB_EXTRA_HINT
 from analyzer.lab.capture import BACKENDS
 from analyzer.lab.scenarios import catalog
 
@@ -32,7 +31,8 @@ def register(subparsers) -> None:
                      help="capture tool (default: tcpdump or dumpcap when installed, else scapy)")
     cap.set_defaults(handler=run_capture_command)
 
-    sc = subparsers.add_parser("scenario", help="run scripted pika programs against a real RabbitMQ")
+    sc = subparsers.add_parser("scenario", help="run scripted client programs (pika, py-amqp, aio-pika, amqplib) "
+                               "against a real RabbitMQ")
     ssub = sc.add_subparsers(dest="scenario_command", metavar="{list,run}")
     ssub.required = True
     ls = ssub.add_parser("list", help="each scenario with a one-line description and its parameters")
@@ -45,6 +45,7 @@ def register(subparsers) -> None:
     run.add_argument("--work", type=float, metavar="S", help="seconds of work per message")
     run.add_argument("--messages", type=int, metavar="N", help="messages to publish")
     run.add_argument("--out", default=".", metavar="DIR", help="output directory (default: current)")
+    run.add_argument("--basename", metavar="NAME", help="file name without extension (default: NAME-UTCSTAMP)")
     run.add_argument("--backend", choices=("auto", *BACKENDS), default="auto", help="capture tool")
     run.add_argument("--analyze", action="store_true", help="analyze the capture and compare with the truth")
     run.add_argument("-i", "--interface", metavar="IFACE",
@@ -95,6 +96,8 @@ def run_list(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitSt
     width = max(len(n) for n in catalog.SCENARIOS)
     for s in catalog.SCENARIOS.values():
         stdout.write(f"{s.name:<{width}}  {s.summary}\n")
+        if s.client != catalog.PIKA:
+            stdout.write(f"{'':<{width}}  client: {s.client}\n")
         extra = "".join(f" {k}={v}" for k, v in s.broker_settings.items())
         stdout.write(f"{'':<{width}}  --heartbeat {s.heartbeat} --work {s.work:g} ({s.work_means})"
                      f" --messages {s.messages}{extra}\n")
@@ -102,13 +105,14 @@ def run_list(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitSt
 
 
 def run_scenario_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitStatus:
-    from analyzer.lab.scenarios.runner import run_scenario
+    from analyzer.lab.scenarios.runner import client_problem, run_scenario
 
-    catalog.get(args.name)  # unknown name: one line, before anything starts
-    try:
-        import pika  # noqa: F401  (the client a scenario runs: the `lab` extra; checked before anything starts)
-    except ImportError:
-        raise EnvironmentProblem(f"scenario run needs the `lab` extra (pika is missing): {LAB_EXTRA_HINT}") from None
+    scenario = catalog.get(args.name)  # unknown name: one line, before anything starts
+    if args.basename is not None and (not args.basename.strip() or "/" in args.basename):
+        raise UsageError("--basename is a file name without directory or extension (the directory is --out)")
+    missing = client_problem(scenario)  # the client library it runs (the `lab` extra, or Node.js and amqplib)
+    if missing:
+        raise EnvironmentProblem(missing)
 
     def progress(msg: str) -> None:
         stderr.write(f"amqp-hb: {msg}\n")
@@ -117,7 +121,7 @@ def run_scenario_command(args: argparse.Namespace, stdout: TextIO, stderr: TextI
     with sigterm_as_interrupt():
         result = run_scenario(args.name, out_dir=args.out, broker_url=args.broker, heartbeat=args.heartbeat,
                               work=args.work, messages=args.messages, backend=args.backend, progress=progress,
-                              interface=args.interface, ipv6=args.ipv6)
+                              interface=args.interface, ipv6=args.ipv6, basename=args.basename)
     meta = result.metadata
     cap = meta["capture"]
     dropped = "unknown" if cap["dropped"] is None else cap["dropped"]

@@ -284,6 +284,40 @@ def every_method(p: dict) -> None:
     close(conn, "consumer")
 
 
+def blocked_connection_timeout(p: dict) -> None:
+    """A publisher with blocked_connection_timeout=`work` s is blocked by the memory alarm and gives up.
+
+    The runner raises the broker's memory alarm (as in every-method) and keeps it up until this
+    program has logged its exception. The publish draws Connection.Blocked; the broker stops reading
+    this socket. pika starts a `work` s timer on Blocked (connection.py _on_connection_blocked), and
+    when it fires _on_blocked_connection_timeout tears the stream down without Connection.Close
+    (_terminate_stream: shutdown and close of the socket) and the BlockingConnection raises
+    ConnectionBlockedTimeout from the call servicing its I/O.
+    """
+    timeout = p["work"]
+    conn = connect(p["url"], "publisher", p["heartbeat"], blocked_timeout=timeout)
+    state: dict = {}
+
+    def on_blocked(_conn, frame):
+        state["blocked"] = time.time()
+        emit("blocked", role="publisher", reason=frame.method.reason, blocked_connection_timeout=timeout)
+
+    def on_unblocked(_conn, _frame):
+        emit("unblocked", role="publisher")
+
+    conn.add_on_connection_blocked_callback(on_blocked)
+    conn.add_on_connection_unblocked_callback(on_unblocked)
+    ch = conn.channel()
+    declare(ch, p["queue"])
+    emit("alarm_wanted")
+    wait_for(conn, lambda: os.path.exists(p["runner_signal"]), "memory alarm from the runner")
+    ch.basic_publish(exchange="", routing_key=p["queue"], body=b"message 1 of 1")
+    emit("published", role="publisher", messages=1)
+    wait_for(conn, lambda: "blocked" in state, "Connection.Blocked", timeout=10)
+    # Servicing I/O (heartbeats both ways) until pika's timer fires and raises out of conn.sleep.
+    wait_for(conn, lambda: False, "ConnectionBlockedTimeout", timeout=timeout + 10)
+
+
 SCENARIOS: dict[str, Callable[[dict[str, Any]], None]] = {
     "idle": functools.partial(consumer, mode="idle"),
     "blocked-callback": functools.partial(consumer, mode="blocking"),
@@ -296,6 +330,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], None]] = {
     "consumer-timeout": consumer_timeout,
     "proxy": functools.partial(consumer, mode="blocking"),
     "every-method": every_method,
+    "blocked-connection-timeout": blocked_connection_timeout,
 }
 
 

@@ -1,9 +1,10 @@
-"""Run one scenario end to end (edge): broker, optional proxy, live capture, the pika client, metadata.
+"""Run one scenario end to end (edge): broker, optional proxy, live capture, the client program, metadata.
 
 Strategy: everything a run starts is entered on one ExitStack, so a failing scenario, Ctrl-C or
 SIGTERM (turned into an exception by the CLI) still kills the client, stops the capture, closes
 the proxy, restores broker settings and stops a node we started, in that order. The client runs
-as a subprocess (client.py) writing JSON lines; the runner polls that log to time its own
+as a subprocess writing JSON lines (the program of the scenario's client library: PROGRAMS); the
+runner polls that log to time its own
 actions (pause the broker, kill an idle publisher, stop the capture of a connection held open,
 raise and clear the broker's memory alarm), merges client, proxy and runner events by time, and
 writes `<out>/<name>-<UTC>.pcap` + `.json`.
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 
 from analyzer.errors import EnvironmentProblem, UsageError
-from analyzer.lab.broker import CTL_SCRIPTS, INSTALL_HINT, LocalBroker, die_with_parent, open_broker
+from analyzer.lab.broker import CTL_SCRIPTS, INSTALL_HINT, LAB_EXTRA_HINT, LocalBroker, die_with_parent, open_broker
 from analyzer.lab.capture import LiveCapture
 from analyzer.lab.scenarios import catalog
 from analyzer.lab.scenarios.proxy import TcpProxy
@@ -37,6 +40,20 @@ PIKA_GRACE = 5
 CLIENT_SLACK = 30.0
 POLL = 0.05
 SETTLE_AFTER_CLIENT = 0.5  # lets the broker's answer to the client's last packet reach the capture
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The program each client library's scenarios run: a Python module (run with this interpreter) and
+# the module it needs, or a Node.js script (run with node, amqplib found through NODE_PATH).
+PROGRAMS = {
+    catalog.PIKA: ("python", "analyzer.lab.scenarios.client", "pika"),
+    catalog.PY_AMQP: ("python", "analyzer.lab.scenarios.client_pyamqp", "amqp"),
+    catalog.AIO_PIKA: ("python", "analyzer.lab.scenarios.client_aiopika", "aio_pika"),
+    catalog.AMQPLIB: ("node", os.path.join(HERE, "client_amqplib.js"), "amqplib"),
+}
+# Where `make venv` installs amqplib with npm (npm install --prefix .venv/node amqplib).
+NODE_MODULES = os.path.join(sys.prefix, "node", "node_modules")
+NODE_HINT = ("Node.js and amqplib: `apt-get install nodejs npm`, then `make venv` "
+             f"(npm install --prefix {os.path.dirname(NODE_MODULES)} amqplib)")
 
 
 @dataclass
@@ -94,6 +111,32 @@ def utc_iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
 
 
+def client_problem(scenario: catalog.Scenario) -> str | None:
+    """What is missing to run the scenario's client program, in one line (None: nothing)."""
+    kind, _program, needs = PROGRAMS[scenario.client]
+    python_needs = [needs, "pika"] if kind == "python" else []  # the Python programs publish through pika
+    missing = [m for m in python_needs if importlib.util.find_spec(m) is None]
+    if missing:
+        return (f"scenario {scenario.name} runs {scenario.client}: the `lab` extra is missing "
+                f"({', '.join(missing)} not importable): {LAB_EXTRA_HINT}")
+    if kind != "node":
+        return None
+    node = shutil.which("node")
+    if node is None:
+        return f"scenario {scenario.name} runs Node.js amqplib: node is not installed; install {NODE_HINT}"
+    found = subprocess.run([node, "-e", f"require.resolve({needs!r})"], env=_node_env(), capture_output=True,
+                           stdin=subprocess.DEVNULL, timeout=30, check=False)
+    if found.returncode != 0:
+        return f"scenario {scenario.name} runs Node.js amqplib: amqplib is not in {NODE_MODULES}; install {NODE_HINT}"
+    return None
+
+
+def _node_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["NODE_PATH"] = os.pathsep.join(p for p in (NODE_MODULES, env.get("NODE_PATH", "")) if p)
+    return env
+
+
 def resolve_params(scenario: catalog.Scenario, heartbeat=None, work=None, messages=None) -> dict:
     p = {"heartbeat": scenario.heartbeat if heartbeat is None else int(heartbeat),
          "work": scenario.work if work is None else float(work),
@@ -118,6 +161,9 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
     """
     scenario = catalog.get(name)
     params = resolve_params(scenario, heartbeat, work, messages)
+    missing = client_problem(scenario)
+    if missing:
+        raise EnvironmentProblem(missing)
     say = progress or (lambda _msg: None)
     started = time.time()
     base = os.path.join(out_dir, basename or f"{name}-{utc_stamp(started)}")
@@ -163,7 +209,7 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
                          # the runner creates this file once it has raised the memory alarm
                          "runner_signal": os.path.join(work_dir, ALARM_SIGNAL)}
         say(f"running {name} (heartbeat={params['heartbeat']} work={params['work']:g})")
-        client = _start_client(name, client_params, work_dir)
+        client = _start_client(scenario, client_params, work_dir)
         stack.callback(_kill, client)
         exit_status = _orchestrate(scenario, params, broker, client, log, cap)
         cap.stop()
@@ -213,7 +259,7 @@ def _orchestrate(scenario, params, broker, client, log: EventLog, cap) -> int | 
         time.sleep(SETTLE_AFTER_CLIENT)
         return client.returncode
     elif scenario.memory_alarm:
-        _memory_alarm(broker, client, log, params, budget)
+        _memory_alarm(scenario, broker, client, log, params, budget)
     elif scenario.hold:
         _wait_event(log, client, "holding", budget)
         return None  # the caller stops the capture, then kills the client: the connection stays open
@@ -231,8 +277,9 @@ ALARM_WATERMARK = "0.0000001"
 ALARM_SIGNAL = "memory-alarm-raised"  # created in the run directory (the client polls for it) once raised
 
 
-def _memory_alarm(broker, client, log: EventLog, params: dict, budget: float) -> None:
-    """Raise the node's memory alarm when the client asks, clear it `work` s after Connection.Blocked.
+def _memory_alarm(scenario, broker, client, log: EventLog, params: dict, budget: float) -> None:
+    """Raise the node's memory alarm when the client asks, clear it `work` s after Connection.Blocked,
+    or once the client has logged the event scenario.alarm_cleared_after.
 
     The watermark is set with `rabbitmqctl eval vm_memory_monitor:set_vm_memory_high_watermark(...)`
     (what `rabbitmqctl set_vm_memory_high_watermark` calls), and always put back to the node's
@@ -249,7 +296,10 @@ def _memory_alarm(broker, client, log: EventLog, params: dict, budget: float) ->
         log.add("runner", "memory_alarm_raised", vm_memory_high_watermark=ALARM_WATERMARK, requested=requested)
         open(os.path.join(os.path.dirname(log.path), ALARM_SIGNAL), "w").close()
         _wait_event(log, client, "blocked", CLIENT_SLACK)
-        time.sleep(params["work"])
+        if scenario.alarm_cleared_after:
+            _wait_event(log, client, scenario.alarm_cleared_after, params["work"] + CLIENT_SLACK)
+        else:
+            time.sleep(params["work"])
     finally:
         requested = time.time()  # the broker may unblock before rabbitmqctl returns: log both times
         broker._ctl(ctl, f"vm_memory_monitor:set_vm_memory_high_watermark({previous}).")
@@ -273,13 +323,19 @@ def _wait_event(log: EventLog, client, event: str, timeout: float) -> dict:
     raise EnvironmentProblem(f"scenario client never reached '{event}'{detail}")
 
 
-def _start_client(name: str, params: dict, work_dir: str) -> subprocess.Popen:
-    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
+def _start_client(scenario: catalog.Scenario, params: dict, work_dir: str) -> subprocess.Popen:
+    kind, program, _needs = PROGRAMS[scenario.client]
+    if kind == "node":
+        env = _node_env()
+        command = [shutil.which("node") or "node", program]
+    else:
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
+        command = [sys.executable, "-m", program]
     out = open(os.path.join(work_dir, "client.out"), "wb")  # noqa: SIM115 (handed to the child, closed below)
     try:
-        return subprocess.Popen([sys.executable, "-m", "analyzer.lab.scenarios.client", name, json.dumps(params)],
+        return subprocess.Popen([*command, scenario.name, json.dumps(params)],
                                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=die_with_parent)
     finally:
@@ -298,8 +354,6 @@ def _kill(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 
 def _remove_dir(path: str) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -328,6 +382,7 @@ def build_metadata(scenario, params, settings, broker, cap, log: EventLog, clien
                    ports, started, pcap_name, work_dir) -> dict:
     events = log.merged()
     connections: dict[str, dict] = {}
+    blocked_at = {e["role"]: e["t"] for e in events if e["event"] == "blocked" and e["source"] == "client"}
     for e in events:
         if e["event"] == "connected":
             connections[e["connection"]] = {"role": e["role"], "via": "proxy" if scenario.proxy and
@@ -337,6 +392,8 @@ def build_metadata(scenario, params, settings, broker, cap, log: EventLog, clien
                                             "library_version": e.get("library_version"),
                                             "heartbeat": e.get("heartbeat"),
                                             "server_heartbeat": e.get("server_heartbeat")}
+            if e.get("blocked_connection_timeout") is not None:
+                connections[e["connection"]]["blocked_connection_timeout"] = e["blocked_connection_timeout"]
         elif e["event"] == "proxy_accept":
             leg = connections.get(e["connection"], {})  # the upstream leg carries the client leg's bytes
             connections[e["upstream"]] = {"role": catalog.UPSTREAM, "via": "proxy-to-broker",
@@ -344,6 +401,10 @@ def build_metadata(scenario, params, settings, broker, cap, log: EventLog, clien
                                           "library_version": leg.get("library_version")}
     for info in connections.values():
         info["expected_verdict"] = scenario.verdicts.get(info["role"], catalog.UNKNOWN)
+        if info["role"] in scenario.expected_causes:
+            info["expected_cause"] = scenario.expected_causes[info["role"]]
+        if info["role"] in blocked_at:
+            info["blocked_at"] = blocked_at[info["role"]]  # when the client saw Connection.Blocked (epoch)
     exceptions = [e for e in events if e["event"] == "exception"]
     observed = [e["name"] for e in exceptions]
     client_start = next((e for e in events if e["event"] == "start"), {})
