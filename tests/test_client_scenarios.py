@@ -175,15 +175,9 @@ def test_blocked_connection_timeout(client_runs):
 
 # ---- the analyzer against the ground truth -----------------------------------------------------------
 
-# A known disagreement (xfail, not strict) while the analyzer owner looks at it; XPASS once fixed.
-KNOWN_DISAGREEMENTS: dict[str, str] = {}  # none left: py-amqp's reply code 0 close is read as graceful
-
-
 @pytest.mark.parametrize("name", NAMES)
-def test_analyzer_agrees(client_runs, name, request):
+def test_analyzer_agrees(client_runs, name):
     r = client_runs(name)
-    if name in KNOWN_DISAGREEMENTS:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_DISAGREEMENTS[name], strict=False))
     analysis = analyze_file(r.pcap, ports=(r.metadata["ports"]["amqp"],))
     got = {d.timeline.info.id: d.verdict for d in analysis.connections}
     assert got == r.metadata["expected_verdicts"]
