@@ -39,8 +39,8 @@ PreviousSettings = dict[str, SettingValue | None]
 SERVER_SCRIPTS = ("/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/lib/rabbitmq/sbin/rabbitmq-server")
 CTL_SCRIPTS = ("/usr/lib/rabbitmq/bin/rabbitmqctl", "/usr/lib/rabbitmq/sbin/rabbitmqctl")
 INSTALL_HINT = "rabbitmq-server is not installed: run `apt-get install rabbitmq-server` (Debian/Ubuntu)"
-# pika and scapy come with the `lab` extra; the install line a lab command prints when one is missing.
-LAB_EXTRA_HINT = "pip install 'amqp-hb[lab]' (with pipx: pipx inject amqp-hb pika scapy)"
+# pika, amqp, aio-pika and scapy come with the `lab` extra; the install line a lab command prints when one is missing.
+LAB_EXTRA_HINT = "pip install 'amqp-hb[lab]' (with pipx: pipx inject amqp-hb pika amqp aio-pika scapy)"
 DEFAULT_AMQP_PORT = 5672  # IANA amqp; preferred so recorded captures look like real ones
 DEFAULT_AMQPS_PORT = 5671  # IANA amqps
 # A cold 3.10 node with no plugins boots in about 4 s on 2 cores; 90 s covers a loaded CI machine.
