@@ -43,11 +43,9 @@ def test_every_row_has_every_field_and_a_source_for_each_fact():
         for f in dataclasses.fields(row):
             value = getattr(row, f.name)
             if f.name in ("blocked_timeout", "blocked_timeout_error", "blocked_timeout_wire", "platform_prefix",
-                          "signature_period", "bare_capabilities"):
-                continue  # None is a fact here: the library has no such setting / needs no prefix
-            if row.key == "generic" and f.name in ("products", "api_names", "wrappers"):
-                continue
-            if f.name == "wrappers":
+                          "signature_period", "bare_capabilities", "wrappers"):
+                continue  # None or () is a fact here: no such setting, no prefix needed, no wrapper
+            if row.key == "generic" and f.name in ("products", "api_names"):
                 continue
             assert value not in (None, "", ()), (row.key, f.name)
         facts = ("detection", "normal_close_code") if row.key == "generic" else FACTS

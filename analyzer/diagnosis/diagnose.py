@@ -12,9 +12,8 @@ from dataclasses import replace
 
 from analyzer.diagnosis.explain import explain
 from analyzer.diagnosis.identify import identify
-from analyzer.diagnosis.models import pika as pika_model
 from analyzer.diagnosis.models import rabbitmq as rabbitmq_model
-from analyzer.diagnosis.models.client_timers import TimerStart, predict_give_up
+from analyzer.diagnosis.models.client_timers import predict_give_up
 from analyzer.diagnosis.models.common import Prediction
 from analyzer.diagnosis.results import (
     CLOSE_HANDSHAKE_SLACK,
@@ -33,7 +32,7 @@ from analyzer.diagnosis.results import (
     Peer,
 )
 from analyzer.records import C2S, S2C
-from analyzer.timeline import ConnectionTimeline, Direction, MethodAt
+from analyzer.timeline import ConnectionTimeline, Direction
 
 # The record types and verdicts live in results.py (explain.py reads them too); importers of this
 # module keep finding them here.
@@ -285,19 +284,11 @@ def _broker_prediction(d: Diagnosis, last_client: float, timeout: float,
 
 
 def _client_prediction(d: Diagnosis, last_server: float, timeout: float) -> Prediction | None:
-    """The client library's own give-up rule (its profile row); for pika the checker model."""
-    tl, row = d.timeline, d.profile
-    start = tl.tune_ok or tl.tune
-    if row.key == "pika":
-        if start is None:
-            return None
-        return pika_model.predict_missed_server_heartbeats(last_server, d.rel(start.time), timeout)
+    """The client library's own give-up rule (its profile row; pika's is its checker model)."""
+    row = d.profile
     if row.detection is None:
         return None
-    steps: tuple[tuple[TimerStart, MethodAt | None], ...] = (
-        ("tune", tl.tune), ("tune-ok", start), ("open-ok", tl.open_ok))
-    anchors = {step: d.rel(method.time) for step, method in steps if method is not None}
-    prediction = predict_give_up(row.detection, row.key, last_server, timeout, anchors)
+    prediction = predict_give_up(row.detection, row.key, last_server, timeout, d.timer_anchors())
     if prediction is None:
         return None
     # A timer on the loop that runs the handler (or driven by the application) fires late when

@@ -8,13 +8,13 @@ names no library.
 """
 from __future__ import annotations
 
-import itertools
 import re
 import statistics
 from collections.abc import Mapping
 from typing import Any
 
 from analyzer.diagnosis.models.clients import PROFILES, ClientProfile
+from analyzer.diagnosis.models.common import interval_gaps, largest_cluster
 from analyzer.diagnosis.results import ClientIdentity
 from analyzer.timeline import ConnectionTimeline
 
@@ -82,12 +82,8 @@ def _from_capabilities(props: Mapping[str, Any]) -> ClientIdentity:
 def idle_heartbeat_interval(times: list[float]) -> float | None:
     """The cadence most of a side's heartbeats keep: the median of the largest cluster of
     consecutive intervals within SAME_CADENCE of each other; None with too few."""
-    gaps = [b - a for a, b in itertools.pairwise(sorted(times)) if b > a]
-    best: list[float] = []
-    for g in sorted(gaps):
-        cluster = [h for h in gaps if abs(h - g) <= max(SAME_CADENCE_ABS, SAME_CADENCE_REL * g)]
-        if len(cluster) > len(best):
-            best = cluster
+    gaps = interval_gaps(times)
+    best = largest_cluster(gaps, lambda g: max(SAME_CADENCE_ABS, SAME_CADENCE_REL * g))
     if len(best) < MIN_SIGNATURE_INTERVALS or 2 * len(best) < len(gaps):
         return None
     return statistics.median(best)

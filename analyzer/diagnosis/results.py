@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal, overload
 
+from analyzer.diagnosis.models.client_timers import TimerStart
 from analyzer.diagnosis.models.clients import ClientProfile, profile
 from analyzer.diagnosis.models.common import Prediction
-from analyzer.timeline import ConnectionTimeline
+from analyzer.timeline import ConnectionTimeline, MethodAt
 
 Verdict = Literal[
     "missed-client-heartbeats",
@@ -110,6 +111,14 @@ class Diagnosis:
     findings: list[Finding] = field(default_factory=list)
     explanation: str = ""
     client: ClientIdentity = UNKNOWN_CLIENT
+
+    def timer_anchors(self) -> dict[TimerStart, float]:
+        """The captured (relative) times of the handshake steps a client starts its timers at; a
+        client that sent tune-ok without the capture showing it started at tune."""
+        tl = self.timeline
+        steps: tuple[tuple[TimerStart, MethodAt | None], ...] = (
+            ("tune", tl.tune), ("tune-ok", tl.tune_ok or tl.tune), ("open-ok", tl.open_ok))
+        return {step: method.time - self.t0 for step, method in steps if method is not None}
 
     @property
     def profile(self) -> ClientProfile:

@@ -438,19 +438,17 @@ def _lane_name(d: Diagnosis, which: str) -> str:
 def _client_checks(ax: Axes, d: Diagnosis, y: float, frames: list[Row], start: float, end: float) -> None:
     """The client library's own timer (its profile row): pika's checker every T+5 from tune-ok, or
     another library's periodic looks; a deadline or application-driven check has no grid to draw."""
-    tl, timeout, row = d.timeline, d.heartbeat.effective, d.profile
+    timeout, row = d.heartbeat.effective, d.profile
     gid = "pika-checks" if row.key == "pika" else "client-checks"
     rule = row.detection
-    anchors = {"tune": tl.tune, "tune-ok": tl.tune_ok or tl.tune, "open-ok": tl.open_ok}
-    begin = anchors.get(rule.start) if isinstance(rule, LookRule) else None
-    if not timeout or not isinstance(rule, LookRule) or begin is None:
+    checker = d.timer_anchors().get(rule.start) if isinstance(rule, LookRule) else None
+    if not timeout or not isinstance(rule, LookRule) or checker is None:
         if timeout and not isinstance(rule, LookRule):
             ax.text((start + end) / 2, y, f"{row.name} {row.detection_text}: no grid of looks to draw", ha="center",
                     va="center", fontsize=9, color="#555555", style="italic", gid=f"{gid}-none")
         else:
             _no_checks(ax, y, start, end, row.name, timeout, f"{gid}-none")
         return
-    checker = d.rel(begin.time)
     right = _checks_end(d, end, row.key)
     times = rule.looks(checker, timeout, checker, right)
     arrivals = sorted(r["t"] for r in frames if r["direction"] == S2C)

@@ -13,7 +13,9 @@ which a capture cannot order a byte against a timer.
 """
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,6 +43,22 @@ _ANCHOR_WORDS = {
     "open-ok": "from connection.open-ok",
     "last-frame": "from the broker's last frame",
 }
+
+
+def interval_gaps(times: Sequence[float]) -> list[float]:
+    """The positive gaps between consecutive times (sorted first)."""
+    return [b - a for a, b in itertools.pairwise(sorted(times)) if b > a]
+
+
+def largest_cluster(gaps: Sequence[float], tolerance: Callable[[float], float]) -> list[float]:
+    """The largest set of gaps within `tolerance(g)` of one gap g (ties: the shortest g): a timer's
+    cadence, undisturbed by missed beats (2x gaps) and busy stretches."""
+    best: list[float] = []
+    for g in sorted(gaps):
+        cluster = [h for h in gaps if abs(h - g) <= tolerance(g)]
+        if len(cluster) > len(best):
+            best = cluster
+    return best
 
 
 def first_tick_index(anchor: float, period: float, t: float) -> int:

@@ -47,7 +47,7 @@ def pika_check_times(checker_start: float, timeout: float, start: float, end: fl
 
     Empty when heartbeats are off (pika creates no checker for T < 1).
     """
-    return grid_times(checker_start, check_interval(timeout), start, end) if timeout >= 1 else []
+    return PIKA_RULE.looks(checker_start, timeout, start, end) if timeout >= 1 else []
 
 
 def pika_send_times(checker_start: float, timeout: float, start: float, end: float) -> list[float]:

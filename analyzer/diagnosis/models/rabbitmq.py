@@ -36,12 +36,19 @@ broker's close later, than the broker does (by the one-way latency each).
 """
 from __future__ import annotations
 
-import itertools
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from analyzer.diagnosis.models.common import AnchorKind, Check, Prediction, first_tick_index, grid_times
+from analyzer.diagnosis.models.common import (
+    AnchorKind,
+    Check,
+    Prediction,
+    first_tick_index,
+    grid_times,
+    interval_gaps,
+    largest_cluster,
+)
 
 # Timer slip per Erlang `after` tick, seconds (heartbeat-model.md: "about 1 ms drift per tick",
 # measured on the sender, assumed for the monitor).
@@ -179,13 +186,7 @@ def infer_timeout_from_heartbeats(broker_heartbeat_times: Sequence[float]) -> fl
     integer) when within max(50 ms, 2%) of one; otherwise the raw estimate is returned. A broker older
     than 3.7.9 sends every T, not T/2, and would read as 2T.
     """
-    times = sorted(broker_heartbeat_times)
-    gaps = [b - a for a, b in itertools.pairwise(times) if b > a]
-    best: list[float] = []
-    for g in sorted(gaps):
-        cluster = [h for h in gaps if abs(h - g) <= _SAME_INTERVAL * g]
-        if len(cluster) > len(best):
-            best = cluster
+    best = largest_cluster(interval_gaps(broker_heartbeat_times), lambda g: _SAME_INTERVAL * g)
     if len(best) < 2:
         return None
     estimate = 2 * statistics.median(best)
