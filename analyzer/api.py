@@ -31,9 +31,10 @@ from analyzer.engine import (
     iter_events,
     iter_frames,
 )
-from analyzer.errors import CaptureFileError, UsageError
+from analyzer.errors import AmqpHbError, CaptureFileError, UsageError
 from analyzer.records import FRAME_BODY, FRAME_HEADER, FRAME_METHOD, FRAME_TYPE_NAMES, CaptureSummary, Event, Frame
 from analyzer.timeline import ConnectionTimeline
+from analyzer.tls.keylog import KeyLog
 
 
 @dataclass(slots=True)
@@ -112,14 +113,39 @@ def _ports(connection_id: str) -> tuple[str, ...]:
 
 def open_file(path: str | os.PathLike):
     """Open a capture for reading, turning OS errors into one-line CaptureFileErrors."""
+    return _open(path, "a capture file", CaptureFileError)
+
+
+def _open(path: str | os.PathLike, what: str, error: type[AmqpHbError]):
     try:
         return open(path, "rb")
     except FileNotFoundError:
-        raise CaptureFileError(f"{path}: no such file") from None
+        raise error(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise CaptureFileError(f"{path}: is a directory, not a capture file") from None
+        raise error(f"{path}: is a directory, not {what}") from None
     except OSError as exc:
-        raise CaptureFileError(f"{path}: cannot read ({exc.strerror})") from None
+        raise error(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def read_keylog(path: str | os.PathLike) -> KeyLog:
+    """An NSS key log file (SSLKEYLOGFILE, SSLContext.keylog_filename) for `tls_keys=`."""
+    with _open(path, "a key log file", UsageError) as f:
+        keys = KeyLog.parse(f.read())
+    if not len(keys):
+        raise UsageError(f"{path}: no TLS secrets in this file (an NSS key log has lines like "
+                         "'CLIENT_RANDOM <hex> <hex>' or 'CLIENT_TRAFFIC_SECRET_0 <hex> <hex>')")
+    return keys
+
+
+def keylog_warnings(diagnoses: Iterable[Diagnosis]) -> list[str]:
+    """One warning per TLS connection a key log was given for but could not decrypt (its timing
+    is still analyzed, from record sizes)."""
+    out = []
+    for d in diagnoses:
+        if d.tls is not None and d.tls.decryption not in ("decrypted", "not attempted"):
+            out.append(f"{d.timeline.info.id}: not decrypted ({d.tls.decryption}); its timing is inferred "
+                       "from record sizes")
+    return out
 
 
 def read_frames(
@@ -132,6 +158,7 @@ def read_frames(
     summary: CaptureSummary | None = None,
     progress: ProgressCallback | None = None,
     all_arguments: bool = True,
+    tls_keys: KeyLog | None = None,
 ) -> Iterator[FrameRecord]:
     """Every AMQP frame in the file, in capture order, with decoded arguments.
 
@@ -143,7 +170,7 @@ def read_frames(
     """
     for item in read_frame_batches(path, ports=ports, connection=connection, payload_bytes=payload_bytes,
                                    show_secrets=show_secrets, summary=summary, progress=progress,
-                                   all_arguments=all_arguments):
+                                   all_arguments=all_arguments, tls_keys=tls_keys):
         if isinstance(item, FrameBatch):
             yield from item.records()
         else:
@@ -160,22 +187,25 @@ def read_frame_batches(
     summary: CaptureSummary | None = None,
     progress: ProgressCallback | None = None,
     all_arguments: bool = True,
+    tls_keys: KeyLog | None = None,
 ) -> Iterator[FrameRecord | FrameBatch]:
     """read_frames, with the frames of each of the engine's runs as one FrameBatch (columns):
     what `frames --format jsonl` writes from without a FrameRecord per frame."""
     summary = summary if summary is not None else CaptureSummary()
     with open_file(path) as fileobj:
         yield from frame_records(fileobj, summary, ports=ports, connection=connection, payload_bytes=payload_bytes,
-                                 show_secrets=show_secrets, progress=progress, all_arguments=all_arguments)
+                                 show_secrets=show_secrets, progress=progress, all_arguments=all_arguments,
+                                 tls_keys=tls_keys)
 
 
 def frame_records(fileobj, summary: CaptureSummary, *, ports: Iterable[int] = DEFAULT_PORTS,
                   connection: str | None = None, payload_bytes: int = 0, show_secrets: bool = False,
                   progress: ProgressCallback | None = None,
-                  all_arguments: bool = True) -> Iterator[FrameRecord | FrameBatch]:
+                  all_arguments: bool = True, tls_keys: KeyLog | None = None) -> Iterator[FrameRecord | FrameBatch]:
     """read_frame_batches on an open capture file."""
     if all_arguments or payload_bytes:
-        for event in iter_events(fileobj, summary, ports=ports, payload_bytes=payload_bytes, progress=progress):
+        for event in iter_events(fileobj, summary, ports=ports, payload_bytes=payload_bytes, progress=progress,
+                                 tls_keys=tls_keys):
             if type(event) is not Frame:
                 continue
             if connection is not None and event.connection.id != connection:
@@ -183,7 +213,7 @@ def frame_records(fileobj, summary: CaptureSummary, *, ports: Iterable[int] = DE
             yield frame_record(event, summary.start_epoch or 0.0, show_secrets=show_secrets,
                                payload_bytes=payload_bytes, all_arguments=all_arguments)
         return
-    for item in iter_frames(fileobj, summary, ports=ports, progress=progress):
+    for item in iter_frames(fileobj, summary, ports=ports, progress=progress, tls_keys=tls_keys):
         t0 = summary.start_epoch or 0.0  # known from the first packet on
         if isinstance(item, Frame):
             if connection is None or item.connection.id == connection:
@@ -279,6 +309,7 @@ def analyze_file(
     show_secrets: bool = False,
     progress: ProgressCallback | None = None,
     on_connection: Callable[[Diagnosis], None] | None = None,
+    tls_keys: KeyLog | None = None,
 ) -> FileAnalysis:
     """Per-connection heartbeat timelines, verdicts and explanations for one capture file.
 
@@ -297,16 +328,19 @@ def analyze_file(
     summary = CaptureSummary()
     if on_connection is not None and observer is None:
         return _analyze_streaming(path, summary, ports=ports, connection=connection, show_secrets=show_secrets,
-                                  progress=progress, on_connection=on_connection)
+                                  progress=progress, on_connection=on_connection, tls_keys=tls_keys)
     with open_file(path) as fileobj:
         timelines = analyze_timelines(fileobj, summary, ports=ports, show_secrets=show_secrets, progress=progress,
-                                      observer=None if observer is None else _CallbackObserver(observer))
+                                      observer=None if observer is None else _CallbackObserver(observer),
+                                      tls_keys=tls_keys)
     t0 = summary.start_epoch or 0.0
     if connection is not None:
         timelines = [t for t in timelines if t.info.id == connection]
         if not timelines:
             raise UsageError(f"{path}: no AMQP connection {connection!r} in this capture")
-    return FileAnalysis(str(path), summary, [diagnose(t, t0) for t in timelines])
+    diagnoses = [diagnose(t, t0) for t in timelines]
+    summary.warnings.extend(keylog_warnings(diagnoses))
+    return FileAnalysis(str(path), summary, diagnoses)
 
 
 class _CallbackObserver(EventObserver):
@@ -320,18 +354,20 @@ class _CallbackObserver(EventObserver):
 
 
 def _analyze_streaming(path, summary: CaptureSummary, *, ports, connection, show_secrets, progress,
-                       on_connection: Callable[[Diagnosis], None]) -> FileAnalysis:
+                       on_connection: Callable[[Diagnosis], None], tls_keys: KeyLog | None) -> FileAnalysis:
     found = 0
 
     def hand_over(timeline: ConnectionTimeline) -> None:
         nonlocal found
         if connection is None or timeline.info.id == connection:
             found += 1
-            on_connection(diagnose(timeline, summary.start_epoch or 0.0))
+            d = diagnose(timeline, summary.start_epoch or 0.0)
+            summary.warnings.extend(keylog_warnings([d]))
+            on_connection(d)
 
     with open_file(path) as fileobj:
         rest = analyze_timelines(fileobj, summary, ports=ports, show_secrets=show_secrets, progress=progress,
-                                 on_retire=hand_over)
+                                 on_retire=hand_over, tls_keys=tls_keys)
     for timeline in rest:
         hand_over(timeline)
     if connection is not None and not found:

@@ -1,7 +1,10 @@
-"""One TCP connection's two directions: reassembly, AMQP detection, client/server roles.
+"""One TCP connection's two directions: reassembly, AMQP and TLS detection, client/server roles.
 
 A Flow is fed Segments and returns events (SegmentEvent, Frame, ProtocolHeader, DecodeError,
-Gap). Flows on a configured AMQP port decode at once. Any other flow is *probed*: its events
+Gap, and TlsRecord/TlsError for a TLS connection). A stream that starts with a TLS record header
+(a ClientHello) goes through a TlsSession (tls/session.py), which hands what it decrypts to the same
+AMQP decoders; one seen mid-stream on a TLS port (5671, amqps) is read as TLS records too.
+Flows on a configured AMQP port decode at once. Any other flow is *probed*: its events
 are held (bounded) until the bytes prove it is AMQP 0-9-1 — a protocol header, a method frame
 with known ids at the stream start, or two verified frames mid-stream — or until PROBE_LIMIT
 bytes prove it is not. Roles are told apart, in order of trust, by the SYN, the configured
@@ -35,6 +38,9 @@ from analyzer.records import (
     Segment,
     SegmentEvent,
 )
+from analyzer.tls.keylog import KeyLog
+from analyzer.tls.records import HANDSHAKE
+from analyzer.tls.session import TlsSession
 
 # Bytes per direction (and events per flow) a flow on an unknown port may show before we give
 # up on it: connection.start is about 500 bytes, so 8 KiB is many frames of evidence.
@@ -47,7 +53,10 @@ CLIENT_METHODS = frozenset({(10, 11), (10, 21), (10, 31), (10, 40), (60, 40), (6
 
 PROBING, AMQP, OTHER = "probing", "amqp", "other"
 # How far each way of telling client from server is trusted; better evidence overrides worse.
-ROLE_TRUST = {"guess": 0, "methods": 1, "connection.start": 2, "protocol-header": 3, "port": 4, "syn": 5}
+ROLE_TRUST = {"guess": 0, "methods": 1, "connection.start": 2, "protocol-header": 3, "tls-hello": 3, "port": 4,
+              "syn": 5}
+# Ports whose bytes seen mid-stream (no SYN, so no first bytes to tell by) are TLS records: amqps.
+TLS_PORTS = frozenset({5671})
 
 
 def format_ip(packed: bytes) -> str:
@@ -69,15 +78,21 @@ class Flow:
         "ids_in_use",
         "info",
         "payload_bytes",
+        "plain",
         "probe_bytes",
         "probe_frames",
         "rst",
         "sides",
         "state",
         "streams",
+        "synced",
+        "tls",
+        "tls_keys",
+        "undecided",
     )
 
-    def __init__(self, seg: Segment, *, server_port_side: int | None, payload_bytes: int) -> None:
+    def __init__(self, seg: Segment, *, server_port_side: int | None, payload_bytes: int, tls_port: bool = False,
+                 tls_keys: KeyLog | None = None) -> None:
         self.sides = ((seg.src, seg.sport), (seg.dst, seg.dport))
         self.streams = (HalfStream(), HalfStream())
         self.payload_bytes = payload_bytes
@@ -98,10 +113,18 @@ class Flow:
             self.client_side = 0 if seg.sport > seg.dport else 1
         self.info = self._make_info(seg.timestamp, role_source, syn_only or bool(seg.flags & SYN))
         self.state = AMQP if server_port_side is not None else PROBING
-        synced = bool(seg.flags & SYN)  # the capture holds both streams' first bytes
+        synced = self.synced = bool(seg.flags & SYN)  # the capture holds both streams' first bytes
         self.decoders: list[FrameDecoder | None] = [
             FrameDecoder(self.info, self._direction(side), synced=synced, payload_bytes=payload_bytes)
             for side in (0, 1)]
+        self.tls_keys = tls_keys
+        self.tls: TlsSession | None = None
+        if tls_port and not synced:
+            self.tls = TlsSession(self.info, synced=False, keys=tls_keys)
+        # Plain AMQP for sure (not TLS): what the engine's quick paths need before they take a packet.
+        # Decided here without the streams' first bytes, else by the first bytes (_decode).
+        self.plain = not synced and self.tls is None
+        self.undecided = synced
 
     def _make_info(self, timestamp: float, role_source: str, syn_seen: bool) -> ConnectionInfo:
         client = Endpoint(format_ip(self.sides[self.client_side][0]), self.sides[self.client_side][1])
@@ -174,11 +197,26 @@ class Flow:
         assert decoder is not None  # dropped only when the flow turned out not to be AMQP
         for chunk in chunks:
             if isinstance(chunk, StreamData):
-                out.extend(decoder.feed(chunk.data, chunk.timestamp, chunk.packet))
+                if self.undecided:
+                    self.undecided = False
+                    if chunk.offset == 0 and _tls_start(chunk.data):
+                        self.tls = TlsSession(self.info, synced=True, keys=self.tls_keys)
+                    else:
+                        self.plain = True
+                tls = self.tls
+                if tls is None:
+                    out.extend(decoder.feed(chunk.data, chunk.timestamp, chunk.packet))
+                    continue
+                tls.feed(side, decoder, chunk.data, chunk.timestamp, chunk.packet, out)
+                if tls.client_side is not None and tls.client_side != self.client_side:
+                    self._set_client(tls.client_side, "tls-hello")
             else:
                 out.append(Gap(self.info, decoder.direction, chunk.timestamp, chunk.packet, chunk.offset,
                                chunk.missing, chunk.reason))
-                out.extend(decoder.gap(chunk.missing, chunk.timestamp, chunk.packet))
+                if self.tls is None:
+                    out.extend(decoder.gap(chunk.missing, chunk.timestamp, chunk.packet))
+                else:
+                    self.tls.gap(side, decoder, chunk.missing, chunk.timestamp, chunk.packet, out)
 
     # ---- detection ------------------------------------------------------------------------------
 
@@ -242,6 +280,11 @@ class Flow:
         return []
 
 
+def _tls_start(data: bytes) -> bool:
+    """A stream's first bytes are a TLS handshake record (a ClientHello: type 22, version 3.x)."""
+    return data[:1] == bytes((HANDSHAKE,)) and data[1:2] in (b"", b"\x03")
+
+
 # ---- the flow table: which Flow a packet belongs to ---------------------------------------------------
 
 _PORTS = struct.Struct("!HH")
@@ -277,9 +320,10 @@ class FlowTable(Generic[Cache]):
     connection (a SYN with a new ISN after the close, RFC 9293 3.4.1) gets a new Flow; closed
     flows can be retired (forgotten) after RETIRE_AFTER seconds of capture time."""
 
-    def __init__(self, ports: frozenset[int], payload_bytes: int = 0) -> None:
+    def __init__(self, ports: frozenset[int], payload_bytes: int = 0, tls_keys: KeyLog | None = None) -> None:
         self.ports = ports
         self.payload_bytes = payload_bytes
+        self.tls_keys = tls_keys  # merged into as pcapng Decryption Secrets Blocks arrive
         self.by_key: dict[bytes, FlowSide[Cache]] = {}
         self.live: dict[int, Flow] = {}  # by id(flow), in creation order
         self.closed: dict[int, tuple[Flow, bytes, bytes, float]] = {}  # waiting to be retired
@@ -325,7 +369,9 @@ class FlowTable(Generic[Cache]):
             return None  # a bare ACK of a flow we never saw carry data: nothing to learn yet
         if seg.flags & RST and not seg.payload_len:
             return None
-        return Flow(seg, server_port_side=server_side, payload_bytes=self.payload_bytes)
+        tls_port = server_side is not None and (seg.dport if server_side else seg.sport) in TLS_PORTS
+        return Flow(seg, server_port_side=server_side, payload_bytes=self.payload_bytes, tls_port=tls_port,
+                    tls_keys=self.tls_keys)
 
     def note_close(self, entry: FlowSide[Cache], key: bytes, reverse: bytes, t: float) -> None:
         """A FIN or RST of `entry`'s flow at t: once closed, it waits RETIRE_AFTER to be retired."""

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from analyzer.api import FileAnalysis, analyze_file, find_connection, frame_record
+from analyzer.api import FileAnalysis, analyze_file, find_connection, frame_record, read_keylog
 from analyzer.diagnosis.diagnose import Diagnosis
 from analyzer.engine import DEFAULT_PORTS
 from analyzer.errors import UsageError
@@ -104,20 +104,22 @@ def _table(rows: list[tuple], columns: tuple[str, ...], t0: float):
     return df
 
 
-def load(path: str | os.PathLike, *, ports: Iterable[int] = DEFAULT_PORTS, connection: str | None = None
-         ) -> Analysis:
+def load(path: str | os.PathLike, *, ports: Iterable[int] = DEFAULT_PORTS, connection: str | None = None,
+         tls_keylog: str | os.PathLike | None = None) -> Analysis:
     """Analyze a capture and tabulate it: `frames`, `segments`, `gaps`, `decode_errors`,
     `connections`, `findings` (pandas DataFrames), plus one `Connection` view per connection.
 
     `ports` are the TCP ports known to carry AMQP (others are still auto-detected); `connection`
-    keeps only that connection id ("CLIENT_IP:PORT->SERVER_IP:PORT").
+    keeps only that connection id ("CLIENT_IP:PORT->SERVER_IP:PORT"); `tls_keylog` an NSS key log
+    file that decrypts TLS connections (their frames then appear like plaintext ones).
     """
     import pandas as pd
 
     from analyzer.render.analysis_json import connection_row
 
     collector = _Collector(connection)
-    result = analyze_file(path, ports=tuple(ports), connection=connection, observer=collector)
+    keys = read_keylog(tls_keylog) if tls_keylog is not None else None
+    result = analyze_file(path, ports=tuple(ports), connection=connection, observer=collector, tls_keys=keys)
     t0 = result.summary.start_epoch or 0.0
     rows = [connection_row(result.path, d) for d in result.connections]
     findings = [(d.timeline.info.id, f.time, f.kind, f.channel, f.detail) for d in result.connections
@@ -151,7 +153,8 @@ def load_scenario(name: str, captures: str | os.PathLike | None = None) -> Analy
         with open(meta_path, encoding="utf-8") as f:
             metadata = json.load(f)
     ports = tuple(sorted({int(p) for p in (metadata.get("ports") or {}).values()})) or DEFAULT_PORTS
-    analysis = load(pcap, ports=ports)
+    keylog = (metadata.get("tls") or {}).get("keylog")
+    analysis = load(pcap, ports=ports, tls_keylog=os.path.join(folder, keylog) if keylog else None)
     analysis.metadata = metadata
     return analysis
 

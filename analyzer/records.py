@@ -78,6 +78,24 @@ class Endpoint:
 
 
 @dataclass(slots=True)
+class TlsInfo:
+    """What a TLS connection's handshake showed, and whether its records could be decrypted."""
+
+    version: int | None = None  # negotiated (0x0303 TLS 1.2, 0x0304 TLS 1.3); None before the ServerHello
+    cipher_suite: int | None = None
+    sni: str | None = None  # server_name the client asked for
+    alpn_offered: tuple[str, ...] = ()
+    alpn: str | None = None  # the protocol the server selected
+    client_random: bytes | None = None  # public (in the ClientHello): what a key log is keyed by
+    client_hello: bool = False  # the capture holds the ClientHello
+    server_hello: bool = False
+    # "not attempted" (no key log given), "decrypted", or why not: "no keys for this session", ...
+    decryption: str = "not attempted"
+    records_undecryptable: int = 0  # protected records no key authenticated
+    records_lost: int = 0  # records the decrypter had to skip (a capture gap)
+
+
+@dataclass(slots=True)
 class ConnectionInfo:
     """One TCP connection carrying AMQP, with client and server told apart."""
 
@@ -88,6 +106,7 @@ class ConnectionInfo:
     role_source: str  # how client/server were told apart: syn, port, protocol-header, connection.start, guess
     syn_seen: bool = False
     protocol: str = "amqp-0-9-1"  # or "amqp-1.0", "amqp-0-10", "tls", "unknown"
+    tls: TlsInfo | None = None  # set when the connection runs over TLS
 
 
 # ---- events produced by the pipeline, in capture order -------------------------------------------
@@ -166,6 +185,39 @@ class Gap:
 
 
 @dataclass(slots=True)
+class TlsRecord:
+    """One TLS record of a TLS connection (its plaintext, when decrypted, goes on as AMQP events)."""
+
+    connection: ConnectionInfo
+    direction: str
+    timestamp: float  # of the packet that completed the record
+    packet: int
+    offset: int  # stream offset of the record header
+    content_type: int  # outer type (23 for every protected TLS 1.3 record)
+    version: int  # legacy record version
+    length: int  # fragment length
+    plaintext_len: int | None  # exact when decrypted or in clear; from the suite's overhead otherwise
+    what: str  # "ClientHello", "Alert close_notify", "application data", "encrypted handshake", ...
+    # Without keys: what the record most likely carries from its size and place ("protocol-header",
+    # "heartbeat", "tune", "tune-ok", "alert"); None when decrypted or when nothing can be said.
+    guess: str | None = None
+    decrypted: bool = False
+
+
+@dataclass(slots=True)
+class TlsError:
+    """Bytes of a TLS connection that are not TLS records, or a record no key could decrypt."""
+
+    connection: ConnectionInfo
+    direction: str
+    timestamp: float
+    packet: int
+    offset: int
+    reason: str
+    skipped: int = 0
+
+
+@dataclass(slots=True)
 class CaptureSummary:
     """What the reader and packet layers saw, reported with every result."""
 
@@ -188,5 +240,6 @@ class CaptureSummary:
 
 # What an AMQP frame decoder emits.
 FrameEvent = Frame | ProtocolHeader | DecodeError
-# Every event the engine emits, one per segment, frame, protocol header, decode error or capture gap.
-Event = SegmentEvent | Frame | ProtocolHeader | DecodeError | Gap
+# Every event the engine emits, one per segment, frame, protocol header, decode error, capture gap
+# and TLS record or error.
+Event = SegmentEvent | Frame | ProtocolHeader | DecodeError | Gap | TlsRecord | TlsError

@@ -37,7 +37,12 @@ from analyzer.records import (
     Gap,
     ProtocolHeader,
     SegmentEvent,
+    TlsError,
+    TlsRecord,
 )
+from analyzer.tls.inference import HEARTBEAT as GUESS_HEARTBEAT
+from analyzer.tls.inference import TUNE as GUESS_TUNE
+from analyzer.tls.inference import TUNE_OK as GUESS_TUNE_OK
 
 # Heartbeat times kept per direction: the first ones show the phase right after tune-ok, the last
 # ones the cadence just before a teardown. 64 covers 32 T of an idle connection.
@@ -211,6 +216,28 @@ class MethodAt:
 
 
 @dataclass(slots=True)
+class TlsTimeline:
+    """A TLS connection's records: counts, and what their sizes and places tell without keys.
+    The handshake's facts (version, suite, SNI, decryption) are on ConnectionInfo.tls."""
+
+    records_c2s: int = 0
+    records_s2c: int = 0
+    decrypted_records: int = 0
+    # Without keys (TlsRecord.guess): the broker's tune and the client's tune-ok records, and how many
+    # records were taken for heartbeats (Direction.add_heartbeat holds their times).
+    tune: float | None = None
+    tune_ok: float | None = None
+    heartbeat_guesses: int = 0
+    alerts: list[tuple[float, str, str]] = field(default_factory=list)  # (time, direction, what), capped
+    errors: list[TlsError] = field(default_factory=list)  # capped
+    error_count: int = 0
+
+    def close_notify(self, direction: str) -> float | None:
+        """When `direction` sent its first alert of the teardown (close_notify when it can be read)."""
+        return next((t for t, d, _ in self.alerts if d == direction), None)
+
+
+@dataclass(slots=True)
 class ConnectionTimeline:
     info: ConnectionInfo
     first_seen: float
@@ -229,6 +256,7 @@ class ConnectionTimeline:
     channel_closes: list[MethodAt] = field(default_factory=list)  # capped
     blocked: list[tuple[float, str]] = field(default_factory=list)  # (time, "blocked"|"unblocked")
     teardown: float | None = None  # the first FIN or RST from either side
+    tls: TlsTimeline | None = None  # a TLS connection's records
     argument_errors: int = 0
     number: int = 0  # creation order: ties of first_seen keep it (TimelineBuilder.result)
 
@@ -295,6 +323,13 @@ class TimelineBuilder:
             side.decode_error_count += 1
             if len(side.decode_errors) < KEPT_RARE_EVENTS:
                 side.decode_errors.append(event)
+        elif type(event) is TlsRecord:
+            self._tls_record(timeline, side, event)
+        elif type(event) is TlsError:
+            tls = timeline.tls = timeline.tls or TlsTimeline()
+            tls.error_count += 1
+            if len(tls.errors) < KEPT_RARE_EVENTS:
+                tls.errors.append(event)
         elif type(event) is ProtocolHeader:
             if event.direction == C2S or timeline.protocol_header is None:
                 timeline.protocol_header = event.timestamp
@@ -316,6 +351,28 @@ class TimelineBuilder:
             timeline.teardown = t
         side.add_segment(t, 0 if event.retransmission else event.payload_len, event.retransmission,
                          bool(flags & ACK) and not flags & (SYN | FIN | RST), closing)
+
+    @staticmethod
+    def _tls_record(timeline: ConnectionTimeline, side: Direction, record: TlsRecord) -> None:
+        tls = timeline.tls = timeline.tls or TlsTimeline()
+        t = record.timestamp
+        if record.direction == C2S:
+            tls.records_c2s += 1
+        else:
+            tls.records_s2c += 1
+        if record.decrypted:
+            tls.decrypted_records += 1
+        if (record.what.startswith("alert") or record.what == "encrypted alert" or record.guess == "alert") \
+                and len(tls.alerts) < KEPT_RARE_EVENTS:
+            tls.alerts.append((t, record.direction, record.what if record.guess is None else "alert (encrypted)"))
+        guess = record.guess
+        if guess == GUESS_HEARTBEAT:
+            tls.heartbeat_guesses += 1
+            side.add_heartbeat(t, False, timeline.teardown is not None and t > timeline.teardown)
+        elif guess == GUESS_TUNE and tls.tune is None:
+            tls.tune = t
+        elif guess == GUESS_TUNE_OK and tls.tune_ok is None:
+            tls.tune_ok = t
 
     def _frame(self, timeline: ConnectionTimeline, side: Direction, frame: Frame) -> None:
         t = frame.timestamp

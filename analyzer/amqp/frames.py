@@ -31,6 +31,7 @@ MAX_BUFFERED_FRAME = 1 << 20
 FRAME_HEADER_FORMAT = struct.Struct("!BHI")  # type, channel, size
 METHOD_IDS = struct.Struct("!HH")  # class id, method id: a method frame's first payload bytes
 FRAME_HEADER_SIZE = 7  # type (1), channel (2), size (4)
+PROTOCOL_HEADER_SIZE = 8  # "AMQP" and four version bytes (spec 4.2.2)
 
 HEARTBEAT_TYPES = frozenset((FRAME_HEARTBEAT, FRAME_HEARTBEAT_OLD))
 

@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # the stages are imported when a command runs
 
     from analyzer.api import FileAnalysis
     from analyzer.diagnosis.results import Diagnosis
+    from analyzer.tls.keylog import KeyLog
 
     Render = Callable[[Diagnosis], str]  # one connection as it appears in the output
 
@@ -66,9 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     def capture_args(p: argparse.ArgumentParser) -> None:
         input_files(p, "pcap or pcapng capture files")
         p.add_argument("--port", type=port_number, action="append", metavar="N",
-                       help=f"TCP port carrying AMQP (repeatable; default {DEFAULT_PORTS[0]}; other ports are "
-                            "auto-detected)")
+                       help=f"TCP port carrying AMQP or AMQPS (repeatable; default {' and '.join(map(str, DEFAULT_PORTS))}; "
+                            "other ports are auto-detected, TLS from its ClientHello)")
         p.add_argument("--connection", metavar="ID", help=CONNECTION_HELP)
+        p.add_argument("--tls-keylog", metavar="FILE",
+                       help="NSS key log (SSLKEYLOGFILE) to decrypt TLS connections with; pcapng Decryption "
+                            "Secrets Blocks are used without it. Without keys, TLS timing is inferred")
         p.add_argument("-q", "--quiet", action="store_true",
                        help="no progress line on stderr (it is shown only on a terminal, for files taking over 1 s)")
 
@@ -115,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _ports(args: argparse.Namespace) -> tuple[int, ...]:
     return tuple(args.port) if args.port else DEFAULT_PORTS
+
+
+def _tls_keys(args: argparse.Namespace) -> KeyLog | None:
+    """The --tls-keylog file's secrets, read once (a UsageError names the file)."""
+    if getattr(args, "tls_keylog", None) is None:
+        return None
+    if getattr(args, "tls_keys", None) is None:
+        from analyzer.api import read_keylog
+
+        args.tls_keys = read_keylog(args.tls_keylog)
+    keys: KeyLog = args.tls_keys
+    return keys
 
 
 class Progress:
@@ -171,6 +187,7 @@ def run_frames(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exit
     status = ExitStatus.OK
     writer = None
     several = len(args.files) > 1
+    _tls_keys(args)  # a bad key log stops here, once, before any file
     for path in args.files:
         summary = CaptureSummary()
         progress = _progress(args, path, stderr)
@@ -179,7 +196,7 @@ def run_frames(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exit
             connection = None if args.connection is None else _resolve_streaming(path, args, progress)
             options = dict(ports=_ports(args), connection=connection, payload_bytes=args.payload,
                            show_secrets=args.show_secrets, summary=summary, progress=progress,
-                           all_arguments=args.args)
+                           all_arguments=args.args, tls_keys=_tls_keys(args))
             if args.format == "jsonl":
                 for item in read_frame_batches(path, **options):
                     stdout.write(jsonl.batch(item) if isinstance(item, FrameBatch) else jsonl.line(item))
@@ -211,7 +228,7 @@ def _resolve_streaming(path: str, args: argparse.Namespace, progress: Progress) 
     from analyzer.timeline import timeline_order
 
     seen: list[tuple[tuple[float, int], str]] = []
-    analyze_file(path, ports=_ports(args), progress=progress,
+    analyze_file(path, ports=_ports(args), progress=progress, tls_keys=_tls_keys(args),
                  on_connection=lambda d: seen.append((timeline_order(d.timeline), d.timeline.info.id)))
     ids = [cid for _, cid in sorted(seen)]
     return ids[find_connection(args.connection, ids)]
@@ -223,6 +240,7 @@ def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exi
 
     status = ExitStatus.OK
     colour = args.format == "text" and stdout.isatty() and not os.environ.get("NO_COLOR")
+    _tls_keys(args)  # a bad key log stops here, once, before any file
     csv_header = args.format == "csv"
 
     def render(path: str) -> Render:
@@ -350,7 +368,8 @@ def _selected(key: str, ids: list[str], indices: Sequence[int]) -> list[int]:
 
 
 def _analyze_one(path: str, ports: tuple[int, ...], show_secrets: bool, progress: Progress | None = None,
-                 on_connection: Callable[[Diagnosis], None] | None = None) -> FileAnalysis | CaptureFileError:
+                 on_connection: Callable[[Diagnosis], None] | None = None,
+                 tls_keys: KeyLog | None = None) -> FileAnalysis | CaptureFileError:
     """One file's FileAnalysis, or the CaptureFileError that says why there is none (run in a worker
     process with --jobs, where the result is sent back whole; other errors propagate to main's one
     place that maps them)."""
@@ -358,7 +377,7 @@ def _analyze_one(path: str, ports: tuple[int, ...], show_secrets: bool, progress
 
     try:
         return analyze_file(path, ports=ports, show_secrets=show_secrets, progress=progress,
-                            on_connection=on_connection)
+                            on_connection=on_connection, tls_keys=tls_keys)
     except CaptureFileError as exc:
         return exc
     finally:
@@ -378,7 +397,7 @@ def _analyses(args: argparse.Namespace, stderr: TextIO, render: Callable[[str], 
         for path in args.files:
             connections = _RenderedConnections(render(path))
             outcome = _analyze_one(path, ports, args.show_secrets, _progress(args, path, stderr),
-                                   on_connection=connections.add)
+                                   on_connection=connections.add, tls_keys=_tls_keys(args))
             yield path, outcome, connections
         return
     from concurrent.futures import ProcessPoolExecutor
@@ -389,7 +408,8 @@ def _analyses(args: argparse.Namespace, stderr: TextIO, render: Callable[[str], 
     count = len(args.files)
     pool = ProcessPoolExecutor(max_workers=min(args.jobs, count), initializer=ignore_sigint)
     try:
-        outcomes = pool.map(_analyze_one, args.files, [ports] * count, [args.show_secrets] * count)
+        outcomes = pool.map(_analyze_one, args.files, [ports] * count, [args.show_secrets] * count,
+                            [None] * count, [None] * count, [_tls_keys(args)] * count)
         for path, outcome in zip(args.files, outcomes, strict=True):
             if isinstance(outcome, CaptureFileError):
                 yield path, outcome, _Rendered()

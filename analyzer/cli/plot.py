@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                         "per connection named OUT-1.png, OUT-2.png, ...")
     p.add_argument("--connection", metavar="ID", help=CONNECTION_HELP)
     p.add_argument("--port", type=port_number, action="append", metavar="N",
-                   help="TCP port carrying AMQP (repeatable; default 5672; other ports are auto-detected)")
+                   help="TCP port carrying AMQP (repeatable; default 5672 and 5671; other ports are auto-detected)")
+    p.add_argument("--tls-keylog", metavar="FILE",
+                   help="NSS key log (SSLKEYLOGFILE) to decrypt TLS connections with")
     p.add_argument("--checks", choices=("auto", "broker", "client", "pika", "both", "none"), default="auto",
                    help="which peer's heartbeat checks to draw: the broker's, the client library's own "
                         "('pika' is the same as 'client'), both or none (default: the one that decided the "
@@ -68,7 +70,7 @@ def run_plot(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitSt
 
     (capture,) = args.files
     try:
-        analysis = load(capture, ports=tuple(args.port) if args.port else DEFAULT_PORTS)
+        analysis = load(capture, ports=tuple(args.port) if args.port else DEFAULT_PORTS, tls_keylog=args.tls_keylog)
         views = [analysis.connection(args.connection)] if args.connection is not None else list(analysis)
     except (CaptureFileError, UsageError) as exc:
         raise type(exc)(file_error(capture, exc)) from exc

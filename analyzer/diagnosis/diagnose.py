@@ -30,9 +30,12 @@ from analyzer.diagnosis.results import (
     Finding,
     Heartbeat,
     Peer,
+    TlsSummary,
 )
 from analyzer.records import C2S, S2C
 from analyzer.timeline import ConnectionTimeline, Direction
+from analyzer.tls.handshake import cipher_suite_name, version_name
+from analyzer.tls.session import DECRYPTED
 
 # The record types and verdicts live in results.py (explain.py reads them too); importers of this
 # module keep finding them here.
@@ -65,6 +68,7 @@ PRECONDITION_FAILED = 406
 
 def diagnose(timeline: ConnectionTimeline, t0: float) -> Diagnosis:
     d = Diagnosis(timeline, t0, _heartbeat(timeline), _close(timeline, t0))
+    d.tls = _tls_summary(d)
     d.client = identify(timeline, d.heartbeat.effective)
     _verdict(d)
     if d.verdict == RESET:
@@ -87,6 +91,27 @@ def _heartbeat(tl: ConnectionTimeline) -> Heartbeat:
     if inferred is not None:
         return Heartbeat(proposed, None, inferred, "inferred")
     return Heartbeat(proposed, None, None, "unknown")
+
+
+def _tls_summary(d: Diagnosis) -> TlsSummary | None:
+    info, records = d.timeline.info.tls, d.timeline.tls
+    if info is None:
+        return None
+    inferred = info.decryption != DECRYPTED
+    tune_ok = d.rel(records.tune_ok) if records is not None and inferred else None
+    on_grid = None
+    timeout = d.heartbeat.effective
+    if tune_ok is not None and timeout:
+        phase = rabbitmq_model.infer_tick_anchor([t - d.t0 for t in d.timeline.s2c.heartbeat_times()], timeout)
+        if phase is not None and phase.heartbeats >= 2:
+            on_grid = rabbitmq_model.anchor_on_grid(tune_ok, phase)
+    return TlsSummary(
+        version_name(info.version) if info.version is not None else None,
+        cipher_suite_name(info.cipher_suite) if info.cipher_suite is not None else None,
+        info.sni, info.alpn, info.decryption,
+        records.records_c2s if records else 0, records.records_s2c if records else 0,
+        inferred, records.heartbeat_guesses if records and inferred else 0, tune_ok, on_grid,
+        tuple((d.rel(t), direction, what) for t, direction, what in records.alerts) if records else ())
 
 
 # ---- teardown -------------------------------------------------------------------------------------
@@ -266,8 +291,10 @@ def _predict(d: Diagnosis, last: float, timeout: float, close: float) -> tuple[P
 def _broker_prediction(d: Diagnosis, last_client: float, timeout: float,
                        close: float) -> tuple[Prediction | None, Prediction | None]:
     tl = d.timeline
-    if tl.tune_ok is not None:
-        tune_ok = d.rel(tl.tune_ok.time)
+    tune_ok = d.tune_ok_time
+    if tune_ok is not None and tl.tune_ok is None and d.tls is not None and d.tls.tune_ok_on_grid is False:
+        tune_ok = None  # the record taken for tune-ok is off the broker's own grid: trust the grid
+    if tune_ok is not None:
         periods = _blocked_periods(d)
         anchor = rabbitmq_model.monitor_anchor(tune_ok, periods, at=close)
         if anchor is None:

@@ -91,6 +91,25 @@ class Close:
     benign_rst: float | None = None  # RabbitMQ's linger-0 RST after a clean close handshake
 
 
+@dataclass(frozen=True, slots=True)
+class TlsSummary:
+    """A TLS connection as the report shows it (times relative to the file's first packet)."""
+
+    version: str | None  # "TLS 1.3"; None when the capture missed the ServerHello
+    cipher_suite: str | None  # IANA name
+    sni: str | None
+    alpn: str | None
+    decryption: str  # "decrypted", "not attempted" (no key log), or why not
+    records_c2s: int
+    records_s2c: int
+    # Without keys the AMQP timing comes from record sizes and order (analyzer/tls/inference.py):
+    inferred: bool
+    heartbeat_records: int  # records taken for heartbeats
+    tune_ok: float | None  # the client record taken for tune-ok
+    tune_ok_on_grid: bool | None  # it agrees with the broker's heartbeat grid (None: nothing to check)
+    alerts: tuple[tuple[float, str, str], ...] = ()  # (time, direction, what)
+
+
 @dataclass(slots=True)
 class Diagnosis:
     timeline: ConnectionTimeline
@@ -111,6 +130,7 @@ class Diagnosis:
     findings: list[Finding] = field(default_factory=list)
     explanation: str = ""
     client: ClientIdentity = UNKNOWN_CLIENT
+    tls: TlsSummary | None = None  # set for a TLS connection
 
     def timer_anchors(self) -> dict[TimerStart, float]:
         """The captured (relative) times of the handshake steps a client starts its timers at; a
@@ -118,7 +138,28 @@ class Diagnosis:
         tl = self.timeline
         steps: tuple[tuple[TimerStart, MethodAt | None], ...] = (
             ("tune", tl.tune), ("tune-ok", tl.tune_ok or tl.tune), ("open-ok", tl.open_ok))
-        return {step: method.time - self.t0 for step, method in steps if method is not None}
+        anchors = {step: method.time - self.t0 for step, method in steps if method is not None}
+        if not anchors and tl.tls is not None:
+            # Without keys: the records whose sizes and places make them tune and tune-ok.
+            guessed: tuple[tuple[TimerStart, float | None], ...] = (
+                ("tune", tl.tls.tune), ("tune-ok", tl.tls.tune_ok or tl.tls.tune))
+            anchors = {step: t - self.t0 for step, t in guessed if t is not None}
+        return anchors
+
+    @property
+    def tune_ok_time(self) -> float | None:
+        """The tune-ok's time (relative): captured, or without keys the record taken for it."""
+        tl = self.timeline
+        if tl.tune_ok is not None:
+            return tl.tune_ok.time - self.t0
+        if tl.tls is not None and tl.tls.tune_ok is not None:
+            return tl.tls.tune_ok - self.t0
+        return None
+
+    @property
+    def inferred_from_tls(self) -> bool:
+        """The AMQP timing comes from encrypted record sizes (no keys), not from decoded frames."""
+        return self.tls is not None and self.tls.inferred
 
     @property
     def profile(self) -> ClientProfile:

@@ -27,8 +27,9 @@ from analyzer.net.packets import IP_OFFSETS, PacketDecoder, ipv4_tcp_fields
 from analyzer.records import ACK, FIN, RST, SYN, CaptureSummary, Event, RawPacket, RecordFields
 from analyzer.sources.pcap import RecordBlock
 from analyzer.timeline import ConnectionTimeline, TimelineBuilder
+from analyzer.tls.keylog import KeyLog
 
-DEFAULT_PORTS = (5672,)
+DEFAULT_PORTS = (5672, 5671)  # IANA amqp and amqps
 _NOT_ACK_ONLY = SYN | FIN | RST
 
 
@@ -60,10 +61,12 @@ class Engine:
 
     def __init__(self, summary: CaptureSummary, *, ports: tuple[int, ...] = DEFAULT_PORTS, payload_bytes: int = 0,
                  show_secrets: bool = False, observer: Observer | None = None,
-                 on_retire: Callable[[ConnectionTimeline], None] | None = None, batch: bool = True) -> None:
+                 on_retire: Callable[[ConnectionTimeline], None] | None = None, batch: bool = True,
+                 tls_keys: KeyLog | None = None) -> None:
         self.summary = summary
         self.builder = TimelineBuilder(show_secrets=show_secrets)
-        self.flows: FlowTable[QuickSide] = FlowTable(frozenset(ports), payload_bytes)
+        self.tls_keys = tls_keys if tls_keys is not None else KeyLog.parse(b"")
+        self.flows: FlowTable[QuickSide] = FlowTable(frozenset(ports), payload_bytes, self.tls_keys)
         self.packets = PacketDecoder(summary)
         self.observer = observer
         self.on_retire = on_retire
@@ -110,6 +113,11 @@ class Engine:
         self._packet((packet.index, packet.timestamp, packet.linktype, packet.data, packet.orig_len))
         self.last_index = packet.index
         self.last_time = packet.timestamp
+
+    def add_tls_secrets(self, keys: KeyLog) -> None:
+        """More TLS secrets (a pcapng Decryption Secrets Block): for the sessions whose first
+        protected record is still to come."""
+        self.tls_keys.merge(keys)
 
     def advance(self, now: float) -> None:
         """Capture time is now `now`: retire the connections closed RETIRE_AFTER before it."""

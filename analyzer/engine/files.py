@@ -15,6 +15,7 @@ from analyzer.engine.runs import FrameColumns, PacketRun
 from analyzer.records import CaptureSummary, Event, Frame
 from analyzer.sources.pcap import open_capture
 from analyzer.timeline import ConnectionTimeline
+from analyzer.tls.keylog import KeyLog
 
 ProgressCallback = Callable[[int, int], None]  # (packets read, file bytes read)
 # Packets between progress calls: about 20 calls a second at the engine's speed on a busy capture.
@@ -31,6 +32,9 @@ def run_capture(fileobj: BinaryIO, engine: Engine, *, progress: ProgressCallback
     next_progress = PROGRESS_EVERY
     try:
         for block in reader.blocks():
+            if reader.tls_secrets:  # Decryption Secrets Blocks come before the packets they decrypt
+                engine.add_tls_secrets(KeyLog.parse(b"\n".join(reader.tls_secrets)))
+                reader.tls_secrets.clear()
             engine.feed_block(block)
             if progress is not None and engine.last_index >= next_progress:
                 next_progress = engine.last_index + PROGRESS_EVERY
@@ -64,13 +68,14 @@ def no_cyclic_gc() -> Iterator[None]:
 def analyze_timelines(fileobj: BinaryIO, summary: CaptureSummary, *, ports: Iterable[int] = DEFAULT_PORTS,
                       show_secrets: bool = False, progress: ProgressCallback | None = None,
                       on_retire: Callable[[ConnectionTimeline], None] | None = None,
-                      observer: EventObserver | None = None, batch: bool = True) -> list[ConnectionTimeline]:
+                      observer: EventObserver | None = None, batch: bool = True,
+                      tls_keys: KeyLog | None = None) -> list[ConnectionTimeline]:
     """Every AMQP connection's timeline, in order of first packet. With `on_retire`, connections
     closed RETIRE_AFTER seconds of capture time earlier are handed to it and forgotten; the list
     returned holds the rest. A packet that still arrives for a retired connection is not analyzed
     (a summary warning)."""
     engine = Engine(summary, ports=tuple(ports), show_secrets=show_secrets, observer=observer,
-                    on_retire=on_retire, batch=batch)
+                    on_retire=on_retire, batch=batch, tls_keys=tls_keys)
     with no_cyclic_gc():
         for _ in run_capture(fileobj, engine, progress=progress):
             pass
@@ -92,11 +97,12 @@ class _FrameCollector:
 
 
 def iter_frames(fileobj: BinaryIO, summary: CaptureSummary, *, ports: Iterable[int] = DEFAULT_PORTS,
-                progress: ProgressCallback | None = None) -> Iterator[Frame | FrameColumns]:
+                progress: ProgressCallback | None = None,
+                tls_keys: KeyLog | None = None) -> Iterator[Frame | FrameColumns]:
     """Every AMQP frame, in capture order: a Frame for each frame of a packet taken one by one, a
     FrameColumns for each run. Connections closed RETIRE_AFTER seconds earlier are forgotten."""
     collector = _FrameCollector()
-    engine = Engine(summary, ports=tuple(ports), observer=collector, on_retire=_forget)
+    engine = Engine(summary, ports=tuple(ports), observer=collector, on_retire=_forget, tls_keys=tls_keys)
     with no_cyclic_gc():
         for _ in run_capture(fileobj, engine, progress=progress):
             yield from collector.items
@@ -117,12 +123,13 @@ class _EventCollector(EventObserver):
 
 def iter_events(fileobj: BinaryIO, summary: CaptureSummary, *, ports: Iterable[int] = DEFAULT_PORTS,
                 payload_bytes: int = 0, progress: ProgressCallback | None = None,
-                batch: bool = True) -> Iterator[Event]:
-    """Every event (SegmentEvent, Frame, ProtocolHeader, DecodeError, Gap) in capture order (a flow
+                batch: bool = True, tls_keys: KeyLog | None = None) -> Iterator[Event]:
+    """Every event (SegmentEvent, Frame, ProtocolHeader, DecodeError, Gap, TlsRecord, TlsError) in capture order (a flow
     on an unknown port releases its events together once it is shown to be AMQP). Bodies keep
     their first `payload_bytes` bytes."""
     collector = _EventCollector()
-    engine = Engine(summary, ports=tuple(ports), payload_bytes=payload_bytes, observer=collector, batch=batch)
+    engine = Engine(summary, ports=tuple(ports), payload_bytes=payload_bytes, observer=collector, batch=batch,
+                    tls_keys=tls_keys)
     for _ in run_capture(fileobj, engine, progress=progress):
         yield from collector.items
         collector.items = []

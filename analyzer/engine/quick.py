@@ -55,8 +55,8 @@ def quick_side(entry: FlowSide[QuickSide], builder: TimelineBuilder) -> QuickSid
     if quick is not None:
         return quick
     flow = entry.flow
-    if flow.state != AMQP:
-        return None
+    if flow.state != AMQP or not flow.plain:
+        return None  # TLS flows, and flows whose first bytes have not told yet, take the plain path
     timeline = builder.timeline_of(flow.info)
     decoder = flow.decoders[entry.side]
     if timeline is None or decoder is None:

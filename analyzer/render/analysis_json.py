@@ -86,6 +86,7 @@ def connection_document(d: Diagnosis) -> JsonObject:
             "fits": d.prediction_fits,
             "anchor": _r(p.anchor),
             "anchor_kind": p.anchor_kind,
+            "source": "inferred" if d.inferred_from_tls else "decoded",
             "checks": [{"time": _r(c.time), "saw_activity": c.saw_activity} for c in p.checks],
             "explanation": p.explain(),
         }
@@ -97,6 +98,7 @@ def connection_document(d: Diagnosis) -> JsonObject:
         "server": {"ip": info.server.ip, "port": info.server.port},
         "role_source": info.role_source,
         "protocol": tl.protocol,
+        "tls": _tls(d),
         "start": _r(d.rel(tl.first_seen)),
         "end": _r(d.rel(tl.last_seen)),
         "handshake_seen": tl.handshake_seen,
@@ -109,7 +111,7 @@ def connection_document(d: Diagnosis) -> JsonObject:
             "effective": hb.effective,
             "source": hb.source,
         },
-        "tune_ok_time": _r(d.rel(tl.tune_ok.time)) if tl.tune_ok else None,
+        "tune_ok_time": _r(d.tune_ok_time),
         "last_client_byte": _r(d.last_client_byte),
         "last_server_byte": _r(d.last_server_byte),
         "close": {
@@ -121,6 +123,7 @@ def connection_document(d: Diagnosis) -> JsonObject:
             "benign_rst": _r(close.benign_rst),
         },
         "verdict": d.verdict,
+        "source": "inferred" if d.inferred_from_tls else "decoded",
         "silence": _r(d.silence),
         "prediction": prediction,
         "misfit": d.misfit,
@@ -128,6 +131,20 @@ def connection_document(d: Diagnosis) -> JsonObject:
         "findings": [{"time": _r(f.time), "kind": f.kind, "channel": f.channel, "detail": f.detail}
                      for f in d.findings],
         "explanation": d.explanation,
+    }
+
+
+def _tls(d: Diagnosis) -> JsonObject | None:
+    """A TLS connection's handshake facts and what its records told (issue 13); null in plaintext."""
+    t = d.tls
+    if t is None:
+        return None
+    return {
+        "version": t.version, "cipher_suite": t.cipher_suite, "sni": t.sni, "alpn": t.alpn,
+        "decryption": t.decryption, "records": {"c2s": t.records_c2s, "s2c": t.records_s2c},
+        "inferred": t.inferred, "heartbeat_records": t.heartbeat_records,
+        "tune_ok_inferred": _r(t.tune_ok), "tune_ok_on_grid": t.tune_ok_on_grid,
+        "alerts": [{"time": _r(time), "direction": direction, "what": what} for time, direction, what in t.alerts],
     }
 
 
@@ -166,10 +183,10 @@ def _direction(side: Direction, d: Diagnosis) -> JsonObject:
 
 CSV_COLUMNS = [
     "file", "id", "client_ip", "client_port", "client_library", "client_version", "client_identified_by",
-    "server_ip", "server_port", "start", "end", "handshake_seen",
+    "server_ip", "server_port", "tls_version", "tls_decryption", "start", "end", "handshake_seen",
     "heartbeat_server_proposed", "heartbeat_client_requested", "heartbeat_effective", "heartbeat_source",
     "last_client_byte", "last_server_byte", "close_time", "close_initiator", "close_how", "close_reply_code",
-    "close_reply_text", "verdict", "silence", "prediction_model", "prediction_window_start",
+    "close_reply_text", "verdict", "source", "silence", "prediction_model", "prediction_window_start",
     "prediction_window_end", "prediction_predicted", "prediction_error", "findings",
 ]
 
@@ -185,13 +202,14 @@ def connection_row(path: str, d: Diagnosis) -> Row:
         "client_library": d.client.library, "client_version": d.client.version,
         "client_identified_by": d.client.identified_by,
         "server_ip": info.server.ip, "server_port": info.server.port,
+        "tls_version": d.tls.version if d.tls else None, "tls_decryption": d.tls.decryption if d.tls else None,
         "start": _r(d.rel(tl.first_seen)), "end": _r(d.rel(tl.last_seen)), "handshake_seen": tl.handshake_seen,
         "heartbeat_server_proposed": hb.server_proposed, "heartbeat_client_requested": hb.client_requested,
         "heartbeat_effective": hb.effective, "heartbeat_source": hb.source,
         "last_client_byte": _r(d.last_client_byte), "last_server_byte": _r(d.last_server_byte),
         "close_time": _r(close.time), "close_initiator": close.initiator, "close_how": close.how,
         "close_reply_code": close.reply_code, "close_reply_text": close.reply_text,
-        "verdict": d.verdict, "silence": _r(d.silence),
+        "verdict": d.verdict, "source": "inferred" if d.inferred_from_tls else "decoded", "silence": _r(d.silence),
         "prediction_model": p.model if p else None,
         "prediction_window_start": _r(p.window[0]) if p else None,
         "prediction_window_end": _r(p.window[1]) if p else None,

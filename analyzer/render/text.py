@@ -46,18 +46,32 @@ def connection_report(d: Diagnosis, *, colour: bool = False) -> list[str]:
     if peers:
         out.append(f"  peers      {peers}")
     out.append(f"  library    {_library(d)}")
+    if d.tls is not None:
+        out.append(f"  tls        {_tls(d)}")
     if hb.effective is None:
         out.append("  heartbeat  unknown (no handshake and no broker heartbeat cadence in the capture)")
     else:
         origin: str = hb.source
         if hb.source == "negotiated":
             origin = f"negotiated: broker proposed {hb.server_proposed}, client asked {hb.client_requested}"
-        tune_ok = f", tune-ok at {d.rel(tl.tune_ok.time):.3f} s" if tl.tune_ok else ""
+        if hb.source == "inferred" and d.inferred_from_tls:
+            origin = "inferred from the broker's heartbeat-sized TLS records, one every T/2 when idle"
+        tune_ok = f", tune-ok at {d.tune_ok_time:.3f} s" if d.tune_ok_time is not None else ""
+        if tune_ok and tl.tune_ok is None:
+            tune_ok += " (inferred: the client's first record after the broker's tune-sized one"
+            on_grid = d.tls.tune_ok_on_grid if d.tls else None
+            tune_ok += {True: ", on the broker's heartbeat grid)", False: ", off the broker's heartbeat grid: "
+                        "not used)", None: ")"}[on_grid]
         out.append(f"  heartbeat  {hb.effective:g} s ({origin}){tune_ok}")
     for name, side in (("client", tl.c2s), ("server", tl.s2c)):
         last = f"last byte {d.rel(side.last_payload):.3f} s" if side.last_payload is not None else "no payload"
         extra = f", {side.gap_count} gaps ({side.missing_bytes} bytes lost)" if side.gap_count else ""
-        out.append(f"  {name:<10} {last}; {side.frames} frames ({side.heartbeats} heartbeats), "
+        if d.inferred_from_tls and d.tls is not None:
+            records = d.tls.records_c2s if name == "client" else d.tls.records_s2c
+            content = f"{records} TLS records ({side.heartbeats} heartbeat-sized)"
+        else:
+            content = f"{side.frames} frames ({side.heartbeats} heartbeats)"
+        out.append(f"  {name:<10} {last}; {content}, "
                    f"{side.ack_only} bare ACKs, {side.retransmissions} retransmissions{extra}")
     out.append(f"  ended      {_ended(d)}")
     if d.prediction is not None and close.time is not None:  # (a prediction is for a teardown)
@@ -83,6 +97,21 @@ def _peers(d: Diagnosis) -> str:
         if ident or platform:
             parts.append(f"{name} {ident}".rstrip() + (f" ({platform})" if platform else ""))
     return " · ".join(parts)
+
+
+def _tls(d: Diagnosis) -> str:
+    t = d.tls
+    assert t is not None  # (called for TLS connections)
+    parts = [" ".join(x for x in (t.version, t.cipher_suite) if x) or "handshake not captured"]
+    if t.sni:
+        parts.append(f"SNI {t.sni}")
+    if t.alpn:
+        parts.append(f"ALPN {t.alpn}")
+    head = ", ".join(parts)
+    if t.decryption == "decrypted":
+        return f"{head}; decrypted with the key log: AMQP decoded from the plaintext"
+    why = "no key log given" if t.decryption == "not attempted" else f"not decrypted: {t.decryption}"
+    return f"{head}; {why}: AMQP timing inferred from record sizes and times"
 
 
 def _library(d: Diagnosis) -> str:
@@ -112,7 +141,14 @@ def _ended(d: Diagnosis) -> str:
             text += f" (benign linger-0 RST at {close.benign_rst:.3f} s)"
         return text
     silence = f", {d.silence:.3f} s after the peer's last byte" if d.silence is not None else ""
-    return f"{close.how.upper()} from the {close.initiator} at {close.time:.3f} s without connection.close{silence}"
+    alert = ""
+    if d.tls is not None and close.initiator is not None and close.time is not None:
+        direction = "c2s" if close.initiator == "client" else "s2c"
+        sent = [(t, what) for t, where, what in d.tls.alerts if where == direction and t <= close.time]
+        if sent:
+            alert = f" (after its TLS {sent[-1][1]} at {sent[-1][0]:.3f} s)"
+    without = "; no connection.close visible (encrypted)" if d.inferred_from_tls else " without connection.close"
+    return f"{close.how.upper()} from the {close.initiator} at {close.time:.3f} s{alert}{without}{silence}"
 
 
 # Arguments shown on a text line; the rest is one `--format jsonl` away (server_properties alone

@@ -41,6 +41,8 @@ BT_IDB = 0x00000001
 BT_OBSOLETE_PACKET = 0x00000002
 BT_SPB = 0x00000003
 BT_EPB = 0x00000006
+BT_DSB = 0x0000000A  # Decryption Secrets Block
+SECRETS_TLS_KEYLOG = 0x544C534B  # "TLSK": NSS key log text (what `editcap --inject-secrets tls,FILE` writes)
 OPT_IF_TSRESOL = 9
 OPT_IF_TSOFFSET = 14
 
@@ -135,6 +137,8 @@ class CaptureReader:
 
     def __init__(self) -> None:
         self.warnings: list[str] = []
+        # pcapng Decryption Secrets Blocks' key logs, as read; the reader of them empties the list.
+        self.tls_secrets: list[bytes] = []
 
     def __iter__(self) -> Iterator[RawPacket]:
         return starmap(RawPacket, self.records())
@@ -373,6 +377,10 @@ class PcapngReader(CaptureReader):
                 packet = (iface_id, (ts_hi << 32) | ts_lo, body[20 : 20 + caplen], origlen, caplen)
             elif block_type == BT_IDB:
                 interfaces.append(self._interface(body, endian))
+            elif block_type == BT_DSB:
+                secrets_type, secrets_len = struct.unpack_from(endian + "II", body, 0)
+                if secrets_type == SECRETS_TLS_KEYLOG:
+                    self.tls_secrets.append(bytes(body[8 : 8 + secrets_len]))
         except struct.error:
             self.warnings.append(f"pcapng block at byte {block_start} is too short for its type; skipped")
             return None

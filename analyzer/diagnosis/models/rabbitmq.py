@@ -177,6 +177,20 @@ def predict_from_tick_phase(last_client_byte: float, phase: TickPhase) -> tuple[
     return out[0], out[1]
 
 
+# How far a tune-ok time may sit off the broker's heartbeat grid and still be its anchor: the sender
+# writes a few ms after its tick, the capture stamps the tune-ok record a little before the broker
+# reads it.
+ANCHOR_ON_GRID_TOLERANCE = 0.05
+
+
+def anchor_on_grid(anchor: float, phase: TickPhase) -> bool:
+    """Whether `anchor` (a tune-ok time not read from a decoded frame) is a point of the sender's
+    T/2 grid that the broker's heartbeats reveal: the sender and the monitor start together there."""
+    steps = round((phase.anchors[1] - anchor) / phase.sender_period)
+    residual = phase.anchors[1] - (anchor + steps * phase.sender_period)
+    return abs(residual) <= ANCHOR_ON_GRID_TOLERANCE + phase.spread
+
+
 def infer_timeout_from_heartbeats(broker_heartbeat_times: Sequence[float]) -> float | None:
     """T from an idle broker's cadence: 2 x the typical gap between its heartbeats.
 

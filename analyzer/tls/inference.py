@@ -1,0 +1,86 @@
+"""What an encrypted record carries, told from its size and place alone (no keys).
+
+An AEAD suite adds a fixed overhead to every record, so a protected record's plaintext length is
+known exactly (RFC 5288 3 / RFC 7905 2 / RFC 8446 5.2, less TLS 1.3's optional padding, which
+OpenSSL, Erlang/OTP, Java, Go and .NET do not add by default). AMQP 0-9-1 gives some plaintexts a
+size of their own (amqp/frames.py): a heartbeat frame is 8 bytes and no other frame is that short;
+connection.tune and tune-ok are 20 bytes; an alert is 2 bytes, shorter than any frame. The first
+8-byte record a client sends is its protocol header, which is as long as a heartbeat. These guesses
+stand only while each record holds one frame: peers write an idle heartbeat alone, which is all
+the timing analysis needs from them (field-notes.md, TLS).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from analyzer.amqp.frames import FRAME_HEADER_SIZE, PROTOCOL_HEADER_SIZE
+
+TLS12, TLS13 = 0x0303, 0x0304
+_AEAD_TAG = 16
+# TLS 1.2 AES-GCM sends its 8-byte explicit nonce in every record (RFC 5288 3); ChaCha20-Poly1305 does not.
+_TLS12_GCM = frozenset({0xC02B, 0xC02C, 0xC02F, 0xC030, 0x009C, 0x009D, 0x009E, 0x009F})
+_TLS12_CHACHA = frozenset({0xCCA8, 0xCCA9, 0xCCAA})
+_TLS13_INNER_TYPE = 1  # TLSInnerPlaintext's content type byte (RFC 8446 5.2)
+
+# Plaintext sizes (AMQP 0-9-1 spec 4.2.3, 1.4.2): a frame is header (7) + payload + frame-end (1).
+HEARTBEAT_PLAINTEXT = FRAME_HEADER_SIZE + 1
+TUNE_PLAINTEXT = FRAME_HEADER_SIZE + 12 + 1  # class, method, channel-max (2), frame-max (4), heartbeat (2)
+ALERT_PLAINTEXT = 2  # level, description (RFC 8446 6)
+
+# Guesses.
+PROTOCOL_HEADER, HEARTBEAT, TUNE, TUNE_OK, ALERT = "protocol-header", "heartbeat", "tune", "tune-ok", "alert"
+
+
+def record_overhead(version: int | None, cipher_suite: int | None) -> int | None:
+    """Bytes a protected record's fragment adds to its plaintext; None when not fixed or unknown (CBC)."""
+    if version == TLS13 and cipher_suite is not None:
+        return _AEAD_TAG + _TLS13_INNER_TYPE
+    if version == TLS12 and cipher_suite in _TLS12_GCM:
+        return 8 + _AEAD_TAG
+    if version == TLS12 and cipher_suite in _TLS12_CHACHA:
+        return _AEAD_TAG
+    return None
+
+
+# A heartbeat's fragment length under each AEAD record protection: TLS 1.2 ChaCha20-Poly1305, TLS 1.3,
+# TLS 1.2 AES-GCM. No other AMQP frame fits any of them under any of the three (a frame is 8 bytes
+# or at least 12), so a capture that began after the handshake still shows its heartbeats.
+_HEARTBEAT_FRAGMENTS = frozenset({HEARTBEAT_PLAINTEXT + _AEAD_TAG, HEARTBEAT_PLAINTEXT + _AEAD_TAG + 1,
+                                  HEARTBEAT_PLAINTEXT + 8 + _AEAD_TAG})
+
+
+@dataclass(slots=True)
+class AmqpGuesser:
+    """One connection's guesses, fed its protected application-data records in capture order.
+    `midstream`: the capture began after the handshake (the version and suite are unknown)."""
+
+    midstream: bool = False
+    client_header_seen: bool = False
+    tune_seen: bool = False
+    tune_ok_seen: bool = False
+
+    def __post_init__(self) -> None:
+        if self.midstream:
+            self.client_header_seen = self.tune_seen = self.tune_ok_seen = True
+
+    def guess(self, from_client: bool, plaintext_len: int | None, fragment_len: int) -> str | None:
+        if plaintext_len is None:
+            return HEARTBEAT if self.midstream and fragment_len in _HEARTBEAT_FRAGMENTS else None
+        if plaintext_len == ALERT_PLAINTEXT:
+            return ALERT  # TLS 1.3 hides alerts in application-data records
+        if from_client:
+            if not self.client_header_seen:
+                if plaintext_len == PROTOCOL_HEADER_SIZE:
+                    self.client_header_seen = True
+                    return PROTOCOL_HEADER
+                return None  # TLS 1.3: the client's encrypted Finished comes first
+            if self.tune_seen and not self.tune_ok_seen:
+                # The first client record after the broker's tune holds tune-ok (possibly with open).
+                self.tune_ok_seen = True
+                return TUNE_OK
+        elif self.client_header_seen and not self.tune_seen and plaintext_len == TUNE_PLAINTEXT:
+            self.tune_seen = True
+            return TUNE
+        if plaintext_len == HEARTBEAT_PLAINTEXT and self.client_header_seen:
+            return HEARTBEAT
+        return None
