@@ -40,9 +40,11 @@ from analyzer.records import (
     TlsError,
     TlsRecord,
 )
+from analyzer.tls.inference import ALERT as GUESS_ALERT
 from analyzer.tls.inference import HEARTBEAT as GUESS_HEARTBEAT
 from analyzer.tls.inference import TUNE as GUESS_TUNE
 from analyzer.tls.inference import TUNE_OK as GUESS_TUNE_OK
+from analyzer.tls.records import APPLICATION_DATA
 
 # Heartbeat times kept per direction: the first ones show the phase right after tune-ok, the last
 # ones the cadence just before a teardown. 64 covers 32 T of an idle connection.
@@ -229,6 +231,9 @@ class TlsTimeline:
     tune_ok: float | None = None
     heartbeat_guesses: int = 0
     alerts: list[tuple[float, str, str]] = field(default_factory=list)  # (time, direction, what), capped
+    # Each side's last application-data record before the teardown: (time, plaintext length).
+    last_c2s: tuple[float, int | None] | None = None
+    last_s2c: tuple[float, int | None] | None = None
     errors: list[TlsError] = field(default_factory=list)  # capped
     error_count: int = 0
 
@@ -362,9 +367,14 @@ class TimelineBuilder:
             tls.records_s2c += 1
         if record.decrypted:
             tls.decrypted_records += 1
-        if (record.what.startswith("alert") or record.what == "encrypted alert" or record.guess == "alert") \
+        if (record.what.startswith("alert") or record.what == "encrypted alert" or record.guess == GUESS_ALERT) \
                 and len(tls.alerts) < KEPT_RARE_EVENTS:
             tls.alerts.append((t, record.direction, record.what if record.guess is None else "alert (encrypted)"))
+        if record.content_type == APPLICATION_DATA and record.guess != GUESS_ALERT and timeline.teardown is None:
+            if record.direction == C2S:
+                tls.last_c2s = (t, record.plaintext_len)
+            else:
+                tls.last_s2c = (t, record.plaintext_len)
         guess = record.guess
         if guess == GUESS_HEARTBEAT:
             tls.heartbeat_guesses += 1

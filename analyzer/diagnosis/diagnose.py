@@ -35,6 +35,7 @@ from analyzer.diagnosis.results import (
 from analyzer.records import C2S, S2C
 from analyzer.timeline import ConnectionTimeline, Direction
 from analyzer.tls.handshake import cipher_suite_name, version_name
+from analyzer.tls.inference import looks_like_close_handshake
 from analyzer.tls.session import DECRYPTED
 
 # The record types and verdicts live in results.py (explain.py reads them too); importers of this
@@ -127,6 +128,9 @@ def _close(tl: ConnectionTimeline, t0: float) -> Close:
         return Close(close.time - t0, "client" if close.direction == C2S else "server", "connection.close",
                      close.args.get("reply_code"), close.args.get("reply_text"), benign)
     first_fin = _first(tl.c2s.fin, tl.s2c.fin)
+    encrypted_close = _encrypted_close(tl, first_fin)
+    if encrypted_close is not None:
+        return Close(encrypted_close - t0, "client", "connection.close", inferred=True)
     ends: list[tuple[float, CloseHow, Peer]] = []
     if first_rst:
         ends.append((first_rst[0], "rst", first_rst[1]))
@@ -136,6 +140,22 @@ def _close(tl: ConnectionTimeline, t0: float) -> Close:
         return Close(None, None, "open")
     t, how, who = min(ends)
     return Close(t - t0, who, how)
+
+
+def _encrypted_close(tl: ConnectionTimeline, first_fin: tuple[float, Peer] | None) -> float | None:
+    """Without keys: when the client's FIN follows, within a close handshake's time, records the
+    sizes of its connection.close and the broker's close-ok, the time of that close."""
+    info, records = tl.info.tls, tl.tls
+    if info is None or records is None or info.decryption == DECRYPTED or first_fin is None:
+        return None
+    fin, who = first_fin
+    if who != "client" or records.last_c2s is None or records.last_s2c is None:
+        return None
+    (close_at, close_len), (close_ok_at, close_ok_len) = records.last_c2s, records.last_s2c
+    if (close_at <= close_ok_at <= fin <= close_ok_at + CLOSE_HANDSHAKE_SLACK
+            and looks_like_close_handshake(close_len, close_ok_len)):
+        return close_at
+    return None
 
 
 def _first(client_time: float | None, server_time: float | None) -> tuple[float, Peer] | None:

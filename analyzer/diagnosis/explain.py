@@ -31,6 +31,11 @@ def explain(d: Diagnosis) -> str:
         end = d.rel(tl.last_seen)
         parts.append(f"Still open when the capture ended (last packet of this connection at {end:.3f} s).")
         parts.append(_last_bytes(d))
+    elif verdict == GRACEFUL and close.inferred:
+        parts.append(f"The {close.initiator} closed the connection at {close.time:.3f} s, most likely with "
+                     "connection.close: its last TLS record and the broker's answer have the sizes of connection.close "
+                     "and close-ok, and its FIN followed at once. The reply code is encrypted; a key log "
+                     "(--tls-keylog) would show it.")
     elif verdict in (GRACEFUL, CLOSED_WITH_ERROR):
         reply = f"{close.reply_code} {close.reply_text or ''}".strip()
         parts.append(f"The {close.initiator} closed the connection with connection.close ({reply}) "
@@ -97,6 +102,7 @@ def _missed(d: Diagnosis, *, silent: str) -> list[str]:
                    "AMQPHeartbeatTimeout and closes the socket with a FIN, without connection.close.")
     else:
         out.append(_give_up_sentence(d))
+    out.extend(_tls_inference(d))
     if d.misfit:
         out.append(f"Note: {d.misfit}.")
     blocked = [f for f in d.findings if f.kind in ("client-app-blocked", "broker-app-blocked", "peer-unreachable")]
@@ -131,7 +137,32 @@ def _give_up_sentence(d: Diagnosis) -> str:
             f"application sees {row.app_sees}.")
 
 
+def _tls_inference(d: Diagnosis) -> list[str]:
+    """What was inferred for a TLS connection read without keys, and how sure it is."""
+    t = d.tls
+    if t is None or not t.inferred:
+        return []
+    out = ["This connection is TLS and was not decrypted, so these times come from the encrypted records: every "
+           "record the client sends counts as activity to the broker, which counts raw socket bytes "
+           "(rabbit_net:getstat/2 reads the TCP socket's recv_oct under TLS too)."]
+    if d.heartbeat.source == "inferred":
+        out.append(f"T = {d.heartbeat.effective:g} s was inferred from the broker's {d.timeline.s2c.heartbeats} "
+                   "heartbeat-sized records (an 8-byte heartbeat frame plus the cipher suite's fixed overhead), sent "
+                   "every T/2 while it had nothing else to send.")
+    if t.tune_ok is not None and t.tune_ok_on_grid:
+        out.append(f"The broker's check grid starts at the client's first record after the broker's tune-sized record "
+                   f"({t.tune_ok:.3f} s), which the broker's heartbeats confirm: the prediction is as exact as with "
+                   "decoded frames.")
+    elif t.tune_ok is not None and t.tune_ok_on_grid is False:
+        out.append("The record taken for tune-ok is off the broker's heartbeat grid, so the grid was fitted to the "
+                   "broker's heartbeats alone (exact only up to T/2).")
+    return out
+
+
 def _last_thing(d: Diagnosis, side: Direction) -> str:
+    if d.inferred_from_tls:
+        name = "a heartbeat-sized TLS record" if side.last_frame_name == "heartbeat" else "a TLS record"
+        return name if side.last_frame is not None and side.last_frame == side.last_payload else "a TLS record"
     if side.last_frame is not None and side.last_frame == side.last_payload:
         return "a heartbeat" if side.last_frame_name == "heartbeat" else f"a {side.last_frame_name} frame"
     return "a payload byte"

@@ -89,9 +89,15 @@ def idle_heartbeat_interval(times: list[float]) -> float | None:
     return statistics.median(best)
 
 
+def _no_start_ok(tl: ConnectionTimeline) -> str:
+    if tl.tls is not None:
+        return "connection.start-ok is encrypted (TLS, not decrypted)"
+    return "no connection.start-ok in the capture"
+
+
 def _from_behaviour(tl: ConnectionTimeline, timeout: float | None) -> ClientIdentity:
     unknown = ClientIdentity("unknown", "the client", None, None, "unknown", None,
-                             "no connection.start-ok in the capture, and no heartbeat cadence unique to one library")
+                             f"{_no_start_ok(tl)}, and no heartbeat cadence unique to one library")
     if not timeout:
         return unknown
     interval = idle_heartbeat_interval(tl.c2s.heartbeat_times())
@@ -105,6 +111,6 @@ def _from_behaviour(tl: ConnectionTimeline, timeout: float | None) -> ClientIden
     if len(matches) != 1:
         return unknown
     row, expected = matches[0]
-    evidence = (f"no connection.start-ok in the capture; the client's heartbeats come every {interval:.3f} s at "
+    evidence = (f"{_no_start_ok(tl)}; the client's heartbeats come every {interval:.3f} s at "
                 f"heartbeat {timeout:g} s, {row.name}'s cadence ({expected:g} s) and no other library's")
     return ClientIdentity(row.key, row.name, None, _possible_wrappers(row), "behaviour", None, evidence)

@@ -89,6 +89,8 @@ class Close:
     reply_code: int | None = None
     reply_text: str | None = None
     benign_rst: float | None = None  # RabbitMQ's linger-0 RST after a clean close handshake
+    # Without keys: a connection.close told from encrypted record sizes (its reply code unknown).
+    inferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)

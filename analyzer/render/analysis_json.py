@@ -121,6 +121,7 @@ def connection_document(d: Diagnosis) -> JsonObject:
             "reply_code": close.reply_code,
             "reply_text": close.reply_text,
             "benign_rst": _r(close.benign_rst),
+            "inferred": close.inferred,
         },
         "verdict": d.verdict,
         "source": "inferred" if d.inferred_from_tls else "decoded",

@@ -134,6 +134,9 @@ def _ended(d: Diagnosis) -> str:
     close = d.close
     if close.how == "open":
         return "still open at the end of the capture"
+    if close.how == "connection.close" and close.inferred:
+        return (f"connection.close from the {close.initiator} at {close.time:.3f} s, probably: encrypted records of "
+                "the sizes of connection.close and close-ok just before its FIN (reply code unknown)")
     if close.how == "connection.close":
         text = f"connection.close {close.reply_code} {close.reply_text or ''}".rstrip()
         text += f" from the {close.initiator} at {close.time:.3f} s"

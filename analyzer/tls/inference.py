@@ -26,6 +26,10 @@ _TLS13_INNER_TYPE = 1  # TLSInnerPlaintext's content type byte (RFC 8446 5.2)
 HEARTBEAT_PLAINTEXT = FRAME_HEADER_SIZE + 1
 TUNE_PLAINTEXT = FRAME_HEADER_SIZE + 12 + 1  # class, method, channel-max (2), frame-max (4), heartbeat (2)
 ALERT_PLAINTEXT = 2  # level, description (RFC 8446 6)
+# connection.close-ok has no arguments; connection.close at least a reply code, an empty reply text and
+# the failing class and method ids.
+CLOSE_OK_PLAINTEXT = FRAME_HEADER_SIZE + 4 + 1
+MIN_CLOSE_PLAINTEXT = FRAME_HEADER_SIZE + 4 + 2 + 1 + 2 + 2 + 1
 
 # Guesses.
 PROTOCOL_HEADER, HEARTBEAT, TUNE, TUNE_OK, ALERT = "protocol-header", "heartbeat", "tune", "tune-ok", "alert"
@@ -84,3 +88,11 @@ class AmqpGuesser:
         if plaintext_len == HEARTBEAT_PLAINTEXT and self.client_header_seen:
             return HEARTBEAT
         return None
+
+
+def looks_like_close_handshake(client_plaintext: int | None, server_plaintext: int | None) -> bool:
+    """The client's last record and the broker's answer, the last before the client's FIN, have the
+    sizes of connection.close and close-ok (a channel.close and its close-ok have them too, which a
+    client closing its connection sends just before)."""
+    return (client_plaintext is not None and server_plaintext == CLOSE_OK_PLAINTEXT
+            and client_plaintext >= MIN_CLOSE_PLAINTEXT)
