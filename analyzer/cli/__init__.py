@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     def capture_args(p: argparse.ArgumentParser) -> None:
         input_files(p, "pcap or pcapng capture files")
         p.add_argument("--port", type=port_number, action="append", metavar="N",
-                       help=f"TCP port carrying AMQP or AMQPS (repeatable; default {' and '.join(map(str, DEFAULT_PORTS))}; "
-                            "other ports are auto-detected, TLS from its ClientHello)")
+                       help="TCP port carrying AMQP or AMQPS (repeatable; default "
+                            f"{' and '.join(map(str, DEFAULT_PORTS))}; other ports are auto-detected, TLS from its "
+                            "ClientHello)")
         p.add_argument("--connection", metavar="ID", help=CONNECTION_HELP)
         p.add_argument("--tls-keylog", metavar="FILE",
                        help="NSS key log (SSLKEYLOGFILE) to decrypt TLS connections with; pcapng Decryption "
