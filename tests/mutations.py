@@ -78,13 +78,16 @@ def split_pcap(data: bytes) -> tuple[bytes, list[bytes], str]:
     return data[:PCAP_HEADER], records, endian
 
 
-def to_pcapng(data: bytes, byteorder: str = "<") -> bytes:
-    """The same packets as pcapng (one SHB, one IDB, EPBs with microsecond timestamps)."""
+def to_pcapng(data: bytes, byteorder: str = "<", tls_keylog: bytes | None = None) -> bytes:
+    """The same packets as pcapng (one SHB, one IDB, EPBs with microsecond timestamps); with
+    `tls_keylog`, a Decryption Secrets Block holding it first, as `editcap --inject-secrets` writes."""
     from tests import synth
 
     header, records, endian = split_pcap(data)
     linktype = struct.unpack_from(endian + "I", header, 20)[0]
     out = [synth.shb(byteorder=byteorder), synth.idb(linktype, byteorder=byteorder)]
+    if tls_keylog is not None:
+        out.append(synth.dsb(tls_keylog, byteorder=byteorder))
     for rec in records:
         sec, usec, _incl, orig = struct.unpack_from(endian + "IIII", rec)
         out.append(synth.epb(0, sec * 10**6 + usec, rec[RECORD_HEADER:], orig_len=orig, byteorder=byteorder))
@@ -108,6 +111,10 @@ def seed_captures() -> dict[str, bytes]:
         seeds["blocked-callback-be.pcap"] = byteswapped(seeds["blocked-callback.pcap"])
     if "proxy.pcap" in seeds:
         seeds["proxy-be.pcapng"] = to_pcapng(seeds["proxy.pcap"], ">")
+    for name in ("tls12-blocked-callback", "tls13-blocked-callback"):  # the decrypting path, keys in the file
+        keys = CAPTURES / f"{name}.keys"
+        if f"{name}.pcap" in seeds and keys.exists():
+            seeds[f"{name}-dsb.pcapng"] = to_pcapng(seeds[f"{name}.pcap"], tls_keylog=keys.read_bytes())
     return seeds
 
 

@@ -329,6 +329,12 @@ def epb(iface: int, units: int, data: bytes, *, orig_len: int | None = None, byt
     return pcapng_block(EPB_TYPE, body, byteorder=byteorder)
 
 
+def dsb(secrets: bytes, *, secrets_type: int = 0x544C534B, byteorder: str = "<") -> bytes:
+    """A Decryption Secrets Block (type 0x0000000A); the default type "TLSK" holds an NSS key log."""
+    body = struct.pack(byteorder + "II", secrets_type, len(secrets)) + _pad4(secrets)
+    return pcapng_block(0x0000000A, body, byteorder=byteorder)
+
+
 def spb(data: bytes, *, orig_len: int | None = None, byteorder: str = "<") -> bytes:
     """Simple Packet Block: no interface id (always 0), no timestamp, captured length implied by
     the block length (min(orig_len, snaplen))."""

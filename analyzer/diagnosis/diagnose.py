@@ -34,9 +34,10 @@ from analyzer.diagnosis.results import (
 )
 from analyzer.records import C2S, S2C
 from analyzer.timeline import ConnectionTimeline, Direction
-from analyzer.tls.handshake import cipher_suite_name, version_name
+from analyzer.tls.handshake import version_name
 from analyzer.tls.inference import looks_like_close_handshake
 from analyzer.tls.session import DECRYPTED
+from analyzer.tls.suites import cipher_suite_name
 
 # The record types and verdicts live in results.py (explain.py reads them too); importers of this
 # module keep finding them here.

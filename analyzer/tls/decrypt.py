@@ -27,7 +27,6 @@ capture without TLS never loads it. The key derivations are HMAC, done with hmac
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import importlib.util
 import itertools
@@ -42,9 +41,16 @@ from analyzer.tls.keylog import (
     SERVER_HANDSHAKE_TRAFFIC_SECRET,
     SERVER_TRAFFIC_SECRET_0,
 )
-
-TLS12 = 0x0303
-TLS13 = 0x0304
+from analyzer.tls.suites import (
+    AES_CCM,
+    CHACHA20_POLY1305,
+    EXPLICIT_NONCE_SIZE,
+    SUITES,
+    TLS12,
+    TLS13,
+    Suite,
+    cipher_suite_code_name,
+)
 
 # Sequence numbers tried past the expected one before a record counts as not decryptable: enough for
 # a capture gap of a few dozen records, and a bound on the work one undecryptable record can cause.
@@ -57,129 +63,12 @@ CONTENT_HANDSHAKE = 22
 _HANDSHAKE_FINISHED = 20  # handshake message types, RFC 8446 4
 _HANDSHAKE_KEY_UPDATE = 24
 
-_AES_GCM = "AES-GCM"
-_AES_CCM = "AES-CCM"
-_CHACHA20_POLY1305 = "ChaCha20-Poly1305"
-
 _RECORD_IV_SIZE = 12  # every AEAD here takes a 96-bit nonce (RFC 5116 5.1, RFC 8439 2.8)
-_EXPLICIT_NONCE_SIZE = 8  # TLS 1.2 AES-GCM and AES-CCM: nonce_explicit in the record (RFC 5288 3, RFC 6655 3)
 _SALT_SIZE = 4  # ... and the implicit part from the key block
 _SEQ_MODULUS = 1 << 64  # sequence numbers and explicit nonces are uint64
 
 # An AEAD open: (nonce, ciphertext with tag, additional data) -> plaintext, or None when the tag fails.
 _Open: TypeAlias = Callable[[bytes, bytes, bytes], bytes | None]
-
-
-@dataclass(frozen=True)
-class _Suite:
-    code: int
-    name: str
-    cipher: str
-    key_size: int
-    tag_size: int
-    hash_name: str
-
-    @property
-    def version(self) -> int:
-        return TLS13 if self.code >> 8 == 0x13 else TLS12
-
-    @property
-    def hash_size(self) -> int:
-        return hashlib.new(self.hash_name).digest_size
-
-
-def _suite(code: int, name: str) -> _Suite:
-    """The suite's parameters read off its IANA name, so the table below cannot contradict itself."""
-    if "CHACHA20_POLY1305" in name:
-        cipher, key_size = _CHACHA20_POLY1305, 32
-    else:
-        cipher = _AES_GCM if "_GCM" in name else _AES_CCM
-        key_size = 16 if "AES_128" in name else 32
-    tag_size = 8 if "CCM_8" in name else 16
-    # RFC 5288 and 5289: *_SHA384 suites use SHA-384 for the PRF; every other suite here uses SHA-256
-    # (RFC 6655 4 and RFC 7251 2 for CCM, RFC 7905 2 for ChaCha20-Poly1305).
-    hash_name = "sha384" if name.endswith("SHA384") else "sha256"
-    return _Suite(code, name, cipher, key_size, tag_size, hash_name)
-
-
-SUITES: dict[int, _Suite] = {code: _suite(code, name) for code, name in {
-    # TLS 1.2 AES-GCM (RFC 5288, RFC 5289)
-    0x009C: "TLS_RSA_WITH_AES_128_GCM_SHA256",
-    0x009D: "TLS_RSA_WITH_AES_256_GCM_SHA384",
-    0x009E: "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256",
-    0x009F: "TLS_DHE_RSA_WITH_AES_256_GCM_SHA384",
-    0x00A0: "TLS_DH_RSA_WITH_AES_128_GCM_SHA256",
-    0x00A1: "TLS_DH_RSA_WITH_AES_256_GCM_SHA384",
-    0x00A2: "TLS_DHE_DSS_WITH_AES_128_GCM_SHA256",
-    0x00A3: "TLS_DHE_DSS_WITH_AES_256_GCM_SHA384",
-    0x00A4: "TLS_DH_DSS_WITH_AES_128_GCM_SHA256",
-    0x00A5: "TLS_DH_DSS_WITH_AES_256_GCM_SHA384",
-    0x00A6: "TLS_DH_anon_WITH_AES_128_GCM_SHA256",
-    0x00A7: "TLS_DH_anon_WITH_AES_256_GCM_SHA384",
-    0xC02B: "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-    0xC02C: "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-    0xC02D: "TLS_ECDH_ECDSA_WITH_AES_128_GCM_SHA256",
-    0xC02E: "TLS_ECDH_ECDSA_WITH_AES_256_GCM_SHA384",
-    0xC02F: "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-    0xC030: "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-    0xC031: "TLS_ECDH_RSA_WITH_AES_128_GCM_SHA256",
-    0xC032: "TLS_ECDH_RSA_WITH_AES_256_GCM_SHA384",
-    # TLS 1.2 AES-CCM (RFC 6655, RFC 7251)
-    0xC09C: "TLS_RSA_WITH_AES_128_CCM",
-    0xC09D: "TLS_RSA_WITH_AES_256_CCM",
-    0xC09E: "TLS_DHE_RSA_WITH_AES_128_CCM",
-    0xC09F: "TLS_DHE_RSA_WITH_AES_256_CCM",
-    0xC0A0: "TLS_RSA_WITH_AES_128_CCM_8",
-    0xC0A1: "TLS_RSA_WITH_AES_256_CCM_8",
-    0xC0A2: "TLS_DHE_RSA_WITH_AES_128_CCM_8",
-    0xC0A3: "TLS_DHE_RSA_WITH_AES_256_CCM_8",
-    0xC0AC: "TLS_ECDHE_ECDSA_WITH_AES_128_CCM",
-    0xC0AD: "TLS_ECDHE_ECDSA_WITH_AES_256_CCM",
-    0xC0AE: "TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8",
-    0xC0AF: "TLS_ECDHE_ECDSA_WITH_AES_256_CCM_8",
-    # TLS 1.2 ChaCha20-Poly1305 (RFC 7905)
-    0xCCA8: "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-    0xCCA9: "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-    0xCCAA: "TLS_DHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-    # TLS 1.3 (RFC 8446 B.4)
-    0x1301: "TLS_AES_128_GCM_SHA256",
-    0x1302: "TLS_AES_256_GCM_SHA384",
-    0x1303: "TLS_CHACHA20_POLY1305_SHA256",
-    0x1304: "TLS_AES_128_CCM_SHA256",
-    0x1305: "TLS_AES_128_CCM_8_SHA256",
-}.items()}
-
-# Suites seen on AMQP brokers that cannot be decrypted here, named in the reason rather than left as hex.
-_OTHER_SUITE_NAMES = {
-    0x0004: "TLS_RSA_WITH_RC4_128_MD5",
-    0x0005: "TLS_RSA_WITH_RC4_128_SHA",
-    0x000A: "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
-    0x002F: "TLS_RSA_WITH_AES_128_CBC_SHA",
-    0x0033: "TLS_DHE_RSA_WITH_AES_128_CBC_SHA",
-    0x0035: "TLS_RSA_WITH_AES_256_CBC_SHA",
-    0x0039: "TLS_DHE_RSA_WITH_AES_256_CBC_SHA",
-    0x003C: "TLS_RSA_WITH_AES_128_CBC_SHA256",
-    0x003D: "TLS_RSA_WITH_AES_256_CBC_SHA256",
-    0x0067: "TLS_DHE_RSA_WITH_AES_128_CBC_SHA256",
-    0x006B: "TLS_DHE_RSA_WITH_AES_256_CBC_SHA256",
-    0xC009: "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
-    0xC00A: "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
-    0xC011: "TLS_ECDHE_RSA_WITH_RC4_128_SHA",
-    0xC012: "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA",
-    0xC013: "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
-    0xC014: "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
-    0xC023: "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
-    0xC024: "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA384",
-    0xC027: "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
-    0xC028: "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384",
-}
-
-
-def cipher_suite_name(code: int) -> str:
-    """`0xc02f (TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)`, or just the hex for a suite not named here."""
-    suite = SUITES.get(code)
-    name = suite.name if suite is not None else _OTHER_SUITE_NAMES.get(code)
-    return f"0x{code:04x}" if name is None else f"0x{code:04x} ({name})"
 
 
 # ---- key derivation ---------------------------------------------------------------------------------
@@ -223,9 +112,9 @@ def _aead_open(cipher: str, key: bytes, tag_size: int) -> _Open:
     from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 
     aead: AESGCM | AESCCM | ChaCha20Poly1305
-    if cipher == _CHACHA20_POLY1305:
+    if cipher == CHACHA20_POLY1305:
         aead = ChaCha20Poly1305(key)
-    elif cipher == _AES_CCM:
+    elif cipher == AES_CCM:
         aead = AESCCM(key, tag_length=tag_size)
     else:
         aead = AESGCM(key)
@@ -244,17 +133,17 @@ def _aead_open(cipher: str, key: bytes, tag_size: int) -> _Open:
 
 @dataclass(frozen=True, repr=False)  # no repr: the fields are key material
 class _Tls12Keys:
-    suite: _Suite
+    suite: Suite
     open: _Open
     iv: bytes  # the 4-byte salt (AES-GCM, AES-CCM) or the 12-byte IV (ChaCha20-Poly1305)
 
     def open_record(self, seq: int, content_type: int, version: int, fragment: bytes) -> bytes | None:
-        if self.suite.cipher == _CHACHA20_POLY1305:  # RFC 7905 2: no explicit nonce
+        if self.suite.cipher == CHACHA20_POLY1305:  # RFC 7905 2: no explicit nonce
             nonce, body = _xor_nonce(self.iv, seq), fragment
         else:  # RFC 5288 3, RFC 6655 3: salt + nonce_explicit, which starts the fragment
-            if len(fragment) < _EXPLICIT_NONCE_SIZE:
+            if len(fragment) < EXPLICIT_NONCE_SIZE:
                 return None
-            nonce, body = self.iv + fragment[:_EXPLICIT_NONCE_SIZE], fragment[_EXPLICIT_NONCE_SIZE:]
+            nonce, body = self.iv + fragment[:EXPLICIT_NONCE_SIZE], fragment[EXPLICIT_NONCE_SIZE:]
         plaintext_size = len(body) - self.suite.tag_size
         if plaintext_size < 0:
             return None
@@ -267,14 +156,14 @@ class _Tls12Keys:
         """The record's nonce_explicit. Stacks make it a counter (OpenSSL: the sequence number for
         AES-CCM, a random start plus the sequence number for AES-GCM), so it tells how many records a
         gap swallowed."""
-        if self.suite.cipher == _CHACHA20_POLY1305 or len(fragment) < _EXPLICIT_NONCE_SIZE:
+        if self.suite.cipher == CHACHA20_POLY1305 or len(fragment) < EXPLICIT_NONCE_SIZE:
             return None
-        return int.from_bytes(fragment[:_EXPLICIT_NONCE_SIZE], "big")
+        return int.from_bytes(fragment[:EXPLICIT_NONCE_SIZE], "big")
 
 
 @dataclass(frozen=True, repr=False)  # no repr: the fields are key material
 class _Tls13Keys:
-    suite: _Suite
+    suite: Suite
     secret: bytes  # the traffic secret the key and IV come from: the next KeyUpdate generation needs it
     open: _Open
     iv: bytes
@@ -299,18 +188,18 @@ class _Tls13Keys:
 _Keys: TypeAlias = _Tls12Keys | _Tls13Keys
 
 
-def _tls13_keys(suite: _Suite, secret: bytes) -> _Tls13Keys:
+def _tls13_keys(suite: Suite, secret: bytes) -> _Tls13Keys:
     """RFC 8446 7.3: key = HKDF-Expand-Label(secret, "key", "", key_length), iv likewise with "iv"."""
     key = _hkdf_expand_label(suite.hash_name, secret, b"key", suite.key_size)
     iv = _hkdf_expand_label(suite.hash_name, secret, b"iv", _RECORD_IV_SIZE)
     return _Tls13Keys(suite, secret, _aead_open(suite.cipher, key, suite.tag_size), iv)
 
 
-def _tls12_keys(suite: _Suite, master_secret: bytes, client_random: bytes, server_random: bytes,
+def _tls12_keys(suite: Suite, master_secret: bytes, client_random: bytes, server_random: bytes,
                 ) -> tuple[_Tls12Keys, _Tls12Keys]:
     """(client write, server write) keys from the key block (RFC 5246 6.3); AEAD suites have no MAC keys
     (RFC 5246 6.2.3.3), ChaCha20-Poly1305 a 12-byte IV (RFC 7905 2), the others a 4-byte salt."""
-    iv_size = _RECORD_IV_SIZE if suite.cipher == _CHACHA20_POLY1305 else _SALT_SIZE
+    iv_size = _RECORD_IV_SIZE if suite.cipher == CHACHA20_POLY1305 else _SALT_SIZE
     key_size = suite.key_size
     block = _prf(suite.hash_name, master_secret, b"key expansion", server_random + client_random,
                  2 * key_size + 2 * iv_size)
@@ -496,10 +385,10 @@ def session_decrypters(*, version: int, cipher_suite: int, client_random: bytes,
     if version not in (TLS12, TLS13):
         return f"TLS version 0x{version:04x} is not supported; TLS 1.2 and 1.3 only"
     if suite is None:
-        return (f"cipher suite {cipher_suite_name(cipher_suite)} is not supported;"
+        return (f"cipher suite {cipher_suite_code_name(cipher_suite)} is not supported;"
                 " AEAD suites only (AES-GCM, AES-CCM, ChaCha20-Poly1305)")
     if suite.version != version:
-        return f"cipher suite {cipher_suite_name(cipher_suite)} cannot be negotiated in {_version_name(version)}"
+        return f"cipher suite {cipher_suite_code_name(cipher_suite)} cannot be negotiated in {_version_name(version)}"
     if importlib.util.find_spec("cryptography") is None:
         return "decrypting TLS needs the cryptography package (pip install cryptography)"
     secrets = {label: bytes(secret) for label, secret in secrets.items()}
@@ -512,7 +401,7 @@ def _version_name(version: int) -> str:
     return "TLS 1.3" if version == TLS13 else "TLS 1.2"
 
 
-def _tls12_session(suite: _Suite, client_random: bytes, server_random: bytes, secrets: dict[str, bytes],
+def _tls12_session(suite: Suite, client_random: bytes, server_random: bytes, secrets: dict[str, bytes],
                    ) -> tuple[RecordDecrypter, RecordDecrypter] | str:
     master_secret = secrets.get(CLIENT_RANDOM)
     if master_secret is None:
@@ -525,7 +414,7 @@ def _tls12_session(suite: _Suite, client_random: bytes, server_random: bytes, se
     return RecordDecrypter(client_keys), RecordDecrypter(server_keys)
 
 
-def _tls13_session(suite: _Suite, secrets: dict[str, bytes]) -> tuple[RecordDecrypter, RecordDecrypter] | str:
+def _tls13_session(suite: Suite, secrets: dict[str, bytes]) -> tuple[RecordDecrypter, RecordDecrypter] | str:
     labels = (CLIENT_HANDSHAKE_TRAFFIC_SECRET, SERVER_HANDSHAKE_TRAFFIC_SECRET,
               CLIENT_TRAFFIC_SECRET_0, SERVER_TRAFFIC_SECRET_0)
     present = [label for label in labels if label in secrets]
@@ -543,7 +432,7 @@ def _tls13_session(suite: _Suite, secrets: dict[str, bytes]) -> tuple[RecordDecr
     return client, server
 
 
-def _tls13_direction(suite: _Suite, handshake_secret: bytes | None, application_secret: bytes) -> RecordDecrypter:
+def _tls13_direction(suite: Suite, handshake_secret: bytes | None, application_secret: bytes) -> RecordDecrypter:
     application = _tls13_keys(suite, application_secret)
     if handshake_secret is None:
         return RecordDecrypter(application)

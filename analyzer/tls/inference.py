@@ -1,8 +1,8 @@
 """What an encrypted record carries, told from its size and place alone (no keys).
 
-An AEAD suite adds a fixed overhead to every record, so a protected record's plaintext length is
-known exactly (RFC 5288 3 / RFC 7905 2 / RFC 8446 5.2, less TLS 1.3's optional padding, which
-OpenSSL, Erlang/OTP, Java, Go and .NET do not add by default). AMQP 0-9-1 gives some plaintexts a
+An AEAD suite adds a fixed overhead to every record (suites.record_overhead), so a protected
+record's plaintext length is known exactly (less TLS 1.3's optional padding, which OpenSSL,
+Erlang/OTP, Java, Go and .NET do not add by default). AMQP 0-9-1 gives some plaintexts a
 size of their own (amqp/frames.py): a heartbeat frame is 8 bytes and no other frame is that short;
 connection.tune and tune-ok are 20 bytes; an alert is 2 bytes, shorter than any frame. The first
 8-byte record a client sends is its protocol header, which is as long as a heartbeat. These guesses
@@ -14,13 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from analyzer.amqp.frames import FRAME_HEADER_SIZE, PROTOCOL_HEADER_SIZE
+from analyzer.tls.suites import EXPLICIT_NONCE_SIZE
 
-TLS12, TLS13 = 0x0303, 0x0304
-_AEAD_TAG = 16
-# TLS 1.2 AES-GCM sends its 8-byte explicit nonce in every record (RFC 5288 3); ChaCha20-Poly1305 does not.
-_TLS12_GCM = frozenset({0xC02B, 0xC02C, 0xC02F, 0xC030, 0x009C, 0x009D, 0x009E, 0x009F})
-_TLS12_CHACHA = frozenset({0xCCA8, 0xCCA9, 0xCCAA})
-_TLS13_INNER_TYPE = 1  # TLSInnerPlaintext's content type byte (RFC 8446 5.2)
+_AEAD_TAG = 16  # the tag of every AEAD suite a peer negotiates by default (CCM_8's 8 is never a default)
 
 # Plaintext sizes (AMQP 0-9-1 spec 4.2.3, 1.4.2): a frame is header (7) + payload + frame-end (1).
 HEARTBEAT_PLAINTEXT = FRAME_HEADER_SIZE + 1
@@ -35,22 +31,11 @@ MIN_CLOSE_PLAINTEXT = FRAME_HEADER_SIZE + 4 + 2 + 1 + 2 + 2 + 1
 PROTOCOL_HEADER, HEARTBEAT, TUNE, TUNE_OK, ALERT = "protocol-header", "heartbeat", "tune", "tune-ok", "alert"
 
 
-def record_overhead(version: int | None, cipher_suite: int | None) -> int | None:
-    """Bytes a protected record's fragment adds to its plaintext; None when not fixed or unknown (CBC)."""
-    if version == TLS13 and cipher_suite is not None:
-        return _AEAD_TAG + _TLS13_INNER_TYPE
-    if version == TLS12 and cipher_suite in _TLS12_GCM:
-        return 8 + _AEAD_TAG
-    if version == TLS12 and cipher_suite in _TLS12_CHACHA:
-        return _AEAD_TAG
-    return None
-
-
 # A heartbeat's fragment length under each AEAD record protection: TLS 1.2 ChaCha20-Poly1305, TLS 1.3,
 # TLS 1.2 AES-GCM. No other AMQP frame fits any of them under any of the three (a frame is 8 bytes
 # or at least 12), so a capture that began after the handshake still shows its heartbeats.
 _HEARTBEAT_FRAGMENTS = frozenset({HEARTBEAT_PLAINTEXT + _AEAD_TAG, HEARTBEAT_PLAINTEXT + _AEAD_TAG + 1,
-                                  HEARTBEAT_PLAINTEXT + 8 + _AEAD_TAG})
+                                  HEARTBEAT_PLAINTEXT + EXPLICIT_NONCE_SIZE + _AEAD_TAG})
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ from analyzer.tls.handshake import (
     parse_client_hello,
     parse_server_hello,
 )
-from analyzer.tls.inference import TLS13, AmqpGuesser, record_overhead
+from analyzer.tls.inference import AmqpGuesser
 from analyzer.tls.records import (
     ALERT,
     APPLICATION_DATA,
@@ -34,6 +34,7 @@ from analyzer.tls.records import (
     RecordDecoder,
     RecordError,
 )
+from analyzer.tls.suites import TLS13, record_overhead
 
 if TYPE_CHECKING:  # only the type: decrypt.py imports `cryptography`, paid for only when keys are given
     from analyzer.tls.decrypt import RecordDecrypter
