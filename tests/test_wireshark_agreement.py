@@ -31,6 +31,7 @@ from pamqp import heartbeat as pamqp_heartbeat
 
 from analyzer.engine import iter_events
 from analyzer.records import ACK, C2S, FIN, PSH, S2C, SYN, CaptureSummary, Frame
+from analyzer.tls.keylog import KeyLog
 from tests import synth
 from tests.synth import Conversation, ConvSegment, amqp_conversation, pcap_bytes, pcapng_bytes
 from tests.test_pipeline import frame_offsets, resegment
@@ -60,15 +61,16 @@ def endpoint(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def ours(path: pathlib.Path) -> tuple[dict, set[int]]:
+def ours(path: pathlib.Path, keylog: pathlib.Path | None = None) -> tuple[dict, set[int]]:
     """{(endpoint pair, n-th connection on it): [frame keys]}, and the server ports seen."""
     summary = CaptureSummary()
+    keys = KeyLog.parse(keylog.read_bytes()) if keylog is not None else None
     conns: dict[int, tuple] = {}  # id(ConnectionInfo) -> key
     per_pair: dict[frozenset, int] = {}
     result: dict[tuple, list] = {}
     ports: set[int] = set()
     with path.open("rb") as f:
-        for event in iter_events(f, summary):
+        for event in iter_events(f, summary, tls_keys=keys):
             if type(event) is not Frame:
                 continue
             info = event.connection
@@ -90,12 +92,16 @@ def _int(layer, name: str) -> int | None:
     return None if value is None else int(str(value), 0)
 
 
-def wiresharks(path: pathlib.Path, ports: set[int]) -> dict:
-    """The same structure from tshark's AMQP dissector (through pyshark)."""
+def wiresharks(path: pathlib.Path, ports: set[int], keylog: pathlib.Path | None = None) -> dict:
+    """The same structure from tshark's AMQP dissector (through pyshark); TLS decrypted by tshark
+    with `keylog` (its tls.keylog_file preference) when given."""
     import pyshark  # imported here so a missing pyshark fails this test only, loudly
 
-    decode_as = {f"tcp.port=={p}": "amqp" for p in sorted(ports - {5672})}
-    cap = pyshark.FileCapture(str(path), display_filter="amqp", decode_as=decode_as or None, keep_packets=False)
+    # 5671 is Wireshark's AMQP-over-TLS port already (packet-amqp.c registers it with the TLS dissector).
+    decode_as = {f"tcp.port=={p}": "amqp" for p in sorted(ports - {5672, 5671})}
+    prefs = {"tls.keylog_file": str(keylog)} if keylog is not None else None
+    cap = pyshark.FileCapture(str(path), display_filter="amqp", decode_as=decode_as or None, keep_packets=False,
+                              override_prefs=prefs)
     streams: dict[int, tuple] = {}
     per_pair: dict[frozenset, int] = {}
     result: dict[tuple, list] = {}
@@ -125,9 +131,9 @@ def wiresharks(path: pathlib.Path, ports: set[int]) -> dict:
     return {k: v for k, v in result.items() if v}
 
 
-def assert_agreement(path: pathlib.Path, *, require_frames: bool = True) -> int:
-    mine, ports = ours(path)
-    theirs = wiresharks(path, ports)
+def assert_agreement(path: pathlib.Path, *, require_frames: bool = True, keylog: pathlib.Path | None = None) -> int:
+    mine, ports = ours(path, keylog)
+    theirs = wiresharks(path, ports, keylog)
     assert sorted(map(_describe, theirs)) == sorted(map(_describe, mine)), "different connections"
     for key in theirs:
         ws, us = theirs[key], mine[key]
@@ -162,6 +168,27 @@ def test_there_are_real_captures_to_compare() -> None:
 @pytest.mark.parametrize("path", REAL_CAPTURES, ids=[p.name for p in REAL_CAPTURES])
 def test_real_capture_agrees_with_wireshark(path: pathlib.Path) -> None:
     assert_agreement(path, require_frames=False)
+
+
+# TLS captures decrypted with their key logs, by us and by Wireshark (issue 13).
+KEYED_CAPTURES = sorted(p for p in REAL_CAPTURES if p.with_suffix(".keys").exists())
+
+
+def test_there_are_keyed_tls_captures() -> None:
+    assert len(KEYED_CAPTURES) >= 2, "captures/ should hold a TLS 1.2 and a TLS 1.3 capture with their key logs"
+
+
+@pytest.mark.parametrize("path", KEYED_CAPTURES, ids=[p.name for p in KEYED_CAPTURES])
+def test_decrypted_tls_capture_agrees_with_wireshark(path: pathlib.Path) -> None:
+    assert assert_agreement(path, keylog=path.with_suffix(".keys")) >= 20
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("key", ["tls12-blocked-callback", "tls13-blocked-callback"])
+def test_tls_run_recorded_now_agrees_with_wireshark(tls_runs, key) -> None:
+    """A TLS blocked-callback run recorded in this session (not a shipped file), decrypted both ways."""
+    run = tls_runs(key)
+    assert assert_agreement(pathlib.Path(run.pcap), keylog=pathlib.Path(run.keylog)) >= 20
 
 
 # ---- synthetic captures ----------------------------------------------------------------------------
