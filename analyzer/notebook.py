@@ -27,7 +27,8 @@ from analyzer.api import FileAnalysis, analyze_file, find_connection, frame_reco
 from analyzer.diagnosis.diagnose import Diagnosis
 from analyzer.engine import DEFAULT_PORTS
 from analyzer.errors import UsageError
-from analyzer.records import ACK, FIN, PSH, RST, SYN, DecodeError, Frame, Gap, SegmentEvent
+from analyzer.records import ACK, FIN, PSH, RST, SYN, DecodeError, Frame, Gap, SegmentEvent, TlsRecord
+from analyzer.tls.inference import HEARTBEAT
 
 # Method arguments promoted to their own frame columns (None where a method has no such argument);
 # the full decoded arguments stay in the `args` column.
@@ -39,6 +40,10 @@ SEGMENT_COLUMNS = ("t", "epoch", "connection", "direction", "packet", "flags", "
                    "ack_only", "retransmission", "missing")
 GAP_COLUMNS = ("t", "epoch", "connection", "direction", "packet", "offset", "missing", "reason")
 DECODE_ERROR_COLUMNS = ("t", "epoch", "connection", "direction", "packet", "offset", "reason", "skipped")
+# One row per TLS record of a TLS connection; `guess` is what a record without keys most likely holds
+# ("heartbeat", "tune", ...: analyzer/tls/inference.py).
+TLS_RECORD_COLUMNS = ("t", "epoch", "connection", "direction", "packet", "content_type", "length", "plaintext_len",
+                      "what", "guess", "decrypted")
 FINDING_COLUMNS = ("connection", "t", "kind", "channel", "detail")
 # Nullable integer columns (pandas "Int64"), so a missing value does not turn them into floats.
 _NULLABLE_INTS = {"heartbeat", "reply_code", "delivery_tag", "channel", "heartbeat_server_proposed",
@@ -68,6 +73,7 @@ class _Collector:
         self.segments: list[tuple] = []
         self.gaps: list[tuple] = []
         self.decode_errors: list[tuple] = []
+        self.tls_records: list[tuple] = []
 
     def __call__(self, event) -> None:
         cid = event.connection.id
@@ -91,6 +97,9 @@ class _Collector:
         elif kind is DecodeError:
             self.decode_errors.append((event.timestamp, cid, event.direction, event.packet, event.offset,
                                        event.reason, event.skipped))
+        elif kind is TlsRecord:
+            self.tls_records.append((event.timestamp, cid, event.direction, event.packet, event.content_type,
+                                     event.length, event.plaintext_len, event.what, event.guess, event.decrypted))
 
 
 def _table(rows: list[tuple], columns: tuple[str, ...], t0: float):
@@ -131,6 +140,7 @@ def load(path: str | os.PathLike, *, ports: Iterable[int] = DEFAULT_PORTS, conne
         segments=_table(collector.segments, SEGMENT_COLUMNS, t0),
         gaps=_table(collector.gaps, GAP_COLUMNS, t0),
         decode_errors=_table(collector.decode_errors, DECODE_ERROR_COLUMNS, t0),
+        tls_records=_table(collector.tls_records, TLS_RECORD_COLUMNS, t0),
         connections=_nullable(pd.DataFrame(rows, columns=_connection_columns())),
         findings=_nullable(pd.DataFrame(findings, columns=list(FINDING_COLUMNS))),
     )
@@ -197,6 +207,7 @@ class Analysis:
     segments: Any  # one row per TCP segment of an AMQP connection
     gaps: Any  # bytes the capture lost, one row per hole
     decode_errors: object
+    tls_records: Any  # one row per TLS record of a TLS connection (empty without TLS)
     connections: Any  # one row per connection: the scalar fields of `amqp-hb analyze --format csv`
     findings: object
     metadata: dict = field(default_factory=dict)  # a scenario capture's ground truth (load_scenario)
@@ -280,6 +291,10 @@ class Connection:
         return self._rows(self.analysis.gaps)
 
     @property
+    def tls_records(self):
+        return self._rows(self.analysis.tls_records)
+
+    @property
     def findings(self):
         return self._rows(self.analysis.findings)
 
@@ -294,8 +309,13 @@ class Connection:
         _display_figures_in_ipython()
         from analyzer.render.plot import plot_connection
 
-        return plot_connection(self.diagnosis, self.frames, self.segments, self.gaps, ax=ax, xlim=xlim,
-                               checks=checks)
+        frames = self.frames
+        if self.diagnosis.inferred_from_tls:
+            # No frames without keys: the encrypted records stand in, heartbeat-sized ones as heartbeats.
+            records = self.tls_records
+            kind = records["guess"].map(lambda g: "heartbeat" if g == HEARTBEAT else "tls record")
+            frames = records.assign(type=kind)
+        return plot_connection(self.diagnosis, frames, self.segments, self.gaps, ax=ax, xlim=xlim, checks=checks)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id}: {self.verdict}>"

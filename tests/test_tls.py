@@ -405,3 +405,21 @@ def test_a_tls_session_fed_garbage_never_raises(chunks, seed):
             session.gap(side, decoders[side], rng.randrange(100), float(i), i, out)
         start = rng.randrange(len(real))
         session.feed(side, decoders[side], chunk + real[start : start + rng.randrange(300)], float(i), i, out)
+
+
+def test_notebook_tables_and_plot_of_a_tls_capture():
+    from analyzer.notebook import load, load_scenario
+
+    name = "tls13-blocked-callback"
+    keyless = load(CAPTURES / f"{name}.pcap")
+    consumer = next(c for c in keyless if c.verdict == "missed-client-heartbeats")
+    records = consumer.tls_records
+    assert len(keyless.frames) == 0 and not records["decrypted"].any()
+    assert (records["guess"] == "heartbeat").sum() == consumer.diagnosis.timeline.c2s.heartbeats + \
+        consumer.diagnosis.timeline.s2c.heartbeats
+    figure = consumer.plot()
+    heartbeat_markers = [c for ax in figure.axes for c in ax.collections if "heartbeat" in str(c.get_label())]
+    assert heartbeat_markers, "the heartbeat-sized records are drawn as heartbeats"
+    keyed = load_scenario(name, CAPTURES)  # the metadata names the key log
+    assert keyed.tls_records["decrypted"].any() and len(keyed.frames) > 20
+    assert set(keyed.frames["method"].dropna()) >= {"connection.tune-ok", "basic.deliver"}
