@@ -60,11 +60,18 @@ def live_children(parent: int) -> list[tuple[int, str]]:
     return found
 
 
+def leftover_children(node: LocalBroker) -> list[tuple[int, str]]:
+    """Live children of this process other than the session broker's node and epmd: what a run left behind."""
+    ours = {p.pid for p in (node.proc, node.epmd) if p is not None}
+    return [(pid, cmd) for pid, cmd in live_children(os.getpid()) if pid not in ours]
+
+
 @pytest.fixture(scope="session")
 def broker():
-    """A LocalBroker with channel_tick_interval=1000 (consumer timeouts fire within a second)."""
+    """A LocalBroker with channel_tick_interval=1000 (consumer timeouts fire within a second) and a TLS
+    listener (port 5671 when free: broker.amqps_port, amqps_url, ca_file) for the TLS runs."""
     try:
-        node = LocalBroker(advanced={"channel_tick_interval": 1000})
+        node = LocalBroker(advanced={"channel_tick_interval": 1000}, tls=True)
         node.start()
     except EnvironmentProblem as exc:
         if "node" in locals():

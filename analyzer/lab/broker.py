@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from analyzer.errors import EnvironmentProblem, UsageError
+from analyzer.lab import certs
 
 # A rabbitmq.conf value or an Erlang term for the `rabbit` application, as written into the files.
 SettingValue = int | str
@@ -42,7 +43,10 @@ INSTALL_HINT = "rabbitmq-server is not installed: run `apt-get install rabbitmq-
 # pika, amqp, aio-pika and scapy come with the `lab` extra; the install line a lab command prints when one is missing.
 LAB_EXTRA_HINT = "pip install 'amqp-hb[lab]' (with pipx: pipx inject amqp-hb pika amqp aio-pika scapy)"
 DEFAULT_AMQP_PORT = 5672  # IANA amqp; preferred so recorded captures look like real ones
-DEFAULT_AMQPS_PORT = 5671  # IANA amqps
+DEFAULT_AMQPS_PORT = 5671  # IANA amqps; preferred for the TLS listener, as 5672 is for plaintext
+# What the TLS listener accepts (rabbitmq.conf ssl_options.versions) and how it treats client certificates.
+TLS_LISTENER_VERSIONS = ("tlsv1.3", "tlsv1.2")
+TLS_VERIFY = "verify_none"  # the clients present no certificate; they verify the broker's
 # A cold 3.10 node with no plugins boots in about 4 s on 2 cores; 90 s covers a loaded CI machine.
 STARTUP_TIMEOUT = 90.0
 # rabbit's graceful shutdown takes about 1 s with no connections; after this we SIGKILL.
@@ -107,11 +111,19 @@ class BrokerInfo:
     version: str = ""
     platform: str = ""  # e.g. "Erlang/OTP 25.2.3"
     settings: Settings = field(default_factory=dict)  # rabbitmq.conf keys and runtime overrides
+    amqps_port: int | None = None  # the TLS listener's port, None without one
 
     def as_dict(self) -> dict[str, object]:
-        return {"url": redact_url(self.url), "host": self.host, "amqp_port": self.port, "managed": self.managed,
-                "node": self.node, "product": self.product, "version": self.version,
-                "platform": self.platform, "settings": dict(self.settings)}
+        info: dict[str, object] = {
+            "url": redact_url(self.url), "host": self.host, "amqp_port": self.port, "managed": self.managed,
+            "node": self.node, "product": self.product, "version": self.version,
+            "platform": self.platform, "settings": dict(self.settings)}
+        if self.amqps_port is not None:
+            info["amqps_port"] = self.amqps_port
+            info["tls_listener"] = {"versions": list(TLS_LISTENER_VERSIONS), "verify": TLS_VERIFY,
+                                    "certificate": "ECDSA P-256 for " + " ".join(certs.SERVER_HOSTS) +
+                                                   ", signed by a test CA generated at node start (not kept)"}
+        return info
 
 
 def redact_url(url: str) -> str:
@@ -154,6 +166,9 @@ class ExternalBroker:
         self.host = parts.hostname
         self.port = parts.port or (DEFAULT_AMQPS_PORT if parts.scheme == "amqps" else DEFAULT_AMQP_PORT)
         self.info = BrokerInfo(url=url, host=self.host, port=self.port, managed=False)
+        # No TLS runs against someone else's broker (the runner refuses them): no listener we know of.
+        self.amqps_port: int | None = None
+        self.ca_file: str | None = None
 
     def __enter__(self) -> ExternalBroker:
         try:
@@ -188,15 +203,22 @@ class LocalBroker:
 
     conf: rabbitmq.conf keys (e.g. {"consumer_timeout": 5000}); advanced: Erlang terms for the
     `rabbit` application (e.g. {"channel_tick_interval": 1000}), written to advanced.config.
+    tls: also a TLS (AMQPS) listener on amqps_port (default 5671 when free), with a server
+    certificate from a test CA generated into the node's temp dir (certs.make_pki): `amqps_url`,
+    `ca_file`; TLS 1.2 and 1.3, no client certificate asked for.
     """
 
     def __init__(self, conf: Settings | None = None, advanced: Settings | None = None, *,
                  amqp_port: int | None = None, startup_timeout: float = STARTUP_TIMEOUT,
-                 keep_dir: bool = False) -> None:
+                 keep_dir: bool = False, tls: bool = False, amqps_port: int | None = None) -> None:
         self.script = find_server_script()
         self.conf = dict(conf or {})
         self.advanced = dict(advanced or {})
         self.requested_port = amqp_port
+        self.tls = tls
+        self.requested_amqps_port = amqps_port
+        self.amqps_port: int | None = None
+        self.tls_files: certs.TlsFiles | None = None
         self.startup_timeout = startup_timeout
         self.keep_dir = keep_dir
         self.node = f"amqphb-{os.getpid()}-{int(time.time() * 1000) % 100000}@localhost"
@@ -213,6 +235,17 @@ class LocalBroker:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@{self.host}:{self.port}/%2F"
+
+    @property
+    def amqps_url(self) -> str:
+        if self.amqps_port is None:
+            raise UsageError("this broker node has no TLS listener (LocalBroker(tls=True) starts one)")
+        return f"amqps://guest:guest@{self.host}:{self.amqps_port}/%2F"
+
+    @property
+    def ca_file(self) -> str | None:
+        """The test CA's certificate (PEM) that signed the TLS listener's; None without TLS."""
+        return self.tls_files.ca_cert if self.tls_files else None
 
     @property
     def pausable(self) -> bool:
@@ -239,6 +272,9 @@ class LocalBroker:
     def start(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="amqphb-broker-")
         self.port = free_port(self.requested_port or DEFAULT_AMQP_PORT)
+        if self.tls:
+            self.amqps_port = free_port(self.requested_amqps_port or DEFAULT_AMQPS_PORT)
+            self.tls_files = certs.make_pki(os.path.join(self.dir, "tls"))
         dist_port = free_port()
         self.epmd_port = free_port()
         env = self._write_files(dist_port)
@@ -265,6 +301,7 @@ class LocalBroker:
             f.write(f"listeners.tcp.1 = {self.host}:{self.port}\n")
             if ipv6_loopback_available():
                 f.write(f"listeners.tcp.2 = ::1:{self.port}\n")
+            f.write(self._tls_conf())
             for key, value in self.conf.items():
                 f.write(f"{key} = {value}\n")
         terms = ", ".join(f"{{{k}, {v}}}" for k, v in self.advanced.items())
@@ -291,6 +328,20 @@ class LocalBroker:
         self._env = env
         return env
 
+    def _tls_conf(self) -> str:
+        """rabbitmq.conf lines of the TLS listener (same addresses as the plaintext one), or ""."""
+        files = self.tls_files
+        if files is None:
+            return ""
+        lines = [f"listeners.ssl.1 = {self.host}:{self.amqps_port}"]
+        if ipv6_loopback_available():
+            lines.append(f"listeners.ssl.2 = ::1:{self.amqps_port}")
+        lines += [f"ssl_options.cacertfile = {files.ca_cert}", f"ssl_options.certfile = {files.server_cert}",
+                  f"ssl_options.keyfile = {files.server_key}", f"ssl_options.verify = {TLS_VERIFY}",
+                  "ssl_options.fail_if_no_peer_cert = false",
+                  *(f"ssl_options.versions.{i} = {v}" for i, v in enumerate(TLS_LISTENER_VERSIONS, 1))]
+        return "".join(line + "\n" for line in lines)
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         last: Exception | None = None
@@ -300,16 +351,20 @@ class LocalBroker:
                                          f"during startup: {self._log_tail()}")
             try:
                 props = probe(self.url, timeout=PROBE_TIMEOUT)
-            except Exception as exc:  # noqa: BLE001 (not listening yet: any pika/socket error means "retry")
+                if self.tls_files is not None and self.amqps_port is not None:
+                    # Listeners come up one by one: ready once the TLS one completes a handshake too.
+                    certs.handshake(self.host, self.amqps_port, self.tls_files.ca_cert, timeout=PROBE_TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 (not listening yet: any pika/socket/ssl error means "retry")
                 last = exc
                 time.sleep(PROBE_INTERVAL)
                 continue
             self.info = BrokerInfo(url=self.url, host=self.host, port=self.port, managed=True, node=self.node,
                                    product=props.get("product", ""), version=props.get("version", ""),
                                    platform=props.get("platform", ""),
-                                   settings={**self.conf, **self.advanced})
+                                   settings={**self.conf, **self.advanced}, amqps_port=self.amqps_port)
             return
-        raise EnvironmentProblem(f"RabbitMQ node did not accept AMQP within {self.startup_timeout:.0f} s "
+        what = "AMQP and TLS" if self.tls else "AMQP"
+        raise EnvironmentProblem(f"RabbitMQ node did not accept {what} within {self.startup_timeout:.0f} s "
                                  f"({type(last).__name__}): {self._log_tail()}")
 
     def _log_tail(self) -> str:
@@ -428,8 +483,9 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def open_broker(url: str | None = None, conf: Settings | None = None,
-                advanced: Settings | None = None) -> ExternalBroker | LocalBroker:
-    """The broker for a run: `url` when given (an existing broker), else a fresh local node."""
+                advanced: Settings | None = None, tls: bool = False) -> ExternalBroker | LocalBroker:
+    """The broker for a run: `url` when given (an existing broker), else a fresh local node
+    (with a TLS listener when `tls`)."""
     if url:
         return ExternalBroker(url)
-    return LocalBroker(conf=conf, advanced=advanced)
+    return LocalBroker(conf=conf, advanced=advanced, tls=tls)
