@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import threading
 from typing import TextIO
@@ -51,6 +52,11 @@ def register(subparsers) -> None:
     run.add_argument("-i", "--interface", metavar="IFACE",
                      help="capture interface (default lo; `any` records Linux cooked SLL2 like `tcpdump -i any`)")
     run.add_argument("--ipv6", action="store_true", help="clients connect to a local broker over [::1]")
+    run.add_argument("--tls", action="store_true",
+                     help="every client connection uses TLS (AMQPS, the node's port 5671 when free) and writes "
+                          "its secrets to OUT/BASENAME.keys beside the pcap (Wireshark: -o tls.keylog_file:FILE)")
+    run.add_argument("--tls-version", choices=("1.2", "1.3"), metavar="{1.2,1.3}",
+                     help="pin the clients' TLS version (implies --tls; default: negotiated, TLS 1.3 here)")
     run.set_defaults(handler=run_scenario_command)
 
 
@@ -121,12 +127,17 @@ def run_scenario_command(args: argparse.Namespace, stdout: TextIO, stderr: TextI
     with sigterm_as_interrupt():
         result = run_scenario(args.name, out_dir=args.out, broker_url=args.broker, heartbeat=args.heartbeat,
                               work=args.work, messages=args.messages, backend=args.backend, progress=progress,
-                              interface=args.interface, ipv6=args.ipv6, basename=args.basename)
+                              interface=args.interface, ipv6=args.ipv6, basename=args.basename,
+                              tls=args.tls, tls_version=args.tls_version)
     meta = result.metadata
     cap = meta["capture"]
     dropped = "unknown" if cap["dropped"] is None else cap["dropped"]
     stdout.write(f"capture:  {result.pcap} ({cap['packets']} packets, {dropped} dropped, {cap['backend']})\n")
     stdout.write(f"metadata: {result.metadata_path}\n")
+    if result.keylog:
+        tls = meta["tls"]
+        sessions = ", ".join(f"{s['version']} {s['cipher']}" for s in tls["negotiated"]) or "none logged"
+        stdout.write(f"key log:  {result.keylog} (TLS on port {tls['port']}: {sessions})\n")
     client = meta["client"]
     stdout.write(f"broker:   {meta['broker']['product']} {meta['broker']['version']}, "
                  f"{client['library']} {client['version']}\n")
@@ -144,11 +155,16 @@ def run_scenario_command(args: argparse.Namespace, stdout: TextIO, stderr: TextI
 
 
 def compare_with_analysis(pcap: str, meta: dict, stdout: TextIO, stderr: TextIO) -> ExitStatus:
-    """Analyze the capture and say, per connection, whether the verdict matches the ground truth."""
-    from analyzer.api import analyze_file
+    """Analyze the capture and say, per connection, whether the verdict matches the ground truth.
 
-    # Only the broker's port is named: the proxy port must be auto-detected as AMQP.
-    analysis = analyze_file(pcap, ports=(meta["ports"]["amqp"],))
+    A TLS run is analyzed with its key log (metadata `tls.keylog`, beside the capture)."""
+    from analyzer.api import analyze_file, read_keylog
+
+    # Only the broker's port(s) are named: the proxy port must be auto-detected as AMQP.
+    ports = tuple(meta["ports"][kind] for kind in ("amqp", "amqps") if kind in meta["ports"])
+    keylog = meta.get("tls", {}).get("keylog")
+    tls_keys = read_keylog(os.path.join(os.path.dirname(pcap), keylog)) if keylog else None
+    analysis = analyze_file(pcap, ports=ports, tls_keys=tls_keys)
     found = {c.timeline.info.id: c.verdict for c in analysis.connections}
     status = ExitStatus.OK
     for cid, expected in meta["expected_verdicts"].items():

@@ -4,7 +4,8 @@ Run as `python -m analyzer.lab.scenarios.client NAME PARAMS_JSON` (program.py ha
 main every client program shares). PARAMS_JSON carries the broker URL (`url`, maybe a proxy), the
 direct broker URL for the publisher (`publish_url`), the queue, the event log path and the timings.
 Each connection logs its own id `CLIENT:PORT->SERVER:PORT` (read from the socket), the broker's
-Connection.Tune proposal and the heartbeat sent back in Tune-Ok.
+Connection.Tune proposal and the heartbeat sent back in Tune-Ok. In a TLS run (amqps:// URLs) every
+connection uses program.tls_context() through pika.SSLOptions and logs the negotiated version and cipher.
 """
 from __future__ import annotations
 
@@ -18,20 +19,29 @@ from typing import Any
 
 import pika
 
-from analyzer.lab.scenarios.program import declare, emit, log_exception, run_program, socket_id
+from analyzer.lab.scenarios import program
+from analyzer.lab.scenarios.program import declare, emit, log_exception, run_program, socket_id, tls_context, tls_facts
 
 LIBRARY = "pika"
 
 
-def connection_id(conn: pika.BlockingConnection) -> tuple[str, str, str]:
-    """(id, local, remote) of a BlockingConnection, read from its socket.
+def connection_socket(conn: pika.BlockingConnection) -> Any:
+    """The socket of a BlockingConnection (an ssl.SSLSocket over TLS), or None.
 
-    pika keeps the socket at connection._impl._transport._sock (pika 1.x adapters/utils/io_services_utils.py);
-    the attribute path is private, so any failure yields "unknown" rather than an exception.
+    pika keeps it at connection._impl._transport._sock (pika 1.x adapters/utils/io_services_utils.py);
+    the attribute path is private, so any failure yields None rather than an exception.
     """
     try:
-        return socket_id(conn._impl._transport._sock)
+        return conn._impl._transport._sock
     except Exception:  # noqa: BLE001 (private pika internals: a version change must not abort the scenario)
+        return None
+
+
+def connection_id(conn: pika.BlockingConnection) -> tuple[str, str, str]:
+    """(id, local, remote) of a BlockingConnection, read from its socket; "unknown" when unreadable."""
+    try:
+        return socket_id(connection_socket(conn))
+    except Exception:  # noqa: BLE001 (no socket, or a closed one: the id is then unknown, the run goes on)
         return "unknown", "", ""
 
 
@@ -50,13 +60,18 @@ def connect(url: str, role: str, heartbeat, blocked_timeout: float | None = None
     params.heartbeat = choose
     params.blocked_connection_timeout = blocked_timeout
     params.connection_attempts = 1
+    context = tls_context()
+    if context is not None:
+        assert program.TLS is not None
+        params.ssl_options = pika.SSLOptions(context, server_hostname=program.TLS["server_hostname"])
     conn = pika.BlockingConnection(params)
     cid, local, remote = connection_id(conn)
     impl = conn._impl
+    tls = tls_facts(connection_socket(conn))
     emit("connected", role=role, connection=cid, local=local, remote=remote, library=LIBRARY,
          library_version=pika.__version__, server_heartbeat=tune.get("server_heartbeat"),
          heartbeat=impl.params.heartbeat, frame_max=impl.params.frame_max, channel_max=impl.params.channel_max,
-         blocked_connection_timeout=blocked_timeout)
+         blocked_connection_timeout=blocked_timeout, **({"tls": tls} if tls else {}))
     return conn
 
 

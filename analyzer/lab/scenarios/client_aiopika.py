@@ -9,7 +9,9 @@ blocks synchronously (time.sleep) stops the loop, so no heartbeat leaves and not
 socket; one that awaits its work (`await asyncio.to_thread(...)`) leaves the loop running.
 
 The publisher is a short pika connection (client.publish, in a thread so the loop keeps running);
-the metadata names each connection's library.
+the metadata names each connection's library. In a TLS run (amqps:// URLs) aio_pika.connect gets
+program.tls_context() as its ssl_context (aiormq verifies the broker's certificate for the URL's
+host, 127.0.0.1 or ::1, both in the test certificate).
 """
 from __future__ import annotations
 
@@ -29,10 +31,11 @@ from pamqp import commands
 from pamqp.common import FieldTable
 
 from analyzer.lab.scenarios.client import publish
-from analyzer.lab.scenarios.program import QUEUE_ARGUMENTS, emit, run_program, socket_id
+from analyzer.lab.scenarios.program import QUEUE_ARGUMENTS, emit, run_program, socket_id, tls_context, tls_facts
 
 LIBRARY = "aio-pika"
 AIORMQ = importlib.metadata.version("aiormq")
+SETTLE = 0.1  # s after the last ack; the reader saw the broker's reset about 1 ms after the ack here
 
 
 class Handshake:
@@ -52,6 +55,7 @@ class Handshake:
 
         async def recording_rpc(request: Any, writer: asyncio.StreamWriter, *args: Any, **kwargs: Any) -> Any:
             cls.seen["socket"] = writer.get_extra_info("socket")
+            cls.seen["ssl_object"] = writer.get_extra_info("ssl_object")  # None over plain TCP
             frame = await rpc(request, writer, *args, **kwargs)
             if isinstance(frame, commands.Connection.Tune):
                 cls.seen["server_heartbeat"] = frame.heartbeat  # before aiormq overwrites it with its own
@@ -66,15 +70,16 @@ async def connect(url: str, role: str, heartbeat: int) -> aio_pika.abc.AbstractC
     Handshake.seen.clear()
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), ("heartbeat", str(heartbeat))])
-    conn = await aio_pika.connect(urllib.parse.urlunsplit(parts._replace(query=query)))
+    conn = await aio_pika.connect(urllib.parse.urlunsplit(parts._replace(query=query)), ssl_context=tls_context())
     try:
         cid, local, remote = socket_id(Handshake.seen["socket"])
     except (KeyError, OSError):
         cid, local, remote = "unknown", "", ""
     transport = conn.transport.connection if conn.transport else None
+    tls = tls_facts(Handshake.seen.get("ssl_object"))
     emit("connected", role=role, connection=cid, local=local, remote=remote, library=LIBRARY,
          library_version=aio_pika.__version__, aiormq=AIORMQ, server_heartbeat=Handshake.seen.get("server_heartbeat"),
-         heartbeat=getattr(transport, "heartbeat_timeout", heartbeat))
+         heartbeat=getattr(transport, "heartbeat_timeout", heartbeat), **({"tls": tls} if tls else {}))
     return conn
 
 
@@ -123,6 +128,9 @@ async def consumer(p: dict[str, Any], healthy: bool) -> None:
         emit("ack", delivery_tag=tag)
         acked += 1
         if acked >= p["messages"]:
+            # A reset the ack's write met surfaces through aiormq's reader on a later turn of the loop
+            # (over TLS only after the write went out): give it that turn before calling the run done.
+            await asyncio.sleep(SETTLE)
             end(None)
 
     await queue.consume(on_message)

@@ -15,6 +15,10 @@
 //
 // The publisher is a second, short amqplib connection (the broker's heartbeat proposal, closed
 // normally).
+//
+// TLS runs (PARAMS_JSON's `tls`: ca, version, server_hostname): every connection is amqps with the
+// test CA, the server name and, when set, one pinned version, as socket options amqplib hands to
+// tls.connect. The runner starts node with --tls-keylog=FILE, so Node writes the secrets itself.
 'use strict';
 
 const fs = require('node:fs');
@@ -70,27 +74,36 @@ try {
   // a version without these internals: server_heartbeat is logged as null
 }
 
+let TLS = null; // the run's TLS settings (main sets them), null: plain TCP
+
+function socketOptions() {
+  if (!TLS) return {};
+  const version = TLS.version ? `TLSv${TLS.version}` : undefined;
+  return {ca: [fs.readFileSync(TLS.ca)], servername: TLS.server_hostname, minVersion: version, maxVersion: version};
+}
+
 async function connect(url, role, heartbeat) {
   const u = new URL(url);
   const options = {
-    protocol: 'amqp',
+    protocol: TLS ? 'amqps' : 'amqp',
     hostname: u.hostname.replace(/^\[(.*)\]$/, '$1'),
-    port: Number(u.port) || 5672,
+    port: Number(u.port) || (TLS ? 5671 : 5672),
     username: decodeURIComponent(u.username || 'guest'),
     password: decodeURIComponent(u.password || 'guest'),
     vhost: decodeURIComponent(u.pathname.slice(1)) || '/',
   };
   if (heartbeat !== null) options.heartbeat = heartbeat; // absent: amqplib takes the broker's value
   delete TUNE.serverHeartbeat;
-  const conn = await amqplib.connect(options);
+  const conn = await amqplib.connect(options, socketOptions());
   const c = conn.connection;
   const sock = c.stream;
   const local = endpoint(sock.localAddress, sock.localPort);
   const remote = endpoint(sock.remoteAddress, sock.remotePort);
+  const tls = TLS ? {tls: {version: sock.getProtocol(), cipher: sock.getCipher().name}} : {};
   emit('connected', {
     role, connection: `${local}->${remote}`, local, remote, library: LIBRARY, library_version: VERSION,
     server_heartbeat: TUNE.serverHeartbeat === undefined ? null : TUNE.serverHeartbeat,
-    heartbeat: c.heartbeat, frame_max: c.frameMax, channel_max: c.channelMax,
+    heartbeat: c.heartbeat, frame_max: c.frameMax, channel_max: c.channelMax, ...tls,
   });
   return conn;
 }
@@ -185,6 +198,7 @@ async function main(argv) {
   const [name, json] = argv;
   const params = JSON.parse(json);
   LOG = params.events;
+  TLS = params.tls || null;
   emit('start', {scenario: name, pid: process.pid, library: LIBRARY, version: VERSION, node: process.version});
   try {
     await SCENARIOS[name](params);

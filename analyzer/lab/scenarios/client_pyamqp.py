@@ -11,11 +11,16 @@ raises ConnectionForced when nothing was received for 2T. A message handler runs
 drain_events: while it blocks, nothing ticks and nothing is sent.
 
 The publisher is a short pika connection (client.publish); the metadata names each connection's
-library.
+library. In a TLS run py-amqp gets its `ssl` option in the `context` form ({"context": {"cafile":
+CA, "check_hostname": True}, "server_hostname": ...}): py-amqp then builds the context with
+ssl.create_default_context, which writes the key log named by SSLKEYLOGFILE (set here from the
+run's key log). That form takes no version bounds (the runner refuses --tls-version for py-amqp):
+the version is negotiated (TLS 1.3 here).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -26,8 +31,9 @@ from typing import Any
 import amqp  # type: ignore[import-untyped]  # py-amqp ships no type information
 import pika
 
+from analyzer.lab.scenarios import program
 from analyzer.lab.scenarios.client import publish
-from analyzer.lab.scenarios.program import declare, emit, run_program, socket_id
+from analyzer.lab.scenarios.program import declare, emit, run_program, socket_id, tls_facts
 
 LIBRARY = "py-amqp"
 # Seconds drain_events waits for a frame before the loop ticks: T/4, so heartbeat_tick runs often
@@ -41,13 +47,26 @@ def connect(url: str, role: str, heartbeat: int) -> amqp.Connection:
     conn = amqp.Connection(host=parts.netloc.rsplit("@", 1)[-1],  # HOST:PORT or [V6]:PORT, as py-amqp reads it
                            userid=urllib.parse.unquote(parts.username or "guest"),
                            password=urllib.parse.unquote(parts.password or "guest"),
-                           virtual_host=urllib.parse.unquote(parts.path[1:]) or "/", heartbeat=heartbeat)
+                           virtual_host=urllib.parse.unquote(parts.path[1:]) or "/", heartbeat=heartbeat,
+                           ssl=ssl_option())
     conn.connect()
     cid, local, remote = socket_id(conn.sock)
+    tls = tls_facts(conn.sock)
     emit("connected", role=role, connection=cid, local=local, remote=remote, library=LIBRARY,
          library_version=amqp.__version__, server_heartbeat=conn.server_heartbeat, heartbeat=conn.heartbeat,
-         frame_max=conn.frame_max, channel_max=conn.channel_max)
+         frame_max=conn.frame_max, channel_max=conn.channel_max, **({"tls": tls} if tls else {}))
     return conn
+
+
+def ssl_option() -> dict[str, Any] | bool:
+    """py-amqp's `ssl` argument: False for plain TCP, else the context form with the test CA."""
+    tls = program.TLS
+    if tls is None:
+        return False
+    os.environ["SSLKEYLOGFILE"] = tls["keylog"]  # read by create_default_context inside py-amqp
+    # amqp/transport.py SSLTransport._wrap_context: `context` goes to create_default_context (check_hostname
+    # set on the result), the other keys to wrap_socket.
+    return {"context": {"cafile": tls["ca"], "check_hostname": True}, "server_hostname": tls["server_hostname"]}
 
 
 def serve(conn: amqp.Connection, done: Callable[[], bool], tick: float) -> None:

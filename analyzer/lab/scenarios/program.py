@@ -6,12 +6,17 @@ A client program (client.py for pika, client_pyamqp.py, client_aiopika.py) runs 
 blocked in a callback can be killed and its log survives it. Every event is one JSON object per
 line, flushed at once, with an epoch timestamp `t` (client_amqplib.js writes the same lines). No
 client library is imported here: each program imports its own.
+
+TLS runs: PARAMS_JSON's `tls` ({ca, version, keylog, server_hostname}) says how every connection of
+the program speaks TLS; run_program keeps it in TLS, `tls_context` turns it into the SSLContext the
+program hands its library, and `tls_facts` reads what was negotiated for the `connected` event.
 """
 from __future__ import annotations
 
 import json
 import os
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -19,8 +24,12 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
+from analyzer.lab import certs
+
 LOCK = threading.Lock()
 LOG: TextIO | None = None  # the open event log (run_program opens it)
+# The run's TLS settings (PARAMS_JSON's `tls`: ca, version, keylog, server_hostname); None: plaintext.
+TLS: dict[str, Any] | None = None
 
 # x-expires: the broker deletes a queue 60 s after its last use, so runs leave nothing behind.
 QUEUE_ARGUMENTS = {"x-expires": 60000}
@@ -46,6 +55,20 @@ def socket_id(sock: socket.socket) -> tuple[str, str, str]:
     return f"{local}->{remote}", local, remote
 
 
+def tls_context() -> ssl.SSLContext | None:
+    """The client SSLContext of a TLS run (test CA, pinned version, key log), None for plaintext."""
+    if TLS is None:
+        return None
+    return certs.client_context(TLS["ca"], TLS.get("version"), TLS.get("keylog"))
+
+
+def tls_facts(sock: Any) -> dict[str, object] | None:
+    """Version and cipher of a TLS socket or SSLObject (for the `connected` event), None for plain TCP."""
+    if isinstance(sock, ssl.SSLSocket | ssl.SSLObject):
+        return certs.session_facts(sock)
+    return None
+
+
 def declare(channel: Any, queue: str) -> None:
     """queue.declare with the same arguments from pika and py-amqp (same keywords; py-amqp's
     auto_delete defaults to True, pika's to False: spelled out, so both declare the same queue)."""
@@ -67,8 +90,9 @@ def run_program(argv: list[str], scenarios: Mapping[str, Callable[[dict[str, Any
     library/version: the client library under test (`start` carries them); versions: other
     libraries the program runs (e.g. pika for a publisher connection).
     """
-    global LOG
+    global LOG, TLS
     name, params = argv[0], json.loads(argv[1])
+    TLS = params.get("tls")
     LOG = open(params["events"], "a", encoding="utf-8")  # noqa: SIM115 (open for the process's life; emit writes)
     emit("start", scenario=name, pid=os.getpid(), library=library, version=version,
          python=sys.version.split()[0], **versions)

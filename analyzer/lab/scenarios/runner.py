@@ -7,7 +7,10 @@ as a subprocess writing JSON lines (the program of the scenario's client library
 runner polls that log to time its own
 actions (pause the broker, kill an idle publisher, stop the capture of a connection held open,
 raise and clear the broker's memory alarm), merges client, proxy and runner events by time, and
-writes `<out>/<name>-<UTC>.pcap` + `.json`.
+writes `<out>/<name>-<UTC>.pcap` + `.json`. A TLS run (tls=True) points every client connection at
+the node's TLS listener (amqps://, the test CA, server name localhost, optionally one pinned
+version), captures that port, and has the clients append their session secrets to
+`<out>/<name>-<UTC>.keys` (NSS key log: Wireshark's tls.keylog_file), named in the metadata's `tls`.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import uuid
 from dataclasses import dataclass
 
 from analyzer.errors import EnvironmentProblem, UsageError
+from analyzer.lab import certs
 from analyzer.lab.broker import CTL_SCRIPTS, INSTALL_HINT, LAB_EXTRA_HINT, LocalBroker, die_with_parent, open_broker
 from analyzer.lab.capture import LiveCapture
 from analyzer.lab.scenarios import catalog
@@ -54,6 +58,10 @@ PROGRAMS = {
 NODE_MODULES = os.path.join(sys.prefix, "node", "node_modules")
 NODE_HINT = ("Node.js and amqplib: `apt-get install nodejs npm`, then `make venv` "
              f"(npm install --prefix {os.path.dirname(NODE_MODULES)} amqplib)")
+# py-amqp builds its SSLContext itself: the `context` form of its `ssl` option (create_default_context,
+# which honours SSLKEYLOGFILE) takes no version bounds, and the form with bounds writes no key log.
+TLS_VERSION_UNPINNABLE = {catalog.PY_AMQP}
+TLS_CA_NOTE = "test CA generated at broker start, deleted with the node"
 
 
 @dataclass
@@ -62,6 +70,7 @@ class RunResult:
     pcap: str
     metadata_path: str
     metadata: dict
+    keylog: str | None = None  # TLS runs: the clients' key log (NSS format) beside the pcap
 
     @property
     def expected_verdicts(self) -> dict:
@@ -149,7 +158,8 @@ def resolve_params(scenario: catalog.Scenario, heartbeat=None, work=None, messag
 def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str | None = None,
                  heartbeat: int | None = None, work: float | None = None, messages: int | None = None,
                  backend: str = "auto", basename: str | None = None, progress=None,
-                 interface: str | None = None, ipv6: bool = False) -> RunResult:
+                 interface: str | None = None, ipv6: bool = False, tls: bool = False,
+                 tls_version: str | None = None) -> RunResult:
     """Run scenario `name` and return the files written.
 
     broker: an already entered LocalBroker/ExternalBroker to share (the test session's), else
@@ -158,9 +168,15 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
     progress: optional callable(str) for one-line status messages.
     interface: capture interface (default: lo for a local broker, else any).
     ipv6: clients reach a local broker over [::1] (RabbitMQ listens on both families by default).
+    tls: every client connection speaks TLS to the node's TLS listener (a LocalBroker(tls=True):
+    the one started here, or `broker`), writing its secrets to `<base>.keys`; tls_version "1.2"
+    or "1.3" pins it (and implies tls), None lets client and broker negotiate.
     """
     scenario = catalog.get(name)
     params = resolve_params(scenario, heartbeat, work, messages)
+    tls = tls or tls_version is not None
+    if tls:
+        check_tls(scenario, tls_version, broker_url)
     missing = client_problem(scenario)
     if missing:
         raise EnvironmentProblem(missing)
@@ -169,6 +185,7 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
     base = os.path.join(out_dir, basename or f"{name}-{utc_stamp(started)}")
     os.makedirs(out_dir or ".", exist_ok=True)
     pcap_path, meta_path = base + ".pcap", base + ".json"
+    keylog_path = os.path.abspath(base + ".keys") if tls else None
     work_dir = tempfile.mkdtemp(prefix="amqphb-run-")
     log = EventLog(os.path.join(work_dir, "events.jsonl"))
     meta: dict = {}
@@ -182,21 +199,23 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
             if broker_url and scenario.needs_local_broker:
                 raise UsageError(f"scenario {name} pauses or reconfigures the broker: run it without --broker")
             say("starting a throwaway RabbitMQ node" if not broker_url else "probing the broker")
-            broker = stack.enter_context(open_broker(broker_url, conf=conf, advanced=advanced))
+            broker = stack.enter_context(open_broker(broker_url, conf=conf, advanced=advanced, tls=tls))
         else:
             if scenario.needs_local_broker and not isinstance(broker, LocalBroker):
                 raise UsageError(f"scenario {name} pauses or reconfigures the broker: it needs a local node")
             if settings:
                 previous = broker.set_runtime(settings)
                 stack.callback(broker.restore_runtime, previous)
-        ports = [broker.port]
-        publish_url = client_url = broker.info.url
+        tls_run = _tls_run(broker, tls_version, keylog_path)
+        port = tls_run["port"] if tls_run else broker.port
+        ports = [port]
+        publish_url = client_url = broker.amqps_url if tls_run else broker.info.url
         if ipv6:
             if not _is_local(broker.host):
                 raise UsageError("--ipv6 needs a local broker (the clients connect to [::1])")
-            publish_url = client_url = _with_host(broker.info.url, "[::1]")
+            publish_url = client_url = _with_host(publish_url, "[::1]")
         if scenario.proxy:
-            proxy = stack.enter_context(TcpProxy(broker.host, broker.port,
+            proxy = stack.enter_context(TcpProxy(broker.host, port,
                                                  on_event=lambda ev, **f: log.add("proxy", ev, **f)))
             ports.append(proxy.port)
             client_url = _with_port(client_url, proxy.port)
@@ -208,6 +227,8 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
                          "idle_first": catalog.idle_seconds(scenario, params["heartbeat"]),
                          # the runner creates this file once it has raised the memory alarm
                          "runner_signal": os.path.join(work_dir, ALARM_SIGNAL)}
+        if tls_run:
+            client_params["tls"] = tls_run["client"]
         say(f"running {name} (heartbeat={params['heartbeat']} work={params['work']:g})")
         client = _start_client(scenario, client_params, work_dir)
         stack.callback(_kill, client)
@@ -219,11 +240,44 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
             log.add("runner", "client_killed", signal="SIGTERM")
         exit_status = client.returncode if exit_status is None else exit_status
         meta = build_metadata(scenario, params, settings, broker, cap, log, client_params, exit_status,
-                              ports, started, os.path.basename(pcap_path), work_dir)
+                              ports, started, os.path.basename(pcap_path), work_dir,
+                              tls_run["metadata"] if tls_run else None)
     with open(meta_path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
         f.write("\n")
-    return RunResult(name, pcap_path, meta_path, meta)
+    return RunResult(name, pcap_path, meta_path, meta, keylog=keylog_path)
+
+
+def check_tls(scenario: catalog.Scenario, tls_version: str | None, broker_url: str | None) -> None:
+    """Refuse, before anything starts, a TLS run that cannot happen as asked."""
+    if broker_url:
+        raise UsageError("TLS runs need a node started by amqp-hb (its test CA signs the TLS listener's "
+                         "certificate): run without --broker")
+    if tls_version is not None:
+        if tls_version not in certs.TLS_VERSIONS:
+            raise UsageError(f"--tls-version must be one of {', '.join(certs.TLS_VERSIONS)}, got {tls_version!r}")
+        if scenario.client in TLS_VERSION_UNPINNABLE:
+            raise UsageError(f"scenario {scenario.name} runs {scenario.client}, which cannot pin a TLS version "
+                             "and write a key log at once: run it with --tls alone (it negotiates TLS 1.3)")
+
+
+def _tls_run(broker, tls_version: str | None, keylog_path: str | None) -> dict | None:
+    """What a TLS run hands the client (`client`) and records (`metadata`); None for a plaintext run.
+
+    Starts the key log empty: the clients append to it (Python's SSLContext.keylog_filename, node's
+    --tls-keylog), so a file left by an earlier run with the same name would mix two sessions' secrets.
+    """
+    if keylog_path is None:
+        return None
+    if broker.amqps_port is None or broker.ca_file is None:
+        raise UsageError("a TLS run needs a broker node with a TLS listener (LocalBroker(tls=True))")
+    open(keylog_path, "w").close()
+    client = {"ca": broker.ca_file, "version": tls_version, "keylog": keylog_path,
+              "server_hostname": certs.SERVER_NAME}
+    metadata = {"version_requested": tls_version, "port": broker.amqps_port,
+                "keylog": os.path.basename(keylog_path), "server_hostname": certs.SERVER_NAME,
+                "ca": TLS_CA_NOTE}
+    return {"port": broker.amqps_port, "client": client, "metadata": metadata}
 
 
 def _orchestrate(scenario, params, broker, client, log: EventLog, cap) -> int | None:
@@ -327,7 +381,9 @@ def _start_client(scenario: catalog.Scenario, params: dict, work_dir: str) -> su
     kind, program, _needs = PROGRAMS[scenario.client]
     if kind == "node":
         env = _node_env()
-        command = [shutil.which("node") or "node", program]
+        # Node writes the TLS secrets of every connection of the process to this file (NSS key log).
+        keylog = [f"--tls-keylog={params['tls']['keylog']}"] if params.get("tls") else []
+        command = [shutil.which("node") or "node", *keylog, program]
     else:
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
         env = dict(os.environ)
@@ -379,7 +435,9 @@ def _is_local(host: str) -> bool:
 
 
 def build_metadata(scenario, params, settings, broker, cap, log: EventLog, client_params, exit_status,
-                   ports, started, pcap_name, work_dir) -> dict:
+                   ports, started, pcap_name, work_dir, tls: dict | None = None) -> dict:
+    """The run's `.json`. tls: the TLS run's facts (_tls_run); each connection then gets `tls` (what its
+    client negotiated: version, cipher; null for a plaintext one) and `negotiated` lists them."""
     events = log.merged()
     connections: dict[str, dict] = {}
     blocked_at = {e["role"]: e["t"] for e in events if e["event"] == "blocked" and e["source"] == "client"}
@@ -392,14 +450,21 @@ def build_metadata(scenario, params, settings, broker, cap, log: EventLog, clien
                                             "library_version": e.get("library_version"),
                                             "heartbeat": e.get("heartbeat"),
                                             "server_heartbeat": e.get("server_heartbeat")}
+            if tls is not None:
+                connections[e["connection"]]["tls"] = e.get("tls")
             if e.get("blocked_connection_timeout") is not None:
                 connections[e["connection"]]["blocked_connection_timeout"] = e["blocked_connection_timeout"]
         elif e["event"] == "proxy_accept":
-            leg = connections.get(e["connection"], {})  # the upstream leg carries the client leg's bytes
             connections[e["upstream"]] = {"role": catalog.UPSTREAM, "via": "proxy-to-broker",
-                                          "client_leg": e["connection"], "library": leg.get("library"),
-                                          "library_version": leg.get("library_version")}
+                                          "client_leg": e["connection"]}
     for info in connections.values():
+        if info["role"] == catalog.UPSTREAM:
+            # The upstream leg carries the client leg's bytes (TLS records too, unchanged); the proxy
+            # accepts before the client logs `connected`, so the leg is looked up once all are known.
+            leg = connections.get(info["client_leg"], {})
+            info["library"], info["library_version"] = leg.get("library"), leg.get("library_version")
+            if tls is not None:
+                info["tls"] = leg.get("tls")
         info["expected_verdict"] = scenario.verdicts.get(info["role"], catalog.UNKNOWN)
         if info["role"] in scenario.expected_causes:
             info["expected_cause"] = scenario.expected_causes[info["role"]]
@@ -412,6 +477,14 @@ def build_metadata(scenario, params, settings, broker, cap, log: EventLog, clien
                                             errors="replace") as f:
         client_output = f.read()[-2000:]
     ended = time.time()
+    expected_exception = scenario.expected_exception(tls is not None)
+    ports_used = {"amqp": broker.port}
+    if tls is not None:
+        ports_used["amqps"] = tls["port"]
+        sessions = [c["tls"] for c in connections.values() if c.get("tls")]
+        tls = {**tls, "negotiated": [s for i, s in enumerate(sessions) if s not in sessions[:i]]}
+    if len(ports) > 1:
+        ports_used["proxy"] = ports[1]
     return {
         "schema": SCHEMA,
         "scenario": scenario.name,
@@ -425,20 +498,21 @@ def build_metadata(scenario, params, settings, broker, cap, log: EventLog, clien
                    # the other runtimes and libraries the program ran (pika: the Python programs' publisher)
                    **{k: client_start[k] for k in ("pika", "aiormq", "python", "node") if k in client_start},
                    "exit_status": exit_status, "output_tail": client_output if exit_status not in (0, None) else ""},
-        "ports": {"amqp": broker.port, **({"proxy": ports[1]} if len(ports) > 1 else {})},
+        "ports": ports_used,
+        **({"tls": tls} if tls is not None else {}),
         "capture": {**cap.stats.as_dict(), "file": pcap_name},
-        "expected_exception": scenario.exception,
+        "expected_exception": expected_exception,
         "observed_exceptions": observed,
-        "as_expected": _as_expected(scenario, observed, connections),
+        "as_expected": _as_expected(scenario, expected_exception, observed, connections),
         "connections": connections,
         "expected_verdicts": {cid: info["expected_verdict"] for cid, info in connections.items()},
         "events": events,
     }
 
 
-def _as_expected(scenario, observed: list[str], connections: dict) -> bool:
-    if scenario.exception and scenario.exception not in observed:
+def _as_expected(scenario, expected: str | None, observed: list[str], connections: dict) -> bool:
+    if expected and expected not in observed:
         return False
-    if not scenario.exception and observed:
+    if not expected and observed:
         return False
     return set(scenario.verdicts) <= {c["role"] for c in connections.values()}
