@@ -4,8 +4,10 @@ Usage (root, rabbitmq-server and tcpdump installed):  .venv/bin/python tools/rec
 
 One throwaway node serves all runs (broker-paused freezes it, consumer-timeout reconfigures it at
 runtime and restores it). The node gets channel_tick_interval=1000 so the consumer timeout fires
-within a second of expiring. Files carry no timestamp in their names, so tests and docs can refer
-to them stably; the run's UTC time is inside the .json.
+within a second of expiring, and a TLS listener (port 5671 when free, a test CA made at its start)
+for the tls* variants, which also write captures/<name>.keys (the clients' key log). Files carry no
+timestamp in their names, so tests and docs can refer to them stably; the run's UTC time is inside
+the .json.
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ from analyzer.lab.scenarios.runner import run_scenario
 VARIANTS = {
     # `tcpdump -i any` (Linux cooked SLL2) of clients reaching the broker over IPv6 loopback.
     "blocked-callback-ipv6-any": ("blocked-callback", {"ipv6": True, "interface": "any"}),
+    # The blog's run over TLS (AMQPS), each TLS version pinned; with the key log that decrypts it.
+    "tls12-blocked-callback": ("blocked-callback", {"tls_version": "1.2"}),
+    "tls13-blocked-callback": ("blocked-callback", {"tls_version": "1.3"}),
 }
 
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "captures")
@@ -31,8 +36,9 @@ OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 def main(names: list[str]) -> int:
     names = names or [*catalog.SCENARIOS, *VARIANTS]
     failed = []
-    with LocalBroker(advanced={"channel_tick_interval": 1000}) as broker:
-        print(f"broker {broker.info.product} {broker.info.version} on port {broker.port}", flush=True)
+    with LocalBroker(advanced={"channel_tick_interval": 1000}, tls=True) as broker:
+        print(f"broker {broker.info.product} {broker.info.version} on port {broker.port}, TLS on {broker.amqps_port}",
+              flush=True)
         for name in names:
             t = time.time()
             scenario, options = VARIANTS.get(name, (name, {}))
@@ -41,8 +47,9 @@ def main(names: list[str]) -> int:
             size = os.path.getsize(result.pcap)
             clean = meta["as_expected"] and meta["capture"]["dropped"] in (0, None)
             ok = "ok" if clean else f"NOT AS EXPECTED (dropped {meta['capture']['dropped']})"
+            tls = f"  {meta['tls']['negotiated']} key log {meta['tls']['keylog']}" if result.keylog else ""
             print(f"{name:<20} {time.time() - t:5.1f} s  {meta['capture']['packets']:4d} packets  {size:6d} bytes  "
-                  f"{ok}  {meta['expected_verdicts']}", flush=True)
+                  f"{ok}  {meta['expected_verdicts']}{tls}", flush=True)
             if not clean:
                 failed.append(name)
     return 1 if failed else 0
