@@ -3,7 +3,7 @@ import pathlib
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_broker", "tests.fixtures_clients"]
+pytest_plugins = ["tests.fixtures_broker", "tests.fixtures_clients", "tests.fixtures_tls"]
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CAPTURES = REPO / "captures"
