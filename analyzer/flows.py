@@ -40,7 +40,7 @@ from analyzer.records import (
 )
 from analyzer.tls.keylog import KeyLog
 from analyzer.tls.records import HANDSHAKE
-from analyzer.tls.session import TlsSession
+from analyzer.tls.session import DECRYPTED, TlsSession
 
 # Bytes per direction (and events per flow) a flow on an unknown port may show before we give
 # up on it: connection.start is about 500 bytes, so 8 KiB is many frames of evidence.
@@ -330,6 +330,22 @@ class FlowTable(Generic[Cache]):
         self.retired: dict[bytes, float] = {}  # key -> when its flow was retired
         self.retired_order: deque[tuple[float, bytes, bytes]] = deque()
         self.late_packets = 0  # packets for flows already retired
+        # TLS connections on ports not known to carry AMQP whose content could not be shown to be
+        # AMQP (no keys): server port -> count. Not listed, but said (Engine.finish).
+        self.tls_unproven: dict[int, int] = {}
+
+        self.tls_not_decrypted = 0  # TLS connections listed whose records no key opened
+
+    def count_tls(self, flow: Flow) -> None:
+        """A flow leaves the table (retired, or at the end of the capture): count it if it was TLS
+        and not shown, or shown without decryption."""
+        if flow.tls is None:
+            return
+        if flow.state != AMQP:
+            port = flow.info.server.port
+            self.tls_unproven[port] = self.tls_unproven.get(port, 0) + 1
+        elif flow.tls.tls.decryption != DECRYPTED:
+            self.tls_not_decrypted += 1
 
     def get(self, key: bytes) -> FlowSide[Cache] | None:
         return self.by_key.get(key)
@@ -392,6 +408,7 @@ class FlowTable(Generic[Cache]):
                     self.retired[k] = now
             self.retired_order.append((now, key, reverse))
             self.live.pop(flow_id, None)
+            self.count_tls(flow)
             retired.append(flow)
         while self.retired_order and now - self.retired_order[0][0] > RETIRED_KEYS_KEPT:
             at, key, reverse = self.retired_order.popleft()

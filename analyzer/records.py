@@ -229,6 +229,7 @@ class CaptureSummary:
     non_tcp: int = 0
     unsupported_linktypes: dict[int, int] = field(default_factory=dict)
     malformed: int = 0
+    tls_not_decrypted: int = 0  # TLS connections analyzed from record sizes only (no key opened them)
     warnings: list[str] = field(default_factory=list)
 
     @property

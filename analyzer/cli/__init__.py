@@ -218,6 +218,11 @@ def run_frames(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exit
             progress.done()
         for warning in summary.warnings:
             stderr.write(f"amqp-hb: warning: {path}: {warning}\n")
+        if summary.tls_not_decrypted:
+            count = summary.tls_not_decrypted
+            stderr.write(f"amqp-hb: warning: {path}: {count} TLS connection{'s were' if count > 1 else ' was'} not "
+                         "decrypted: no frames are listed for them (--tls-keylog FILE; `analyze` still reads "
+                         "their timing)\n")
     return status
 
 

@@ -224,6 +224,10 @@ def _gap_caveat(d: Diagnosis) -> list[str]:
             out.append(head + " and the teardown would fit a heartbeat timeout: this verdict depends on what the "
                        "capture lost.")
     if (tl.c2s.gap_count or tl.s2c.gap_count) and not out:
-        out.append(f"The capture lost bytes of this connection ({tl.c2s.missing_bytes} client, "
+        sides = (tl.c2s, tl.s2c)
+        all_snapped = all(side.gap_count == len(side.gaps) and all(g.reason == "snapped" for g in side.gaps)
+                          for side in sides)
+        how = "The capture's snap length cut" if all_snapped else "The capture lost"
+        out.append(f"{how} bytes of this connection ({tl.c2s.missing_bytes} client, "
                    f"{tl.s2c.missing_bytes} server); see the capture-gap findings.")
     return out

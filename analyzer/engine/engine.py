@@ -144,6 +144,14 @@ class Engine:
         if self.last_index:
             for flow in self.flows.live.values():
                 self._emit(flow.finish(self.last_time, self.last_index))
+                self.flows.count_tls(flow)
+            for port, count in sorted(self.flows.tls_unproven.items()):
+                one = count == 1
+                summary.warnings.append(
+                    f"{count} TLS connection{'' if one else 's'} to port {port} not shown: without keys "
+                    f"{'its' if one else 'their'} content cannot be shown to be AMQP (give --port {port}, or "
+                    "--tls-keylog FILE)")
+            summary.tls_not_decrypted = self.flows.tls_not_decrypted
             _summarise(summary)
         return self.builder.result()
 

@@ -33,7 +33,8 @@ PROTOCOL_HEADER, HEARTBEAT, TUNE, TUNE_OK, ALERT = "protocol-header", "heartbeat
 
 # A heartbeat's fragment length under each AEAD record protection: TLS 1.2 ChaCha20-Poly1305, TLS 1.3,
 # TLS 1.2 AES-GCM. No other AMQP frame fits any of them under any of the three (a frame is 8 bytes
-# or at least 12), so a capture that began after the handshake still shows its heartbeats.
+# or at least 12), nor does any record of a CBC suite (an explicit IV and a MAC alone are longer), so
+# when the capture misses the hellos (it began after the handshake, or cut it) the heartbeats still show.
 _HEARTBEAT_FRAGMENTS = frozenset({HEARTBEAT_PLAINTEXT + _AEAD_TAG, HEARTBEAT_PLAINTEXT + _AEAD_TAG + 1,
                                   HEARTBEAT_PLAINTEXT + EXPLICIT_NONCE_SIZE + _AEAD_TAG})
 
@@ -54,7 +55,7 @@ class AmqpGuesser:
 
     def guess(self, from_client: bool, plaintext_len: int | None, fragment_len: int) -> str | None:
         if plaintext_len is None:
-            return HEARTBEAT if self.midstream and fragment_len in _HEARTBEAT_FRAGMENTS else None
+            return HEARTBEAT if fragment_len in _HEARTBEAT_FRAGMENTS else None
         if plaintext_len == ALERT_PLAINTEXT:
             return ALERT  # TLS 1.3 hides alerts in application-data records
         if from_client:

@@ -103,12 +103,28 @@ class RecordDecoder:
         return out
 
     def gap(self, missing: int, timestamp: float, packet: int) -> list[RecordEvent]:
-        """`missing` bytes of this direction were not captured (0 when the count is unknown)."""
+        """`missing` bytes of this direction were not captured (0 when the count is unknown). A
+        capture cut by its snap length keeps each segment's first bytes: a record whose header was
+        kept and whose end falls at or after the hole's end keeps the decoder in sync (its fragment
+        is lost), as does a resynchronisation candidate that ends exactly where the hole ends."""
         out: list[RecordEvent] = []
-        if self.mode == _COUNTING and missing and missing < self.left:
-            # The hole falls inside a fragment whose end we know: still in sync.
-            self.left -= missing
-            self.base += missing
+        if self.mode == _COUNTING and missing:
+            record = self.counting
+            assert record is not None  # mode _COUNTING
+            if missing < self.left:  # the hole falls inside a fragment whose end we know: still in sync
+                self.left -= missing
+                self.base += missing
+                return out
+            # The hole takes the rest of the fragment: the record is whole (its bytes unseen).
+            record.timestamp, record.packet = timestamp, packet
+            out.append(record)
+            missing -= self.left
+            self.base += self.left
+            self.counting = None
+            self.mode = _SYNCED
+            if not missing:
+                return out
+        if missing and self.mode in (_SYNCED, _RESYNC) and self._record_across(missing, timestamp, packet, out):
             return out
         if self.mode == _COUNTING:
             missing = max(0, missing - self.left)
@@ -119,6 +135,37 @@ class RecordDecoder:
         self.mode = _RESYNC
         self.resync_from = self.base
         return out
+
+    def _record_across(self, missing: int, timestamp: float, packet: int, out: list[RecordEvent]) -> bool:
+        """The buffered bytes start a record (synced) or a believable one (resync, ending exactly at
+        the hole's end) that the hole cuts: go on in sync after it. False when neither holds."""
+        buf = self.buf
+        hole_end = len(buf) + missing
+        pos = 0
+        while len(buf) - pos >= RECORD_HEADER_SIZE:
+            content_type, version, length = RECORD_HEADER.unpack_from(buf, pos)
+            end = pos + RECORD_HEADER_SIZE + length
+            if plausible_header(content_type, version, length) and (
+                    end == hole_end or (self.mode == _SYNCED and pos == 0 and end > hole_end)):
+                if self.mode == _RESYNC and self.base + pos > self.resync_from:
+                    out.append(RecordError(self.resync_from, f"resynchronised after skipping "
+                                           f"{self.base + pos - self.resync_from} bytes", timestamp, packet,
+                                           self.base + pos - self.resync_from))
+                record = Record(self.base + pos, content_type, version, length, timestamp, packet, None)
+                self.buf = bytearray()
+                self.base += hole_end
+                if end == hole_end:
+                    out.append(record)
+                    self.mode = _SYNCED
+                else:  # the record goes on past the hole: count through the rest of it
+                    self.counting = record
+                    self.left = end - hole_end
+                    self.mode = _COUNTING
+                return True
+            if self.mode == _SYNCED:
+                return False  # in sync, the record at the start is the only candidate
+            pos += 1
+        return False
 
     def _parse(self, timestamp: float, packet: int, out: list[RecordEvent]) -> None:
         buf = self.buf

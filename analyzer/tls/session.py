@@ -33,6 +33,7 @@ from analyzer.tls.records import (
     Record,
     RecordDecoder,
     RecordError,
+    RecordEvent,
 )
 from analyzer.tls.suites import TLS13, record_overhead
 
@@ -97,21 +98,25 @@ class TlsSession:
 
     def feed(self, side: int, decoder: FrameDecoder, data: bytes, timestamp: float, packet: int,
              out: list[Event]) -> None:
-        for item in self.sides[side].records.feed(data, timestamp, packet):
+        self._records(side, decoder, self.sides[side].records.feed(data, timestamp, packet), out)
+
+    def gap(self, side: int, decoder: FrameDecoder, missing: int, timestamp: float, packet: int,
+            out: list[Event]) -> None:
+        state = self.sides[side]
+        state.handshake.reset()
+        if state.decrypter is not None:
+            out.extend(decoder.gap(0, timestamp, packet))  # plaintext was lost too, how much is unknown
+        # A record the hole cut (its header captured, its fragment not) still comes out, fragment-less.
+        self._records(side, decoder, state.records.gap(missing, timestamp, packet), out)
+
+    def _records(self, side: int, decoder: FrameDecoder, items: list[RecordEvent], out: list[Event]) -> None:
+        for item in items:
             if type(item) is Record:
                 self._record(side, decoder, item, out)
             else:
                 assert isinstance(item, RecordError)
                 out.append(TlsError(self.info, decoder.direction, item.timestamp, item.packet, item.offset,
                                     item.reason, item.skipped))
-
-    def gap(self, side: int, decoder: FrameDecoder, missing: int, timestamp: float, packet: int,
-            out: list[Event]) -> None:
-        state = self.sides[side]
-        state.records.gap(missing, timestamp, packet)
-        state.handshake.reset()
-        if state.decrypter is not None:
-            out.extend(decoder.gap(0, timestamp, packet))  # plaintext was lost too, how much is unknown
 
     # ---- one record -----------------------------------------------------------------------------
 
@@ -132,6 +137,10 @@ class TlsSession:
             return
         if kind == ALERT and not state.protected and fragment is not None:
             self._emit(decoder, record, record.length, alert_name(fragment), out)
+            return
+        if kind in (HANDSHAKE, ALERT) and not state.protected:
+            state.handshake.reset()
+            self._emit(decoder, record, record.length, f"{CONTENT_TYPE_NAMES[kind]} (cut by the capture)", out)
             return
         if kind not in (APPLICATION_DATA, HANDSHAKE, ALERT):
             self._emit(decoder, record, record.length, CONTENT_TYPE_NAMES.get(kind, f"type {kind}"), out)
