@@ -51,6 +51,9 @@ from analyzer.tls.records import APPLICATION_DATA
 KEPT_HEARTBEATS = 64
 # Rare events (gaps, decode errors, channel closes) kept verbatim per connection; the rest counted.
 KEPT_RARE_EVENTS = 200
+# Retransmission times kept since a side's last new byte: Linux gives up after tcp_retries2 = 15
+# retransmissions by default, so 32 hold a whole back-off train.
+KEPT_RETRANSMISSIONS = 32
 
 CONNECTION_CLOSE = (10, 50)
 CONNECTION_CLOSE_OK = (10, 51)
@@ -98,6 +101,11 @@ class Direction:
     ack_only_since_payload: int = 0  # bare ACKs/keepalives since the last payload: kernel alive
     first_ack_only_since_payload: float | None = None
     last_ack_only: float | None = None
+    # Retransmissions since the last new byte: data this side sent and the peer did not acknowledge.
+    # Its kernel is alive, but it is not hearing the peer (unlike a bare ACK, which answers the peer).
+    retransmission_times: list[float] = field(default_factory=list)  # since the last new byte, capped
+    retransmissions_since_payload: int = 0
+    last_retransmission: float | None = None
     heartbeat_times_first: list[float] = field(default_factory=list)
     # Made on the 65th heartbeat: an empty deque(maxlen=64) still costs about 600 bytes, which over
     # 50,000 short connections (two directions each) was a third of the analyzer's memory.
@@ -132,9 +140,18 @@ class Direction:
             self.last_payload = t
             self.ack_only_since_payload = 0
             self.first_ack_only_since_payload = None
+            if self.retransmissions_since_payload:
+                self.retransmissions_since_payload = 0
+                self.retransmission_times = []
             return
         if retransmission:
+            # A segment whose every payload byte was sent before: not a bare ACK, whatever its flags.
             self.retransmissions += 1
+            self.retransmissions_since_payload += 1
+            self.last_retransmission = t
+            if len(self.retransmission_times) < KEPT_RETRANSMISSIONS:
+                self.retransmission_times.append(t)
+            return
         if bare_ack:
             self.ack_only += 1
             self.ack_only_since_payload += 1
@@ -161,6 +178,9 @@ class Direction:
                 self.ack_only_since_payload += len(bare)
             return
         self.payload_bytes += int(new_bytes[payload].sum())
+        if self.retransmissions_since_payload:
+            self.retransmissions_since_payload = 0
+            self.retransmission_times = []
         if self.first_payload is None:
             self.first_payload = float(timestamps[payload[0]])
         last = int(payload[-1])

@@ -524,15 +524,27 @@ def scripted_conversation(
     server_isn: int = 5000,
 ) -> Conversation:
     """A conversation from (seconds after start, direction, TCP flags, payload) steps; sequence and
-    acknowledgement numbers are filled in (SYN and FIN count one), so a test states only the timing."""
+    acknowledgement numbers are filled in (SYN and FIN count one), so a test states only the timing.
+    A step with a fifth element RETRANSMIT sends that direction's last data segment again (same
+    sequence number and payload; the step's own payload is ignored)."""
     nxt = {C2S: client_isn, S2C: server_isn}
+    last_data: dict[str, tuple[int, bytes]] = {}
     segs = []
-    for offset, direction, flags, payload in steps:
+    for offset, direction, flags, payload, *how in steps:
         other = S2C if direction == C2S else C2S
         ack = nxt[other] if flags & ACK else 0
+        if how and how[0] == RETRANSMIT:
+            seq, payload = last_data[direction]
+            segs.append(ConvSegment(round(start + offset, 6), direction, flags, seq, ack, payload))
+            continue
+        if payload:
+            last_data[direction] = (nxt[direction], payload)
         segs.append(ConvSegment(round(start + offset, 6), direction, flags, nxt[direction], ack, payload))
         nxt[direction] += len(payload) + (1 if flags & (SYN | FIN) else 0)
     return Conversation(client, server, segs)
+
+
+RETRANSMIT = "retransmit"
 
 
 def method_frame(cmd, channel: int = 0) -> bytes:

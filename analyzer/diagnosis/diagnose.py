@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from analyzer.diagnosis.explain import explain
 from analyzer.diagnosis.identify import identify
+from analyzer.diagnosis.models import linux_tcp
 from analyzer.diagnosis.models import rabbitmq as rabbitmq_model
 from analyzer.diagnosis.models.client_timers import predict_give_up
 from analyzer.diagnosis.models.common import Prediction
@@ -176,6 +177,7 @@ def _verdict(d: Diagnosis) -> None:
     observed = close.time
     if close.how == "open" or observed is None:  # (the time is None exactly when it is open)
         d.verdict = OPEN
+        _gave_up_off_the_wire(d)
         return
     if close.how == "connection.close":
         d.verdict = GRACEFUL if _normal_close_code(d) else CLOSED_WITH_ERROR
@@ -236,6 +238,28 @@ def _verdict(d: Diagnosis) -> None:
         d.misfit = (f"the teardown at {observed:.3f} s came {observed - hi:.3f} s after {who}'s latest heartbeat "
                     f"timeout ({hi:.3f} s): a longer effective timeout (customised tcp_listen_options, a proxy), "
                     "a capture taken far from the broker, or a teardown with another cause")
+
+
+def _gave_up_off_the_wire(d: Diagnosis) -> None:
+    """An open connection whose broker fell silent while the client's own data went unacknowledged
+    (a partition seen from the client): when the client's model gave up inside the capture, that is
+    the verdict, at the predicted time. Its FIN waits behind the data its kernel keeps retransmitting
+    (models/linux_tcp.py), so it never reaches the wire; the prediction is all there is."""
+    tl, timeout = d.timeline, d.heartbeat.effective
+    last_server, last_client = d.last_server_byte, d.last_client_byte
+    if not timeout or last_server is None or last_client is None or not tl.c2s.retransmission_times:
+        return
+    if last_client <= last_server:
+        return  # nothing of the client's was left unacknowledged by the silent broker
+    prediction = _client_prediction(d, last_server, timeout)
+    end = d.rel(tl.last_seen)
+    if prediction is None or prediction.predicted >= end:
+        return
+    give_up = prediction.predicted
+    d.prediction, d.prediction_fits = prediction, True
+    d.close = Close(give_up, "client", "fin", inferred=True)
+    d.silence = give_up - last_server
+    d.verdict = MISSED_SERVER
 
 
 def _hidden_close(d: Diagnosis) -> None:
@@ -432,7 +456,10 @@ def _blocked_give_up(d: Diagnosis, after: float) -> str:
 
 def _silence_findings(d: Diagnosis, side: Direction, peer: Direction, kind: str, end: float,
                       timeout: float) -> Iterator[Finding]:
-    """The silent side's kernel ACKs or does not: app blocked, or peer unreachable."""
+    """Why a side fell silent, as far as the wire shows it: its application stopped while its kernel
+    still ACKed (blocked), or nothing of it arrived while the peer retransmitted into the silence or
+    kept sending (unreachable). A side whose own data went unacknowledged is retransmitting, not
+    blocked: no finding for it here."""
     if side.last_payload is None:
         return
     last = d.rel(side.last_payload)
@@ -440,9 +467,21 @@ def _silence_findings(d: Diagnosis, side: Direction, peer: Direction, kind: str,
     if silence <= timeout:
         return
     peer_sent = peer.last_payload is not None and peer.last_payload > side.last_payload
-    if side.ack_only_since_payload:
+    other = "broker" if kind == "client" else "client"
+    # The peer retransmitting after the last segment of this side's: not even this side's kernel answered.
+    heard_last = max(side.last_payload, side.last_segment or side.last_payload)
+    retransmitted = [t for t in peer.retransmission_times if t > heard_last]
+    if retransmitted:
+        first_send = peer.last_payload if peer.last_payload is not None else retransmitted[0]
+        backoff = linux_tcp.is_backoff([first_send, *retransmitted])
+        how = " with exponential back-off, as a sender's TCP does when nothing comes back" if backoff else ""
+        yield Finding(last, "peer-unreachable", None,
+                      f"the {kind} sent nothing, not even TCP ACKs, for {silence:.3f} s after {last:.3f} s while the "
+                      f"{other} retransmitted its unacknowledged data {len(retransmitted)} times{how}: the {kind}'s "
+                      "host or the network path between them was down (a partition, a host crash, a firewall "
+                      f"dropping the flow); the {kind} was not blocked, nothing of it arrived")
+    elif side.ack_only_since_payload:
         name = "client-app-blocked" if kind == "client" else "broker-app-blocked"
-        other = "broker" if kind == "client" else "client"
         detail = (f"the {kind} sent no AMQP bytes for {silence:.3f} s after {last:.3f} s while its kernel ACKed "
                   f"{side.ack_only_since_payload} {other} segments: ")
         if kind != "client":

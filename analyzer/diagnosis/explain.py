@@ -18,6 +18,10 @@ FIX_BROKER_BLOCKED = (
     "Check the broker: a stopped (SIGSTOP), overloaded or partitioned node stops sending while its kernel "
     "still ACKs; its logs and `rabbitmq-diagnostics status` tell which."
 )
+FIX_UNREACHABLE = (
+    "Check the network path between them (a partition, a firewall or NAT dropping the flow, a host down): "
+    "capturing on both hosts at once shows where the packets stop."
+)
 # A gap revealed by the packet of a side's last byte or of the teardown carries (about) the same
 # timestamp; this much slack keeps it "near" whichever way the float arithmetic rounds.
 GAP_NEAR_SLACK = 0.001
@@ -84,7 +88,11 @@ def _missed(d: Diagnosis, *, silent: str) -> list[str]:
                f"({d.heartbeat.source})."]
     explained = pred.explain()
     how = "RST" if close.how == "rst" else "FIN"
-    if pred.exact:
+    if close.inferred:
+        out.append(f"{explained} No FIN or RST reached the wire: the client's kernel was still retransmitting its "
+                   "unacknowledged data to the silent broker, and a FIN waits behind it (Linux tcp_retransmit_timer "
+                   "backs off and sends nothing new), so the give-up time is the model's, not a packet's.")
+    elif pred.exact:
         error_ms = pred.error(end) * 1000
         out.append(f"{explained[:-1]} (observed {how} at {end:.3f} s, {error_ms:+.0f} ms from the prediction).")
     else:
@@ -108,7 +116,9 @@ def _missed(d: Diagnosis, *, silent: str) -> list[str]:
     blocked = [f for f in d.findings if f.kind in ("client-app-blocked", "broker-app-blocked", "peer-unreachable")]
     for finding in blocked:
         out.append(finding.detail[0].upper() + finding.detail[1:] + ".")
-    if silent == "client":
+    if any(f.kind == "peer-unreachable" for f in blocked):
+        out.append(FIX_UNREACHABLE)
+    elif silent == "client":
         if any(f.kind == "client-app-blocked" for f in blocked):
             out.append(d.profile.fix)
     else:

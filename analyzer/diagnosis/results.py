@@ -89,7 +89,9 @@ class Close:
     reply_code: int | None = None
     reply_text: str | None = None
     benign_rst: float | None = None  # RabbitMQ's linger-0 RST after a clean close handshake
-    # Without keys: a connection.close told from encrypted record sizes (its reply code unknown).
+    # Not read off the wire: a connection.close told from encrypted record sizes (TLS without keys,
+    # reply code unknown), or a client's give-up placed by its model where no FIN could leave (its
+    # data unacknowledged: a partition seen from the client).
     inferred: bool = False
 
 

@@ -76,9 +76,10 @@ def connection_report(d: Diagnosis, *, colour: bool = False) -> list[str]:
     out.append(f"  ended      {_ended(d)}")
     if d.prediction is not None and close.time is not None:  # (a prediction is for a teardown)
         p = d.prediction
+        observed = ("not on the wire" if close.inferred and close.how == "fin"
+                    else f"observed {close.time:.3f} s ({p.error(close.time) * 1000:+.0f} ms)")
         out.append(f"  model      {p.model}: window [{p.window[0]:.3f}, {p.window[1]:.3f}), predicted "
-                   f"{p.predicted:.3f} s, observed {close.time:.3f} s ({p.error(close.time) * 1000:+.0f} ms)"
-                   + ("" if d.prediction_fits else "  — does not fit"))
+                   f"{p.predicted:.3f} s, {observed}" + ("" if d.prediction_fits else "  — does not fit"))
     for f in d.findings:
         channel = f" ch{f.channel}" if f.channel else ""
         out.append(f"  finding    {f.time:9.3f}  {f.kind}{channel}: {f.detail}")
@@ -144,6 +145,9 @@ def _ended(d: Diagnosis) -> str:
             text += f" (benign linger-0 RST at {close.benign_rst:.3f} s)"
         return text
     silence = f", {d.silence:.3f} s after the peer's last byte" if d.silence is not None else ""
+    if close.inferred and close.how == "fin":
+        return (f"no FIN or RST on the wire: {d.profile.name} gives up at {close.time:.3f} s by its own rule{silence}; "
+                "its FIN waits behind data its kernel keeps retransmitting, so it never leaves the host")
     alert = ""
     if d.tls is not None and close.initiator is not None and close.time is not None:
         direction = "c2s" if close.initiator == "client" else "s2c"

@@ -1,0 +1,126 @@
+"""Network faults told apart from blocked applications (issue 14): the TCP retransmission model at its
+edges, and partitions seen from each side on scripted captures with exact timing.
+
+The real recordings in network namespaces (tests/fixtures_faults.py) are checked against ground truth
+in tests/test_fault_lab.py and below when they are there.
+"""
+from __future__ import annotations
+
+import pytest
+
+from analyzer.api import analyze_file
+from analyzer.diagnosis.models import linux_tcp
+from analyzer.records import ACK, C2S, PSH, RST, S2C
+from tests import synth
+from tests.test_diagnose import HB, TUNE_OK, idle_heartbeats, only, write
+
+RTX = synth.RETRANSMIT
+
+
+# ---- the retransmission timer model -------------------------------------------------------------------
+
+
+def test_linux_backoff_train_is_recognised():
+    sent = 6.0
+    times = [sent + 0.2 * (2**k - 1) for k in range(1, 6)]  # 6.2, 6.6, 7.4, 9.0, 12.2
+    assert linux_tcp.is_backoff([sent, *times])
+    assert linux_tcp.next_retransmission([sent, *times]) == pytest.approx(12.2 + 6.4)
+
+
+@pytest.mark.parametrize(("ratio", "backoff"), [(1.49, False), (1.51, True), (2.0, True), (2.59, True), (2.61, False)])
+def test_backoff_ratio_edges(ratio, backoff):
+    gaps = [0.2, 0.2 * ratio, 0.2 * ratio * ratio]
+    times = [0.0]
+    for gap in gaps:
+        times.append(times[-1] + gap)
+    assert linux_tcp.is_backoff(times) is backoff
+
+
+def test_an_application_resending_every_second_is_not_backoff():
+    assert not linux_tcp.is_backoff([0.0, 1.0, 2.0, 3.0, 4.0])
+
+
+def test_too_few_retransmissions_say_nothing():
+    assert not linux_tcp.is_backoff([0.0, 0.2, 0.6])  # the send and two retransmissions: one doubling
+    assert linux_tcp.is_backoff([0.0, 0.2, 0.6, 1.4])
+
+
+def test_intervals_held_at_rto_max():
+    t = [0.0, 60.0, 180.0, 300.0, 420.0]
+    assert linux_tcp.is_backoff(t)
+
+
+# ---- a partition on scripted captures --------------------------------------------------------------------
+
+
+CUT = 5.9  # after the idle heartbeats up to here, nothing crosses the path
+
+
+def backoff_after(first: float, direction: str, until: float) -> list:
+    steps, rto, t = [], 0.2, first
+    while t + rto <= until:
+        t += rto
+        steps.append((t, direction, PSH | ACK, b"", RTX))
+        rto *= 2
+    return steps
+
+
+def broker_side_partition() -> list:
+    """Seen from the broker: the client's last heartbeat at 4.5075; after the cut the broker's heartbeat
+    at 6.007 is never acknowledged and is retransmitted with back-off; the broker resets at its tick."""
+    steps = synth.handshake_steps(3)
+    steps += idle_heartbeats(0.01, CUT, 3, client_until=4.508)
+    steps.append((6.007, S2C, PSH | ACK, HB))
+    steps += backoff_after(6.007, S2C, 12.0)
+    steps.append((12.011, S2C, RST | ACK, b""))
+    return sorted(steps, key=lambda s: s[0])
+
+
+def client_side_partition(end: float = 19.0) -> list:
+    """Seen from the client: the broker's last heartbeat at 4.507; after the cut the client's heartbeat at
+    6.0075 is retransmitted into silence; pika gives up at its check, but no FIN reaches the wire."""
+    steps = synth.handshake_steps(3, client_properties=synth.PIKA_CLIENT_PROPERTIES)
+    steps += idle_heartbeats(0.01, CUT, 3)
+    steps.append((6.0075, C2S, PSH | ACK, HB))
+    steps += backoff_after(6.0075, C2S, end)
+    return sorted(steps, key=lambda s: s[0])
+
+
+def kinds(d) -> set[str]:
+    return {f.kind for f in d.findings}
+
+
+def test_broker_side_partition_is_the_broker_timeout_and_the_client_unreachable(tmp_path):
+    d = only(analyze_file(write(tmp_path, broker_side_partition())))
+    assert d.verdict == "missed-client-heartbeats"
+    assert d.prediction.predicted == pytest.approx(TUNE_OK + 12, abs=1e-6)
+    assert "broker-app-blocked" not in kinds(d) and "client-app-blocked" not in kinds(d)
+    (unreachable,) = [f for f in d.findings if f.kind == "peer-unreachable"]
+    assert "client sent nothing" in unreachable.detail and "exponential back-off" in unreachable.detail
+    assert d.timeline.s2c.retransmissions == 4 and d.timeline.s2c.ack_only_since_payload == 0  # 6.2 .. 9.0
+
+
+def test_client_side_partition_is_pika_giving_up_off_the_wire(tmp_path):
+    d = only(analyze_file(write(tmp_path, client_side_partition())))
+    assert d.client.library == "pika"
+    assert d.verdict == "missed-server-heartbeats"
+    assert d.close.inferred and d.close.how == "fin" and d.close.initiator == "client"
+    # pika looks every T+5 = 8 s from tune-ok; the look at 8.007 saw the broker's bytes, 16.007 nothing.
+    assert d.close.time == pytest.approx(d.prediction.predicted) == pytest.approx(TUNE_OK + 16, abs=0.01)
+    assert "broker-app-blocked" not in kinds(d) and "client-app-blocked" not in kinds(d)
+    (unreachable,) = [f for f in d.findings if f.kind == "peer-unreachable"]
+    assert "broker sent nothing" in unreachable.detail
+    assert "No FIN or RST reached the wire" in d.explanation
+
+
+def test_a_capture_that_ends_before_the_client_gives_up_stays_open(tmp_path):
+    d = only(analyze_file(write(tmp_path, client_side_partition(end=15.0))))
+    assert d.verdict == "open" and not d.close.inferred
+
+
+def test_a_client_that_acks_the_broker_is_still_blocked_not_unreachable(tmp_path):
+    """The blog's case keeps its verdict and finding: the client's kernel ACKs every broker heartbeat."""
+    from tests.test_diagnose import blog_steps
+
+    d = only(analyze_file(write(tmp_path, blog_steps())))
+    assert "client-app-blocked" in kinds(d) and "peer-unreachable" not in kinds(d)
