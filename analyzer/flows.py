@@ -4,10 +4,11 @@ A Flow is fed Segments and returns events (SegmentEvent, Frame, ProtocolHeader, 
 Gap, and TlsRecord/TlsError for a TLS connection). A stream that starts with a TLS record header
 (a ClientHello) goes through a TlsSession (tls/session.py), which hands what it decrypts to the same
 AMQP decoders; one seen mid-stream on a TLS port (5671, amqps) is read as TLS records too.
-Flows on a configured AMQP port decode at once. Any other flow is *probed*: its events
-are held (bounded) until the bytes prove it is AMQP 0-9-1 — a protocol header, a method frame
-with known ids at the stream start, or two verified frames mid-stream — or until PROBE_LIMIT
-bytes prove it is not. Roles are told apart, in order of trust, by the SYN, the configured
+Flows on a configured AMQP port decode at once. Any other flow is *probed*: its events are held
+(bounded) until the bytes prove it is AMQP 0-9-1 — a protocol header, a method frame with known
+ids at the stream start, or two verified frames mid-stream; for TLS, its decrypted bytes, or
+without keys the sizes of its first records (a protocol header, then tune) — or until
+PROBE_LIMIT bytes prove it is not. Roles are told apart, in order of trust, by the SYN, the configured
 port, the protocol header, the methods each side sends, and lastly the lower port.
 """
 from __future__ import annotations
@@ -37,14 +38,18 @@ from analyzer.records import (
     ProtocolHeader,
     Segment,
     SegmentEvent,
+    TlsRecord,
 )
+from analyzer.tls.inference import TUNE
 from analyzer.tls.keylog import KeyLog
 from analyzer.tls.records import HANDSHAKE
 from analyzer.tls.session import DECRYPTED, TlsSession
 
 # Bytes per direction (and events per flow) a flow on an unknown port may show before we give
-# up on it: connection.start is about 500 bytes, so 8 KiB is many frames of evidence.
+# up on it: connection.start is about 500 bytes, so 8 KiB is many frames of evidence. A TLS flow
+# first carries its handshake (a certificate chain of a few KiB): it is given 32 KiB.
 PROBE_LIMIT = 8192
+TLS_PROBE_LIMIT = 32768
 PROBE_MAX_EVENTS = 512
 
 # Methods only a server sends, and only a client sends (AMQP 0-9-1 spec, "chassis" attributes).
@@ -241,10 +246,15 @@ class Flow:
                     evidence_side = self._side_of(event)
             elif isinstance(event, DecodeError) and not event.skipped:
                 return self._give_up()
+            elif isinstance(event, TlsRecord) and event.guess == TUNE:
+                # Without keys: an 8-byte first record from the client (its protocol header) and then a
+                # record of connection.tune's size from the server (tls/inference.py) is AMQP's handshake.
+                evidence_side = self._side_of(event)
         if evidence_side is not None:
             return self._release()
         self.probe_bytes[side] += sum(e.payload_len for e in out if type(e) is SegmentEvent)
-        if self.probe_bytes[side] > PROBE_LIMIT or len(self.deferred) > PROBE_MAX_EVENTS:
+        limit = PROBE_LIMIT if self.tls is None else TLS_PROBE_LIMIT
+        if self.probe_bytes[side] > limit or len(self.deferred) > PROBE_MAX_EVENTS:
             return self._give_up()
         return []
 

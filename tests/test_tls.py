@@ -451,3 +451,24 @@ def test_a_record_cut_by_the_snap_length_keeps_the_decoder_in_sync():
     assert [(r.length, r.fragment) for r in decoder.gap(275, 1.0, 1)] == [(300, None)]  # whole, its bytes cut
     out = decoder.feed(header(APPLICATION_DATA, 25) + bytes(25), 2.0, 2)
     assert [(r.content_type, r.length) for r in out] == [(APPLICATION_DATA, 25)]
+
+
+def test_tls_on_an_unknown_port_is_found_from_its_record_sizes(tmp_path):
+    """No --port, no keys: a TLS connection on another port whose first records have the sizes of
+    AMQP's protocol header and connection.tune is listed; its verdict is the same as on 5671."""
+    from scapy.all import TCP, rdpcap, wrpcap
+
+    name = "tls13-blocked-callback"
+    packets = rdpcap(str(CAPTURES / f"{name}.pcap"))
+    for pkt in packets:
+        if TCP in pkt:
+            for field in ("sport", "dport"):
+                if getattr(pkt[TCP], field) == 5671:
+                    setattr(pkt[TCP], field, 48897)
+            del pkt[TCP].chksum
+    moved = tmp_path / "moved.pcap"
+    wrpcap(str(moved), packets)
+    analysis = analyze_file(moved)
+    verdicts = sorted(d.verdict for d in analysis.connections)
+    assert verdicts == sorted(d.verdict for d in analyze_file(CAPTURES / f"{name}.pcap").connections)
+    assert all(d.timeline.info.server.port == 48897 for d in analysis.connections)

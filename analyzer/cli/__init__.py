@@ -220,9 +220,10 @@ def run_frames(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exit
             stderr.write(f"amqp-hb: warning: {path}: {warning}\n")
         if summary.tls_not_decrypted:
             count = summary.tls_not_decrypted
-            stderr.write(f"amqp-hb: warning: {path}: {count} TLS connection{'s were' if count > 1 else ' was'} not "
-                         "decrypted: no frames are listed for them (--tls-keylog FILE; `analyze` still reads "
-                         "their timing)\n")
+            many = count > 1
+            stderr.write(f"amqp-hb: warning: {path}: {count} TLS connection{'s were' if many else ' was'} not "
+                         f"decrypted: no frames are listed for {'them' if many else 'it'} (--tls-keylog FILE; "
+                         f"`analyze` still reads {'their' if many else 'its'} timing)\n")
     return status
 
 

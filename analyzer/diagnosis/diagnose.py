@@ -124,11 +124,11 @@ def _close(tl: ConnectionTimeline, t0: float) -> Close:
     first_rst = _first(tl.c2s.rst, tl.s2c.rst)
     if tl.connection_close is not None:
         close = tl.connection_close
-        benign = None
+        benign = benign_from = None
         if first_rst is not None and first_rst[0] >= close.time:
-            benign = first_rst[0] - t0
+            benign, benign_from = first_rst[0] - t0, first_rst[1]
         return Close(close.time - t0, "client" if close.direction == C2S else "server", "connection.close",
-                     close.args.get("reply_code"), close.args.get("reply_text"), benign)
+                     close.args.get("reply_code"), close.args.get("reply_text"), benign, benign_from)
     first_fin = _first(tl.c2s.fin, tl.s2c.fin)
     encrypted_close = _encrypted_close(tl, first_fin)
     if encrypted_close is not None:
@@ -487,9 +487,9 @@ def _silence_findings(d: Diagnosis, side: Direction, peer: Direction, kind: str,
         if kind != "client":
             detail += "the process was alive but not running its Erlang processes (SIGSTOP, GC, overload?)"
         elif d.profile.sender_runs == "own-thread":
-            detail += (f"the process was alive but not running {d.profile.loop}: {d.profile.name} sends heartbeats "
-                       "from a thread of its own, so a long handler alone does not explain it (a process-wide "
-                       "stall: a long GC pause, CPU starvation, a suspended VM, or a write blocked on a full socket)")
+            detail += (f"the process was alive but not running {d.profile.loop}, which sends {d.profile.name}'s "
+                       "heartbeats whatever the handlers do: the whole process stalled (SIGSTOP, a debugger, a paused "
+                       "container or VM, CPU starvation, a stop-the-world pause) or a write blocked on a full socket")
         else:
             detail += f"the process was alive but not running {d.profile.loop} (a long callback?)"
         yield Finding(last, name, None, detail)

@@ -44,9 +44,13 @@ def explain(d: Diagnosis) -> str:
         reply = f"{close.reply_code} {close.reply_text or ''}".strip()
         parts.append(f"The {close.initiator} closed the connection with connection.close ({reply}) "
                      f"at {close.time:.3f} s.")
-        if close.benign_rst is not None:
+        if close.benign_rst is not None and close.benign_rst_from == "server":
             parts.append(f"The RST at {close.benign_rst:.3f} s is RabbitMQ's linger-0 socket close after the close "
                          "handshake: benign.")
+        elif close.benign_rst is not None:
+            parts.append(f"The client's RST at {close.benign_rst:.3f} s came after the close handshake: its socket was "
+                         "already closed when more bytes arrived (a TLS close_notify, a late frame), and its kernel "
+                         "answered with a reset: benign.")
         if verdict == CLOSED_WITH_ERROR:
             parts.append("The reply code says why; the broker log has the same text.")
     elif verdict == MISSED_CLIENT:

@@ -88,7 +88,8 @@ class Close:
     how: CloseHow
     reply_code: int | None = None
     reply_text: str | None = None
-    benign_rst: float | None = None  # RabbitMQ's linger-0 RST after a clean close handshake
+    benign_rst: float | None = None  # an RST after a clean close handshake (RabbitMQ's linger 0, mostly)
+    benign_rst_from: Peer | None = None
     # Not read off the wire: a connection.close told from encrypted record sizes (TLS without keys,
     # reply code unknown), or a client's give-up placed by its model where no FIN could leave (its
     # data unacknowledged: a partition seen from the client).

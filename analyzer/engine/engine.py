@@ -148,9 +148,9 @@ class Engine:
             for port, count in sorted(self.flows.tls_unproven.items()):
                 one = count == 1
                 summary.warnings.append(
-                    f"{count} TLS connection{'' if one else 's'} to port {port} not shown: without keys "
-                    f"{'its' if one else 'their'} content cannot be shown to be AMQP (give --port {port}, or "
-                    "--tls-keylog FILE)")
+                    f"{count} TLS connection{'' if one else 's'} to port {port} not shown: neither decrypted nor "
+                    f"recognisable as AMQP from {'its' if one else 'their'} record sizes (give --port {port} to "
+                    "analyze as AMQPS anyway)")
             summary.tls_not_decrypted = self.flows.tls_not_decrypted
             _summarise(summary)
         return self.builder.result()

@@ -121,6 +121,7 @@ def connection_document(d: Diagnosis) -> JsonObject:
             "reply_code": close.reply_code,
             "reply_text": close.reply_text,
             "benign_rst": _r(close.benign_rst),
+            "benign_rst_from": close.benign_rst_from,
             "inferred": close.inferred,
         },
         "verdict": d.verdict,

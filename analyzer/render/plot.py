@@ -303,6 +303,13 @@ def _blocked_note(ax: Axes, d: Diagnosis, silent_dir: str, last: float | None, c
         note = _BLOCKED_NOTES.get(f.kind)
         if note is None:
             continue
+        if f.kind == "client-app-blocked" and d.profile.sender_runs == "own-thread":
+            # Its heartbeats do not wait for a handler: the whole process stalled.
+            note = (f"no AMQP bytes from the client, yet its kernel ACKs the broker: the process is alive but not "
+                    f"running {d.profile.loop} (a process-wide stall)")
+        elif f.kind == "client-app-blocked":
+            note = (f"no AMQP bytes from the client, yet its kernel ACKs the broker: the process is alive but not "
+                    f"running {d.profile.loop} (a long callback?)")
         direction = C2S if f.kind == "client-app-blocked" or (f.kind == "peer-unreachable" and silent_dir == C2S) \
             else S2C
         end = close if close is not None else d.rel(d.timeline.last_seen)
@@ -394,6 +401,8 @@ def _broker_checks(ax: Axes, d: Diagnosis, y: float, segments: list[Row], frames
             anchor = t_from = unblocked
         if not paused_at_end:
             grids.append((anchor, t_from, right, True))
+    elif d.tune_ok_time is not None and d.prediction is not None and d.prediction.anchor == d.tune_ok_time:
+        grids.append((d.tune_ok_time, d.tune_ok_time, right, True))  # tune-ok inferred (TLS without keys)
     elif d.prediction is not None and d.prediction.model == "rabbitmq":
         grids.append((d.prediction.anchor, start, right, False))
     else:

@@ -110,7 +110,7 @@ def _tls(d: Diagnosis) -> str:
         parts.append(f"ALPN {t.alpn}")
     head = ", ".join(parts)
     if t.decryption == "decrypted":
-        return f"{head}; decrypted with the key log: AMQP decoded from the plaintext"
+        return f"{head}; decrypted (key log): AMQP decoded from the plaintext"
     why = "no key log given" if t.decryption == "not attempted" else f"not decrypted: {t.decryption}"
     return f"{head}; {why}: AMQP timing inferred from record sizes and times"
 
@@ -142,7 +142,8 @@ def _ended(d: Diagnosis) -> str:
         text = f"connection.close {close.reply_code} {close.reply_text or ''}".rstrip()
         text += f" from the {close.initiator} at {close.time:.3f} s"
         if close.benign_rst is not None:
-            text += f" (benign linger-0 RST at {close.benign_rst:.3f} s)"
+            text += (f" (benign linger-0 RST at {close.benign_rst:.3f} s)" if close.benign_rst_from == "server"
+                     else f" (benign RST from the client at {close.benign_rst:.3f} s, after the close)")
         return text
     silence = f", {d.silence:.3f} s after the peer's last byte" if d.silence is not None else ""
     if close.inferred and close.how == "fin":
