@@ -66,6 +66,7 @@ class Segment:
     window: int
     payload: bytes  # the payload bytes present in the capture
     payload_len: int  # payload length on the wire (from the IP length); > len(payload) when snapped
+    ttl: int = 0  # IPv4 TTL or IPv6 hop limit as captured: tells a middlebox's packet from the peer's
 
 
 @dataclass(slots=True)
@@ -126,6 +127,7 @@ class SegmentEvent:
     payload_len: int
     retransmission: bool  # every payload byte was already seen in this direction
     missing: int = 0  # payload bytes on the wire that the capture did not keep (snap length)
+    ttl: int = 0  # IPv4 TTL or IPv6 hop limit
 
 
 @dataclass(slots=True)

@@ -115,6 +115,10 @@ class Direction:
     fin: float | None = None
     rst: float | None = None
     syn: float | None = None
+    # IPv4 TTL / IPv6 hop limit of this side's first segment and of its first FIN or RST: a teardown
+    # injected by a device on the path arrives with another one (a router hop fewer or more).
+    ttl: int | None = None
+    teardown_ttl: int | None = None
     gaps: list[Gap] = field(default_factory=list)  # capped
     missing_bytes: int = 0
     gap_count: int = 0
@@ -367,6 +371,10 @@ class TimelineBuilder:
         flags = event.flags
         if flags & SYN and side.syn is None:
             side.syn = t
+        if side.ttl is None:
+            side.ttl = event.ttl
+        if flags & (FIN | RST) and side.fin is None and side.rst is None:
+            side.teardown_ttl = event.ttl
         if flags & FIN and side.fin is None:
             side.fin = t
         if flags & RST and side.rst is None:

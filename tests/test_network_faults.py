@@ -124,3 +124,62 @@ def test_a_client_that_acks_the_broker_is_still_blocked_not_unreachable(tmp_path
 
     d = only(analyze_file(write(tmp_path, blog_steps())))
     assert "client-app-blocked" in kinds(d) and "peer-unreachable" not in kinds(d)
+
+
+# ---- middleboxes ------------------------------------------------------------------------------------------
+
+
+def pcap_with_ttl(tmp_path, steps, ttl_of_last: int):
+    """The scripted capture with its last packet's IPv4 TTL set to `ttl_of_last` (the others have 64)."""
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import Ether
+
+    conv = synth.scripted_conversation(steps)
+    packets = conv.packets()
+    t, linktype, frame = packets[-1]
+    pkt = Ether(frame)
+    pkt[IP].ttl = ttl_of_last
+    del pkt[IP].chksum
+    packets[-1] = (t, linktype, bytes(pkt))
+    path = tmp_path / "ttl.pcap"
+    path.write_bytes(synth.pcap_bytes(packets))
+    return path
+
+
+def test_a_reset_with_another_ttl_came_from_a_middlebox(tmp_path):
+    steps = synth.handshake_steps(3) + idle_heartbeats(0.01, 5.9, 3)
+    steps.append((6.2, S2C, RST | ACK, b""))
+    d = only(analyze_file(pcap_with_ttl(tmp_path, sorted(steps, key=lambda s: s[0]), 61)))
+    (finding,) = [f for f in d.findings if f.kind == "middlebox-teardown"]
+    assert "TTL 61" in finding.detail and "had 64" in finding.detail and "not the broker" in finding.detail
+    assert d.verdict == "reset"
+
+
+def test_the_same_ttl_is_the_peer_itself(tmp_path):
+    steps = synth.handshake_steps(3) + idle_heartbeats(0.01, 5.9, 3)
+    steps.append((6.2, S2C, RST | ACK, b""))
+    d = only(analyze_file(pcap_with_ttl(tmp_path, sorted(steps, key=lambda s: s[0]), 64)))
+    assert "middlebox-teardown" not in kinds(d)
+
+
+def test_an_idle_flow_reset_without_heartbeats_is_an_idle_timeout(tmp_path):
+    steps = synth.handshake_steps(0)
+    steps.append((7.0, S2C, RST | ACK, b""))
+    d = only(analyze_file(write(tmp_path, steps)))
+    (finding,) = [f for f in d.findings if f.kind == "idle-timeout"]
+    assert "heartbeat 0" in finding.detail and "about 7 s" in finding.detail
+    assert d.verdict == "reset"
+
+
+def test_a_flow_whose_heartbeats_were_due_is_not_an_idle_timeout(tmp_path):
+    """With T = 3 both peers owed heartbeats every 1.5 s: 7 s of silence is two silent peers, not an idle flow."""
+    steps = synth.handshake_steps(3)
+    steps.append((7.0, S2C, RST | ACK, b""))
+    d = only(analyze_file(write(tmp_path, steps)))
+    assert "idle-timeout" not in kinds(d)
+
+
+def test_a_quick_close_is_not_an_idle_timeout(tmp_path):
+    steps = synth.handshake_steps(0)
+    steps.append((0.5, S2C, RST | ACK, b""))
+    assert "idle-timeout" not in kinds(only(analyze_file(write(tmp_path, steps))))

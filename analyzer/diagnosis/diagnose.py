@@ -433,9 +433,49 @@ def _findings(d: Diagnosis) -> Iterator[Finding]:
         yield Finding(d.rel(t), "connection-blocked", None,
                       "broker sent connection.blocked (resource alarm): it pauses its heartbeat monitor"
                       if what == "blocked" else "broker sent connection.unblocked: its heartbeat monitor restarts now")
+    yield from _path_findings(d)
     if tl.protocol != "amqp-0-9-1":
         yield Finding(d.rel(tl.protocol_header or tl.first_seen), "not-amqp-0-9-1", None,
                       f"this connection speaks {tl.protocol}, not AMQP 0-9-1: its frames are not decoded")
+
+
+# A teardown after this long with no byte either way, where heartbeats could not have run, is what an
+# idle timeout on the path (firewall, NAT, load balancer) leaves; shorter quiet is an ordinary close.
+IDLE_TEARDOWN_MIN = 1.0
+
+
+def _path_findings(d: Diagnosis) -> Iterator[Finding]:
+    """What the wire says about devices between the peers: a teardown one of them did not send, and a
+    flow killed for being idle."""
+    close, tl = d.close, d.timeline
+    if close.how not in ("fin", "rst") or close.initiator is None or close.time is None or close.inferred:
+        return
+    who = close.initiator if close.initiator == "client" else "broker"
+    side = tl.c2s if close.initiator == "client" else tl.s2c
+    packet = close.how.upper()
+    if side.ttl and side.teardown_ttl and side.ttl != side.teardown_ttl:
+        yield Finding(close.time, "middlebox-teardown", None,
+                      f"the {packet} from the {who}'s address arrived with TTL {side.teardown_ttl} where the {who}'s "
+                      f"other packets had {side.ttl}: a device on the path (a firewall, NAT gateway or load balancer) "
+                      f"sent it, not the {who}")
+    if d.verdict in (MISSED_CLIENT, MISSED_SERVER, GRACEFUL, CLOSED_WITH_ERROR):
+        return
+    lasts = [t for t in (d.last_client_byte, d.last_server_byte) if t is not None]
+    if not lasts:
+        return
+    quiet = close.time - max(lasts)
+    timeout = d.heartbeat.effective
+    if quiet < IDLE_TEARDOWN_MIN or (timeout and timeout / 2 < quiet - WINDOW_LATE_TOLERANCE):
+        return  # heartbeats were due in that quiet: not an idle flow, a silent peer
+    why = ("heartbeats were disabled (heartbeat 0)" if timeout == 0 else
+           "heartbeats were off or unknown" if not timeout else
+           f"a heartbeat every T/2 = {timeout / 2:g} s is longer than that")
+    yield Finding(close.time, "idle-timeout", None,
+                  f"no byte in either direction for {quiet:.3f} s, then a {packet} ({who} side): the signature of an "
+                  f"idle timeout on the path (a firewall, NAT gateway, load balancer or proxy that drops flows idle "
+                  f"for about {quiet:.0f} s); {why}, so nothing kept the flow alive. Fix: a heartbeat whose T/2 is "
+                  f"well below the idle timeout (T of {max(1, int(quiet)):d} s or less here sends something every "
+                  f"{max(1, int(quiet)) / 2:g} s), or raise the device's idle timeout")
 
 
 def _negotiation_note(d: Diagnosis) -> str:

@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from analyzer.amqp.frames import FRAME_HEADER_SIZE, FrameTable, kept_payload_size, whole_frames_columns
 from analyzer.engine.quick import SINGLE_FRAME_CLASSES, QuickSide
-from analyzer.net.packets import IP_OFFSETS, QUICK_HEADER_BYTES, ipv4_tcp_columns
+from analyzer.net.packets import IP_OFFSETS, IPV4_TTL_OFFSET, QUICK_HEADER_BYTES, ipv4_tcp_columns
 from analyzer.net.tcp import SEQ_MASK, seq_after_columns
 from analyzer.records import ACK, FIN, FRAME_METHOD, RST, SYN, Frame, SegmentEvent
 from analyzer.sources.pcap import RecordBlock
@@ -76,12 +76,16 @@ class Plan:
         self.side_id = side_id = np.full(n, -1, dtype=np.int64)
         self.sides: list[QuickSide] = []
         self.frame_table: FrameTable | None = None
+        self.ttl: npt.NDArray[np.uint8] = np.zeros(n, dtype=np.uint8)
         offsets = _ip_offsets(block)
         if offsets is None or len(buf) < QUICK_HEADER_BYTES:
             self._finish(np.zeros(n, dtype=bool))
             return
         ip, handled = offsets
         tcp = ipv4_tcp_columns(buf, block.data_start, block.caplen, ip, handled)
+        if keep_frames:  # observers get SegmentEvents, which carry the TTL (IPv4 header byte 8)
+            at = np.minimum(block.data_start + ip + IPV4_TTL_OFFSET, len(buf) - 1)
+            self.ttl = np.frombuffer(buf, dtype=np.uint8)[at]
         flags = self.flags = tcp.flags
         ordinary = tcp.ok & ((flags & ACK) != 0) & ((flags & (SYN | FIN | RST)) == 0)
         self.seq = tcp.seq
@@ -305,11 +309,12 @@ class PacketRun:
         f = 0
         # The run's packets only, as Python values once (not the whole block per run).
         packets = zip(plan.side_id[i:j].tolist(), plan.block.timestamp[i:j].tolist(), plan.flags[i:j].tolist(),
-                      plan.seq[i:j].tolist(), plan.ack[i:j].tolist(), plan.payload_len[i:j].tolist(), strict=True)
-        for k, (side, t, flags, seq, ack, payload_len) in enumerate(packets):
+                      plan.seq[i:j].tolist(), plan.ack[i:j].tolist(), plan.payload_len[i:j].tolist(),
+                      plan.ttl[i:j].tolist(), strict=True)
+        for k, (side, t, flags, seq, ack, payload_len, ttl) in enumerate(packets):
             quick = plan.sides[side]
             index = first_index + k
-            yield SegmentEvent(quick.info, quick.direction, t, index, flags, seq, ack, payload_len, False, 0)
+            yield SegmentEvent(quick.info, quick.direction, t, index, flags, seq, ack, payload_len, False, 0, ttl)
             while f < len(frame_packets) and frame_packets[f] == index:
                 offset, frame_type, channel, size, ids, position = next(columns)
                 keep = kept_payload_size(frame_type, size, self.payload_bytes)

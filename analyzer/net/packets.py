@@ -41,6 +41,7 @@ AF_INET = 2
 AF_INET6_VALUES = frozenset((10, 23, 24, 28, 30))
 
 IPPROTO_TCP = 6
+IPV4_TTL_OFFSET = 8  # the TTL byte in an IPv4 header (RFC 791 3.1)
 IPV6_EXTENSION_HEADERS = frozenset((0, 43, 60))  # hop-by-hop, routing, destination options
 IPPROTO_FRAGMENT = 44
 IPPROTO_AH = 51
@@ -116,7 +117,7 @@ class PacketDecoder:
         version = data[offset] >> 4
         try:
             if version == 4:
-                ver_ihl, _tos, total_len, _ident, frag, _ttl, proto, _csum, src, dst = _IPV4.unpack_from(data, offset)
+                ver_ihl, _tos, total_len, _ident, frag, ttl, proto, _csum, src, dst = _IPV4.unpack_from(data, offset)
                 ihl = (ver_ihl & 0x0F) * 4
                 if ihl < 20:
                     self.summary.malformed += 1
@@ -129,9 +130,9 @@ class PacketDecoder:
                     return None
                 # A zero total length is what TCP segmentation offload leaves; trust the capture then.
                 ip_end = offset + total_len if total_len else raw.orig_len
-                return self._tcp(raw, offset + ihl, ip_end, src, dst)
+                return self._tcp(raw, offset + ihl, ip_end, src, dst, ttl)
             if version == 6:
-                _vtf, payload_len, next_header, _hops, src, dst = _IPV6.unpack_from(data, offset)
+                _vtf, payload_len, next_header, hops, src, dst = _IPV6.unpack_from(data, offset)
                 header_start = offset + 40
                 while next_header in IPV6_EXTENSION_HEADERS or next_header == IPPROTO_AH:
                     nxt, ext_len = data[header_start], data[header_start + 1]
@@ -144,14 +145,14 @@ class PacketDecoder:
                     self.summary.non_tcp += 1
                     return None
                 ip_end = offset + 40 + payload_len if payload_len else raw.orig_len  # 0: a jumbogram
-                return self._tcp(raw, header_start, ip_end, src, dst)
+                return self._tcp(raw, header_start, ip_end, src, dst, hops)
         except (struct.error, IndexError):
             self.summary.malformed += 1
             return None
         self.summary.malformed += 1
         return None
 
-    def _tcp(self, raw: RawPacket, offset: int, ip_end: int, src: bytes, dst: bytes) -> Segment | None:
+    def _tcp(self, raw: RawPacket, offset: int, ip_end: int, src: bytes, dst: bytes, ttl: int) -> Segment | None:
         data = raw.data
         sport, dport, seq, ack, data_off, flags, window = _TCP.unpack_from(data, offset)
         header_len = (data_off >> 4) * 4
@@ -167,7 +168,7 @@ class PacketDecoder:
         # ports, seq, ack and flags: the segment counts, its payload is missing (a snapped gap).
         payload = data[payload_start : min(ip_end, len(data))]
         return Segment(raw.index, raw.timestamp, src, sport, dst, dport, seq, ack, flags, window, payload,
-                       ip_end - payload_start)
+                       ip_end - payload_start, ttl)
 
 
 # ---- the common packet, for the engine's quick paths ----------------------------------------------
