@@ -116,6 +116,8 @@ def test_client_side_partition_is_pika_giving_up_off_the_wire(tmp_path):
 def test_a_capture_that_ends_before_the_client_gives_up_stays_open(tmp_path):
     d = only(analyze_file(write(tmp_path, client_side_partition(end=15.0))))
     assert d.verdict == "open" and not d.close.inferred
+    (pending,) = [f for f in d.findings if f.kind == "client-gives-up-after-capture"]
+    assert "pika gives up at 16.007 s" in pending.detail
 
 
 def test_a_client_that_acks_the_broker_is_still_blocked_not_unreachable(tmp_path):
@@ -183,3 +185,13 @@ def test_a_quick_close_is_not_an_idle_timeout(tmp_path):
     steps = synth.handshake_steps(0)
     steps.append((0.5, S2C, RST | ACK, b""))
     assert "idle-timeout" not in kinds(only(analyze_file(write(tmp_path, steps))))
+
+
+def test_a_tail_loss_probe_before_the_backoff():
+    """Measured in a namespace partition (Linux 6.x): a loss probe at +0.206 s, then 0.208, 0.42, 0.83, ..."""
+    gaps = [0.206, 0.208, 0.42, 0.832, 1.664, 3.392]
+    times = [4.007]
+    for gap in gaps:
+        times.append(times[-1] + gap)
+    assert linux_tcp.is_backoff(times)
+    assert not linux_tcp.is_backoff(times[:4])  # probe + two timeouts: one doubling only

@@ -245,21 +245,25 @@ def _gave_up_off_the_wire(d: Diagnosis) -> None:
     (a partition seen from the client): when the client's model gave up inside the capture, that is
     the verdict, at the predicted time. Its FIN waits behind the data its kernel keeps retransmitting
     (models/linux_tcp.py), so it never reaches the wire; the prediction is all there is."""
+    prediction = _unheard_client_give_up(d)
+    if prediction is None or prediction.predicted >= d.rel(d.timeline.last_seen):
+        return  # (after the capture's last packet: a finding says when it will come)
+    d.prediction, d.prediction_fits = prediction, True
+    d.close = Close(prediction.predicted, "client", "fin", inferred=True)
+    d.silence = prediction.predicted - prediction.last_byte
+    d.verdict = MISSED_SERVER
+
+
+def _unheard_client_give_up(d: Diagnosis) -> Prediction | None:
+    """The client model's give-up for a broker that fell silent while the client's own data went
+    unacknowledged (it retransmits after the broker's last byte); None when that is not the case."""
     tl, timeout = d.timeline, d.heartbeat.effective
     last_server, last_client = d.last_server_byte, d.last_client_byte
     if not timeout or last_server is None or last_client is None or not tl.c2s.retransmission_times:
-        return
+        return None
     if last_client <= last_server:
-        return  # nothing of the client's was left unacknowledged by the silent broker
-    prediction = _client_prediction(d, last_server, timeout)
-    end = d.rel(tl.last_seen)
-    if prediction is None or prediction.predicted >= end:
-        return
-    give_up = prediction.predicted
-    d.prediction, d.prediction_fits = prediction, True
-    d.close = Close(give_up, "client", "fin", inferred=True)
-    d.silence = give_up - last_server
-    d.verdict = MISSED_SERVER
+        return None  # nothing of the client's was left unacknowledged by the silent broker
+    return _client_prediction(d, last_server, timeout)
 
 
 def _hidden_close(d: Diagnosis) -> None:
@@ -434,6 +438,14 @@ def _findings(d: Diagnosis) -> Iterator[Finding]:
                       "broker sent connection.blocked (resource alarm): it pauses its heartbeat monitor"
                       if what == "blocked" else "broker sent connection.unblocked: its heartbeat monitor restarts now")
     yield from _path_findings(d)
+    if d.verdict == OPEN:
+        pending = _unheard_client_give_up(d)
+        if pending is not None:
+            yield Finding(end, "client-gives-up-after-capture", None,
+                          f"the broker has sent nothing since {pending.last_byte:.3f} s while the client's data went "
+                          f"unacknowledged: unless a broker byte arrived later, {d.profile.name} gives up at "
+                          f"{pending.predicted:.3f} s, after this capture's last packet ({end:.3f} s); its FIN will "
+                          "wait behind the unacknowledged data, so no packet will show it")
     if tl.protocol != "amqp-0-9-1":
         yield Finding(d.rel(tl.protocol_header or tl.first_seen), "not-amqp-0-9-1", None,
                       f"this connection speaks {tl.protocol}, not AMQP 0-9-1: its frames are not decoded")
