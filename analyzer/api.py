@@ -32,6 +32,7 @@ from analyzer.engine import (
     iter_frames,
 )
 from analyzer.errors import AmqpHbError, CaptureFileError, UsageError
+from analyzer.pairing import PairCollector, PairReport, pair
 from analyzer.records import FRAME_BODY, FRAME_HEADER, FRAME_METHOD, FRAME_TYPE_NAMES, CaptureSummary, Event, Frame
 from analyzer.timeline import ConnectionTimeline
 from analyzer.tls.keylog import KeyLog
@@ -146,6 +147,26 @@ def keylog_warnings(diagnoses: Iterable[Diagnosis]) -> list[str]:
             out.append(f"{d.timeline.info.id}: not decrypted ({d.tls.decryption}); its timing is inferred "
                        "from record sizes")
     return out
+
+
+def pair_files(paths: Sequence[str | os.PathLike], *, ports: Iterable[int] = DEFAULT_PORTS,
+               tls_keys: KeyLog | None = None) -> list[PairReport]:
+    """Connections seen in two of `paths` (a capture on the client's host and one on the broker's),
+    joined (analyzer/pairing.py): clock offset, one-way delay, segments lost on the way."""
+    collectors = []
+    for path in paths:
+        collector = PairCollector()
+        summary = CaptureSummary()
+        with open_file(path) as fileobj:
+            for event in iter_events(fileobj, summary, ports=ports, tls_keys=tls_keys):
+                collector(event)
+        collector.t0 = summary.start_epoch or 0.0
+        collectors.append((str(path), collector))
+    reports: list[PairReport] = []
+    for i, (path_a, a) in enumerate(collectors):
+        for path_b, b in collectors[i + 1 :]:
+            reports.extend(pair(path_a, a, path_b, b))
+    return reports
 
 
 def read_frames(

@@ -195,3 +195,76 @@ def test_a_tail_loss_probe_before_the_backoff():
         times.append(times[-1] + gap)
     assert linux_tcp.is_backoff(times)
     assert not linux_tcp.is_backoff(times[:4])  # probe + two timeouts: one doubling only
+
+
+# ---- two captures of one connection -------------------------------------------------------------------------
+
+
+def two_captures(tmp_path, *, offset: float, delay: float, cut: float, nat_port: int | None = None):
+    """The broker-side and client-side captures of one partitioned connection: each side captures what it
+    sends, and what it receives `delay` later, up to the cut; the broker capture's clock runs `offset` ahead.
+    With `nat_port`, the broker sees the client behind NAT (another source port, the same sequence numbers)."""
+    steps = synth.handshake_steps(3) + idle_heartbeats(0.01, 8.9, 3)
+    steps.sort(key=lambda s: s[0])
+    conv = synth.scripted_conversation(steps)
+    client_side, broker_side = [], []
+    for seg in conv.segments:
+        sent_at = seg.timestamp - 1700000000.0
+        arrives = sent_at < cut
+        ours, theirs = (client_side, broker_side) if seg.direction == C2S else (broker_side, client_side)
+        shift_sender = 0.0 if seg.direction == C2S else offset
+        shift_receiver = offset if seg.direction == C2S else 0.0
+        ours.append((seg, sent_at + shift_sender))
+        if arrives:
+            theirs.append((seg, sent_at + delay + shift_receiver))
+    paths = []
+    for name, rows, client in (("client", client_side, conv.client), ("broker", broker_side,
+                                                                       (conv.client[0], nat_port or conv.client[1]))):
+        view = synth.Conversation(client, conv.server, [])
+        packets = sorted((round(1700000000.0 + t, 6), synth.LINKTYPE_ETHERNET,
+                          synth.wrap(synth.LINKTYPE_ETHERNET, view.ip_packet(seg))) for seg, t in rows)
+        path = tmp_path / f"{name}.pcap"
+        path.write_bytes(synth.pcap_bytes(packets))
+        paths.append(path)
+    return paths
+
+
+def test_two_captures_give_the_clock_offset_the_delay_and_the_cut(tmp_path):
+    from analyzer.api import pair_files
+
+    client, broker = two_captures(tmp_path, offset=0.0123, delay=0.0005, cut=5.0)
+    (report,) = pair_files([broker, client])  # in any order: the client's capture is found
+    assert report.client_capture == str(client) and report.matched_by == "initial sequence numbers"
+    assert report.offset == pytest.approx(0.0123, abs=1e-5)
+    assert report.one_way_delay == pytest.approx(0.0005, abs=1e-5)
+    c2s, s2c = report.directions
+    assert c2s.lost > 0 and s2c.lost > 0
+    lo, hi = report.cut
+    assert lo < 5.0 <= hi  # the last delivered segment before the cut, the first lost after it
+    assert all(sent_at >= 5.0 for sent_at, *_ in c2s.lost_segments + s2c.lost_segments)
+
+
+def test_pairing_through_nat_matches_by_sequence_numbers(tmp_path):
+    from analyzer.api import pair_files
+
+    client, broker = two_captures(tmp_path, offset=0.0, delay=0.0002, cut=99.0, nat_port=61000)
+    (report,) = pair_files([client, broker])
+    assert report.client_id != report.broker_id and "61000" in report.broker_id
+    assert all(d.lost == 0 for d in report.directions) and report.cut is None
+
+
+def test_analyze_pairs_files_that_share_a_connection(tmp_path):
+    import io
+    import json
+
+    from analyzer.cli import main
+
+    client, broker = two_captures(tmp_path, offset=0.0, delay=0.0002, cut=5.0)
+    out = io.StringIO()
+    assert main(["analyze", str(client), str(broker)], stdout=out, stderr=io.StringIO()) == 0
+    assert "the path failed between" in out.getvalue() and "(a partition, not a silent peer)" in out.getvalue()
+    out = io.StringIO()
+    assert main(["analyze", "--format", "json", str(client), str(broker)], stdout=out, stderr=io.StringIO()) == 0
+    documents = [json.loads(doc) for doc in out.getvalue().replace("}\n{", "}\x00{").split("\x00")]
+    (pairs,) = [doc for doc in documents if doc["schema"] == "amqp-hb/pairs/1"]
+    assert pairs["pairs"][0]["directions"]["c2s"]["lost"] > 0

@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "or csv (one row per connection) (default: %(default)s)")
     analyze.add_argument("--show-secrets", action="store_true",
                          help="do not redact the start-ok password (the JSON's auth field)")
+    analyze.add_argument("--pair", action="store_true",
+                         help="join connections seen in two of the files (captures on the client's and the broker's "
+                              "host): clock offset, one-way delay, segments lost on the way (automatic when two "
+                              "files share a connection id)")
     analyze.add_argument("-j", "--jobs", type=int_in_range(1), default=1, metavar="N",
                          help="analyze N files at once in N processes (output stays in argument order)")
     analyze.set_defaults(handler=run_analyze)
@@ -258,10 +262,13 @@ def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exi
             return lambda d: _csv_line(connection_row(path, d), CSV_COLUMNS)
         return lambda d: connection_block(d, colour=colour)
 
+    seen_in: dict[str, list[str]] = {}  # connection id -> the files it is in
     # closing: on Ctrl-C (or any error) while a file is written, the generator stops its workers at once.
     with contextlib.closing(_analyses(args, stderr, render)) as analyses:
         for path, outcome, connections in analyses:
             with connections:
+                for cid in connections.ids if not isinstance(outcome, CaptureFileError) else ():
+                    seen_in.setdefault(cid, []).append(path)
                 try:
                     if isinstance(outcome, CaptureFileError):
                         raise outcome
@@ -285,7 +292,31 @@ def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exi
             if args.format != "text":
                 for warning in analysis.summary.warnings:
                     stderr.write(f"amqp-hb: warning: {path}: {warning}\n")
+    _pairs(args, seen_in, stdout, colour)
     return status
+
+
+def _pairs(args: argparse.Namespace, seen_in: Mapping[str, list[str]], stdout: TextIO, colour: bool) -> None:
+    """Connections seen in two of the files (a capture on each host), joined: with --pair every
+    pair of files (NAT-proof: by initial sequence numbers), else the files that share a connection id."""
+    from analyzer.api import pair_files
+    from analyzer.render.analysis_json import pairs_document
+    from analyzer.render.text import pair_block
+
+    if args.pair:
+        paths = list(dict.fromkeys(args.files))
+    else:
+        paths = list(dict.fromkeys(p for files in seen_in.values() if len(set(files)) > 1 for p in files))
+    if len(paths) < 2 or args.format == "csv":
+        return
+    reports = pair_files(paths, ports=_ports(args), tls_keys=_tls_keys(args))
+    if args.format == "json":
+        json.dump(pairs_document(reports), stdout, indent=2, ensure_ascii=False)
+        stdout.write("\n")
+    else:
+        stdout.write("".join(pair_block(r, colour=colour) for r in reports) or
+                     "\nno connection of these files was seen in two of them (--pair matches by initial sequence "
+                     "numbers: both captures need the connection's SYNs)\n")
 
 
 def _csv_line(row: Mapping[str, object], columns: list[str]) -> str:
@@ -320,6 +351,10 @@ class _RenderedConnections:
         self._ids.append(diagnosis.timeline.info.id)
         self._end += len(data)
 
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
     def _order(self) -> list[int]:
         first_seen, number = self._first_seen, self._number
         return sorted(range(len(self._offset)), key=lambda i: (first_seen[i], number[i]))
@@ -352,6 +387,10 @@ class _Rendered(list[str]):
     def __init__(self, texts: Iterable[str] = (), ids: Iterable[str] = ()) -> None:
         super().__init__(texts)
         self._ids = list(ids)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
 
     def select(self, key: str) -> None:
         kept = [self[i] for i in _selected(key, self._ids, range(len(self)))]

@@ -7,6 +7,7 @@ from typing import TextIO
 
 from analyzer.api import FileAnalysis
 from analyzer.diagnosis.diagnose import Diagnosis
+from analyzer.pairing import PairReport
 from analyzer.timeline import ConnectionTimeline, Direction
 
 SCHEMA = "amqp-hb/analysis/1"
@@ -69,6 +70,23 @@ def write_document(analysis: FileAnalysis, connections: Iterable[str], count: in
     for i, connection in enumerate(connections):
         stream.write(("    " if i == 0 else ",\n    ") + connection)
     stream.write("\n  ]\n}\n")
+
+
+def pairs_document(reports: Iterable[PairReport]) -> JsonObject:
+    """Connections seen in two captures, joined (`analyze --pair`): times on the client capture's clock."""
+    return {"schema": "amqp-hb/pairs/1", "pairs": [{
+        "client_capture": r.client_capture, "broker_capture": r.broker_capture,
+        "client_id": r.client_id, "broker_id": r.broker_id, "matched_by": r.matched_by,
+        "clock_offset": r.offset, "one_way_delay": r.one_way_delay,
+        "cut": list(r.cut) if r.cut is not None else None,
+        "directions": {d.direction: {
+            "sent": d.sent, "delivered": d.delivered, "lost": d.lost, "last_delivered": _r(d.last_delivered),
+            "first_lost": _r(d.first_lost), "min_delay": d.min_delay,
+            "lost_segments": [{"sent_at": _r(t), "seq": seq, "length": length, "flags": flags}
+                              for t, seq, length, flags in d.lost_segments],
+        } for d in r.directions},
+        "truncated": r.truncated,
+    } for r in reports]}
 
 
 def connection_document(d: Diagnosis) -> JsonObject:

@@ -6,6 +6,8 @@ import textwrap
 
 from analyzer.api import FileAnalysis, FrameRecord
 from analyzer.diagnosis.diagnose import Diagnosis
+from analyzer.pairing import PairReport
+from analyzer.records import C2S
 
 VERDICT_COLOURS = {
     "missed-client-heartbeats": "31", "missed-server-heartbeats": "31", "reset": "33",
@@ -171,3 +173,53 @@ def frame_line(frame: FrameRecord) -> str:
         args = args[: TEXT_ARGS_WIDTH - 1] + "…"
     return (f"{frame.t:12.6f}  {frame.connection}  {frame.direction}  ch{frame.channel:<3} "
             f"{what:<24} {frame.size:>7}{args}")
+
+
+# ---- two captures of one connection (analyzer/pairing.py) ---------------------------------------------
+
+
+def pair_block(r: PairReport, *, colour: bool = False) -> str:
+    """One connection seen in two captures: clocks, what each direction delivered and lost, where a
+    cut lies and who stopped first. Times on the client capture's clock."""
+    head = _paint(f"pair {r.client_id}", "1", colour)
+    if r.broker_id != r.client_id:
+        head += f"  (= {r.broker_id} in the broker's capture: NAT on the path)"
+    out = [head, f"  captures   client side {r.client_capture}, broker side {r.broker_capture} "
+                 f"(matched by {r.matched_by})"]
+    if r.offset is not None and r.one_way_delay is not None:
+        out.append(f"  clocks     the broker capture's clock is {r.offset * 1000:+.3f} ms from the client capture's; "
+                   f"one-way delay {r.one_way_delay * 1000:.3f} ms")
+    for d in r.directions:
+        name = "client → broker" if d.direction == C2S else "broker → client"
+        text = f"{d.sent} segments sent, {d.delivered} arrived, {d.lost} lost"
+        if d.first_lost is not None:
+            last = f"{d.last_delivered:.3f} s" if d.last_delivered is not None else "none"
+            text += f"; last delivered sent at {last}, first lost after it sent at {d.first_lost:.3f} s"
+        out.append(f"  {name:<16} {text}")
+    for d in r.directions:
+        for sent_at, seq, length, flags in d.lost_segments:
+            what = f"{length} bytes" + (f" + {flags}" if flags and length else "") if length else flags or "empty"
+            out.append(f"  lost       {d.direction} sent at {sent_at:.3f} s, seq {seq}, {what}")
+    out.append(f"  {_pair_verdict(r)}")
+    if r.truncated:
+        out.append("  (only the first segments of a busy connection were matched)")
+    return "\n" + "\n".join(out) + "\n"
+
+
+def _pair_verdict(r: PairReport) -> str:
+    c2s, s2c = r.directions
+    cut = r.cut
+    if cut is None:
+        return ("nothing was lost between the captures: a side that fell silent did so on its own host (its "
+                "application, or its kernel), not on the path")
+    lo, hi = cut
+    lossy = [d for d in r.directions if d.first_lost is not None]
+    if len(lossy) == 2:
+        return (f"the path failed between {lo:.3f} s and {hi:.3f} s: from then on neither direction delivered, while "
+                "both peers kept sending (a partition, not a silent peer)")
+    (only,) = lossy
+    other = s2c if only is c2s else c2s
+    who = "client" if only.direction == C2S else "broker"
+    peer = "broker" if who == "client" else "client"
+    return (f"the {who}'s segments stopped arriving between {lo:.3f} s and {hi:.3f} s while the {peer}'s still did "
+            f"({other.delivered} delivered): the path from the {who} to the {peer} failed, one way")
