@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from analyzer.errors import EnvironmentProblem, UsageError
-from analyzer.lab import certs
+from analyzer.lab import certs, netns
 
 # A rabbitmq.conf value or an Erlang term for the `rabbit` application, as written into the files.
 SettingValue = int | str
@@ -206,11 +206,15 @@ class LocalBroker:
     tls: also a TLS (AMQPS) listener on amqps_port (default 5671 when free), with a server
     certificate from a test CA generated into the node's temp dir (certs.make_pki): `amqps_url`,
     `ca_file`; TLS 1.2 and 1.3, no client certificate asked for.
+    host: the address the listeners bind (loopback by default; then also [::1] where IPv6 works).
+    netns: run the node, its epmd and rabbitmqctl inside this network namespace (`ip netns exec`),
+    listening on `host` only (an address inside it); readiness probes connect from inside too.
     """
 
     def __init__(self, conf: Settings | None = None, advanced: Settings | None = None, *,
                  amqp_port: int | None = None, startup_timeout: float = STARTUP_TIMEOUT,
-                 keep_dir: bool = False, tls: bool = False, amqps_port: int | None = None) -> None:
+                 keep_dir: bool = False, tls: bool = False, amqps_port: int | None = None,
+                 host: str = "127.0.0.1", netns: str | None = None) -> None:
         self.script = find_server_script()
         self.conf = dict(conf or {})
         self.advanced = dict(advanced or {})
@@ -222,7 +226,8 @@ class LocalBroker:
         self.startup_timeout = startup_timeout
         self.keep_dir = keep_dir
         self.node = f"amqphb-{os.getpid()}-{int(time.time() * 1000) % 100000}@localhost"
-        self.host = "127.0.0.1"
+        self.host = host
+        self.netns = netns
         self.port = 0
         self.dir: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -271,21 +276,24 @@ class LocalBroker:
 
     def start(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="amqphb-broker-")
-        self.port = free_port(self.requested_port or DEFAULT_AMQP_PORT)
+        ns = self.netns
+        self.port = netns.call_in(ns, free_port, self.requested_port or DEFAULT_AMQP_PORT, self.host)
         if self.tls:
-            self.amqps_port = free_port(self.requested_amqps_port or DEFAULT_AMQPS_PORT)
+            self.amqps_port = netns.call_in(ns, free_port, self.requested_amqps_port or DEFAULT_AMQPS_PORT,
+                                            self.host)
             self.tls_files = certs.make_pki(os.path.join(self.dir, "tls"))
-        dist_port = free_port()
-        self.epmd_port = free_port()
+        dist_port = netns.call_in(ns, free_port)
+        self.epmd_port = netns.call_in(ns, free_port)
+        inside = netns.exec_prefix(ns)
         env = self._write_files(dist_port)
         epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
         if not os.access(epmd, os.X_OK):
             raise EnvironmentProblem("epmd (Erlang) is missing: run `apt-get install rabbitmq-server`")
-        self.epmd = subprocess.Popen([epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+        self.epmd = subprocess.Popen([*inside, epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True, preexec_fn=die_with_parent)
         with open(os.path.join(self.dir, "startup.log"), "wb") as out:  # the child keeps its own copy
-            self.proc = subprocess.Popen([self.script], env=env, cwd=self.dir, stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([*inside, self.script], env=env, cwd=self.dir, stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True, preexec_fn=die_with_parent)
         self._wait_ready()
@@ -299,7 +307,7 @@ class LocalBroker:
             f.write("loopback_users = none\n")  # guest over 127.0.0.1 is allowed anyway
             # Loopback only, both families: scenarios may reach the node over [::1] (--ipv6).
             f.write(f"listeners.tcp.1 = {self.host}:{self.port}\n")
-            if ipv6_loopback_available():
+            if self._also_ipv6_loopback():
                 f.write(f"listeners.tcp.2 = ::1:{self.port}\n")
             f.write(self._tls_conf())
             for key, value in self.conf.items():
@@ -328,13 +336,17 @@ class LocalBroker:
         self._env = env
         return env
 
+    def _also_ipv6_loopback(self) -> bool:
+        """A second listener on [::1]: for the loopback node only (scenarios' --ipv6), where IPv6 works."""
+        return self.netns is None and self.host == "127.0.0.1" and ipv6_loopback_available()
+
     def _tls_conf(self) -> str:
         """rabbitmq.conf lines of the TLS listener (same addresses as the plaintext one), or ""."""
         files = self.tls_files
         if files is None:
             return ""
         lines = [f"listeners.ssl.1 = {self.host}:{self.amqps_port}"]
-        if ipv6_loopback_available():
+        if self._also_ipv6_loopback():
             lines.append(f"listeners.ssl.2 = ::1:{self.amqps_port}")
         lines += [f"ssl_options.cacertfile = {files.ca_cert}", f"ssl_options.certfile = {files.server_cert}",
                   f"ssl_options.keyfile = {files.server_key}", f"ssl_options.verify = {TLS_VERIFY}",
@@ -350,10 +362,11 @@ class LocalBroker:
                 raise EnvironmentProblem(f"rabbitmq-server exited with status {self.proc.returncode} "
                                          f"during startup: {self._log_tail()}")
             try:
-                props = probe(self.url, timeout=PROBE_TIMEOUT)
+                props = netns.call_in(self.netns, probe, self.url, timeout=PROBE_TIMEOUT)
                 if self.tls_files is not None and self.amqps_port is not None:
                     # Listeners come up one by one: ready once the TLS one completes a handshake too.
-                    certs.handshake(self.host, self.amqps_port, self.tls_files.ca_cert, timeout=PROBE_TIMEOUT)
+                    netns.call_in(self.netns, certs.handshake, self.host, self.amqps_port, self.tls_files.ca_cert,
+                                  timeout=PROBE_TIMEOUT)
             except Exception as exc:  # noqa: BLE001 (not listening yet: any pika/socket/ssl error means "retry")
                 last = exc
                 time.sleep(PROBE_INTERVAL)
@@ -452,8 +465,8 @@ class LocalBroker:
                 self.info.settings.pop(key, None)
 
     def _ctl(self, ctl: str, expr: str) -> str:
-        res = subprocess.run([ctl, "-n", self.node, "-q", "eval", expr], env=self._env, cwd=self.dir,
-                             capture_output=True, text=True, timeout=CTL_TIMEOUT)
+        res = subprocess.run([*netns.exec_prefix(self.netns), ctl, "-n", self.node, "-q", "eval", expr],
+                             env=self._env, cwd=self.dir, capture_output=True, text=True, timeout=CTL_TIMEOUT)
         if res.returncode != 0:
             detail = (res.stderr or res.stdout).strip()[:CTL_ERROR_CHARS]
             raise EnvironmentProblem(f"rabbitmqctl eval failed: {detail}")

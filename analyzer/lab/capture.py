@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from analyzer.errors import EnvironmentProblem, UsageError
+from analyzer.lab import netns as namespaces
 from analyzer.lab.broker import LAB_EXTRA_HINT, die_with_parent
 from analyzer.sources.pcap import PCAP_MAGICS
 
@@ -149,15 +150,21 @@ def count_pcap_records(path: str) -> int:
 
 
 class LiveCapture:
-    """`with LiveCapture("out.pcap", iface="lo", ports=[5672]) as cap: ...` then `cap.stats`."""
+    """`with LiveCapture("out.pcap", iface="lo", ports=[5672]) as cap: ...` then `cap.stats`.
+
+    netns: capture on `iface` inside that network namespace (tcpdump or dumpcap under `ip netns exec`).
+    """
 
     def __init__(self, path: str, *, iface: str = "lo", ports: Iterable[int] | None = DEFAULT_PORTS,
-                 backend: str = "auto", settle: float | None = None) -> None:
+                 backend: str = "auto", settle: float | None = None, netns: str | None = None) -> None:
         self.path = os.path.abspath(path)
         self.iface = iface
+        self.netns = netns
         self.ports = {int(p) for p in ports or ()}
         self.filter = bpf_filter(ports)
         self.backend = choose_backend(backend)
+        if netns is not None and self.backend == "scapy":
+            raise UsageError("capturing inside a network namespace needs tcpdump or dumpcap, not scapy")
         self.settle = settle if settle is not None else (SETTLE_DUMPCAP if self.backend == "dumpcap" else SETTLE)
         self.stats = CaptureStats(self.backend, self.path, iface, self.filter)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -223,7 +230,8 @@ class LiveCapture:
 
     def _start_tool(self) -> None:
         ready = "listening on" if self.backend == "tcpdump" else "File:"  # dumpcap: printed once the file is open
-        self._proc = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        self._proc = subprocess.Popen([*namespaces.exec_prefix(self.netns), *self._command()],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, start_new_session=True,
                                       preexec_fn=die_with_parent)
         self._reader = threading.Thread(target=self._read_stderr, args=(ready,), daemon=True)
