@@ -313,10 +313,11 @@ def _pairs(args: argparse.Namespace, seen_in: Mapping[str, list[str]], stdout: T
     if args.format == "json":
         json.dump(pairs_document(reports), stdout, indent=2, ensure_ascii=False)
         stdout.write("\n")
-    else:
-        stdout.write("".join(pair_block(r, colour=colour) for r in reports) or
-                     "\nno connection of these files was seen in two of them (--pair matches by initial sequence "
-                     "numbers: both captures need the connection's SYNs)\n")
+    elif reports:
+        stdout.write("".join(pair_block(r, colour=colour) for r in reports))
+    elif args.pair:  # (matched ids alone, without --pair, are often just a reused client port)
+        stdout.write("\nno connection of these files was seen in two of them (--pair matches by initial sequence "
+                     "numbers: both captures need the connection's SYNs, or the same connection id)\n")
 
 
 def _csv_line(row: Mapping[str, object], columns: list[str]) -> str:
