@@ -28,6 +28,17 @@ CLIENTS = (PIKA, PY_AMQP, AIO_PIKA, AMQPLIB)
 
 # Why a connection is expected to end as it does, when its verdict alone does not say it.
 BLOCKED_CONNECTION_TIMEOUT = "blocked-connection-timeout"  # pika gave up waiting for Connection.Unblocked
+NETWORK_PARTITION = "network-partition"  # the path was cut silently both ways; neither side's teardown crossed
+MIDDLEBOX_IDLE_TIMEOUT = "middlebox-idle-timeout"  # a box in between killed or forgot a flow idle for N s
+
+# The network fault scenarios (faults.py: network namespaces, two captures) and what the fault is.
+PARTITION = "partition"  # blackhole routes in the middle namespace, both ways, never restored
+IDLE_RESET = "idle-reset"  # a TCP forwarder in the middle resets both legs after N s without a byte
+IDLE_FORGET = "idle-forget"  # a conntrack router forgets the flow after N s; the next packet draws its RST
+LOSS = "loss"  # random loss both ways in the middle (nftables numgen: netem is not in this kernel)
+# The two captures of a fault run: tcpdump in the client's namespace and in the broker's.
+CLIENT_SIDE, BROKER_SIDE = "client", "broker"
+SIDES = (CLIENT_SIDE, BROKER_SIDE)
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,11 @@ class Scenario:
     # The exception over TLS, where it differs: the broker's close_notify precedes its RST, so a client
     # writing next can meet the TLS layer's error instead of the socket's (py-amqp: SSLEOFError).
     tls_exception: str | None = None
+    # Network fault scenarios: the fault (PARTITION, ...), and per capture side the role -> verdict
+    # expected for the connections that capture holds (`verdicts` is the client side's).
+    fault: str | None = None
+    side_verdicts: dict = field(default_factory=dict)
+    loss_percent: int = 0  # LOSS: packets dropped at random in each direction, percent
 
     def expected_exception(self, tls: bool) -> str | None:
         return self.tls_exception if tls and self.tls_exception else self.exception
@@ -107,6 +123,18 @@ def _healthy(client: str, summary: str, work_means: str) -> Scenario:
     return Scenario(f"{client}-healthy", f"{client} {summary}", heartbeat=3, work=8, messages=1,
                     verdicts=_both(GRACEFUL), exception=None, work_means=f"seconds of work per message, {work_means}",
                     client=client)
+
+
+def _fault(fault: str, summary: str, *, heartbeat: int, work: float, work_means: str, sides: tuple[dict, dict],
+           exception: str | None, cause: str | None, name: str | None = None, loss: int = 0) -> Scenario:
+    """A network fault scenario: one pika consumer through the middle namespace; sides: the (client
+    capture's, broker capture's) expected verdicts by role."""
+    client, broker = sides
+    causes = {role: cause for role in {*client, *broker}} if cause else {}
+    return Scenario(name or fault, summary, heartbeat=heartbeat, work=work, messages=0, verdicts=client,
+                    exception=exception, work_means=work_means, needs_local_broker=True, fault=fault,
+                    side_verdicts={CLIENT_SIDE: client, BROKER_SIDE: broker}, expected_causes=causes,
+                    loss_percent=loss)
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
@@ -158,6 +186,31 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     *(scenario for row in OTHER_CLIENTS for scenario in (_blocked_handler(*row[:3]), _healthy(row[0], *row[3:]))),
 ]}
 
+# Network faults (root: network namespaces; two captures, client side and broker side, one host clock;
+# faults.py runs them). Kept apart from SCENARIOS, the loopback scenarios that run against one broker.
+FAULT_SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
+    _fault(PARTITION, "a T=2 consumer idles, then the path is cut silently both ways for good: the broker's RST "
+           "and pika's FIN never cross; AMQPHeartbeatTimeout", heartbeat=2, work=3,
+           work_means="seconds the consumer idles (heartbeats both ways) before the cut",
+           sides=({CONSUMER: MISSED_SERVER}, {CONSUMER: MISSED_CLIENT}), exception="AMQPHeartbeatTimeout",
+           cause=NETWORK_PARTITION),
+    _fault(IDLE_RESET, "heartbeats off; a forwarder in between resets both legs after N s without a byte: "
+           "RST on each leg at once; StreamLostError", heartbeat=0, work=4, name="idle-timeout-middlebox",
+           work_means="the middlebox's idle timeout N, seconds",
+           sides=({CONSUMER: RESET}, {UPSTREAM: RESET}), exception="StreamLostError", cause=MIDDLEBOX_IDLE_TIMEOUT),
+    _fault(IDLE_FORGET, "heartbeats off; a conntrack router forgets the flow after N s idle; the client's next "
+           "publish draws the router's RST (TTL 64, not the broker's 63); the broker never knows",
+           heartbeat=0, work=4, name="idle-timeout-middlebox-silent",
+           work_means="the router's conntrack timeout N, seconds (the client publishes 1.5 s after it)",
+           sides=({CONSUMER: RESET}, {CONSUMER: OPEN}), exception="StreamLostError", cause=MIDDLEBOX_IDLE_TIMEOUT),
+    _fault(LOSS, "a T=2 consumer idles over a path losing 20% of packets each way, then closes normally: "
+           "retransmissions, heartbeats keep it alive", heartbeat=2, work=8, name="lossy-path",
+           work_means="seconds the consumer idles over the lossy path before closing",
+           sides=({CONSUMER: GRACEFUL}, {CONSUMER: GRACEFUL}), exception=None, cause=None, loss=20),
+]}
+# Every scenario `scenario list` shows and `scenario run` takes.
+ALL: dict[str, Scenario] = {**SCENARIOS, **FAULT_SCENARIOS}
+
 
 def idle_seconds(scenario: Scenario, heartbeat: int) -> float:
     """How long the consumer idles before the publish: three of pika's T/2 heartbeats and a bit."""
@@ -176,6 +229,6 @@ def get(name: str) -> Scenario:
     from analyzer.errors import UsageError
 
     try:
-        return SCENARIOS[name]
+        return ALL[name]
     except KeyError:
         raise UsageError(f"unknown scenario {name!r}; `amqp-hb scenario list` shows them") from None

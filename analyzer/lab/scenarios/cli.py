@@ -99,11 +99,14 @@ def run_capture_command(args: argparse.Namespace, stdout: TextIO, stderr: TextIO
 
 
 def run_list(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitStatus:
-    width = max(len(n) for n in catalog.SCENARIOS)
-    for s in catalog.SCENARIOS.values():
+    width = max(len(n) for n in catalog.ALL)
+    for s in catalog.ALL.values():
         stdout.write(f"{s.name:<{width}}  {s.summary}\n")
         if s.client != catalog.PIKA:
             stdout.write(f"{'':<{width}}  client: {s.client}\n")
+        if s.fault:
+            stdout.write(f"{'':<{width}}  network fault (root): client, mid and broker namespaces; captures "
+                         "BASENAME-client.pcap and BASENAME-broker.pcap, each with its .json\n")
         extra = "".join(f" {k}={v}" for k, v in s.broker_settings.items())
         stdout.write(f"{'':<{width}}  --heartbeat {s.heartbeat} --work {s.work:g} ({s.work_means})"
                      f" --messages {s.messages}{extra}\n")
@@ -131,9 +134,12 @@ def run_scenario_command(args: argparse.Namespace, stdout: TextIO, stderr: TextI
                               tls=args.tls, tls_version=args.tls_version)
     meta = result.metadata
     cap = meta["capture"]
-    dropped = "unknown" if cap["dropped"] is None else cap["dropped"]
-    stdout.write(f"capture:  {result.pcap} ({cap['packets']} packets, {dropped} dropped, {cap['backend']})\n")
-    stdout.write(f"metadata: {result.metadata_path}\n")
+    for side, run in (result.sides or {"": result}).items():
+        c = run.metadata["capture"]
+        dropped = "unknown" if c["dropped"] is None else c["dropped"]
+        where = f", {side} side: {c['namespace']} {c['interface']}" if side else ""
+        stdout.write(f"capture:  {run.pcap} ({c['packets']} packets, {dropped} dropped, {c['backend']}{where})\n")
+        stdout.write(f"metadata: {run.metadata_path}\n")
     if result.keylog:
         tls = meta["tls"]
         sessions = ", ".join(f"{s['version']} {s['cipher']}" for s in tls["negotiated"]) or "none logged"
@@ -143,15 +149,29 @@ def run_scenario_command(args: argparse.Namespace, stdout: TextIO, stderr: TextI
                  f"{client['library']} {client['version']}\n")
     observed = ", ".join(meta["observed_exceptions"]) or "none"
     stdout.write(f"client exception: {observed} (expected {meta['expected_exception'] or 'none'})\n")
-    for cid, verdict in meta["expected_verdicts"].items():
-        stdout.write(f"expected  {cid}  {verdict}\n")
+    for side, run in (result.sides or {"": result}).items():
+        for cid, verdict in run.metadata["expected_verdicts"].items():
+            stdout.write(f"expected  {cid}  {verdict}{f'  ({side} side)' if side else ''}\n")
+    if "fault" in meta:
+        write_fault(meta, stdout)
     if cap["dropped"]:
         stderr.write(f"amqp-hb: warning: the kernel dropped {cap['dropped']} packets: the capture is incomplete\n")
     if not meta["as_expected"]:
         stderr.write("amqp-hb: warning: the run did not go as the scenario claims (see the event log)\n")
     if args.analyze:
-        return compare_with_analysis(result.pcap, meta, stdout, stderr)
+        statuses = [compare_with_analysis(run.pcap, run.metadata, stdout, stderr)
+                    for run in (result.sides or {"": result}).values()]
+        return max(statuses)
     return ExitStatus.OK
+
+
+def write_fault(meta: dict, stdout: TextIO) -> None:
+    """The fault's ground truth, its times relative to the client's connection (one line)."""
+    fault = meta["fault"]
+    t0 = next((e["t"] for e in meta["events"] if e["event"] == "connected"), meta["started_epoch"])
+    times = ", ".join(f"{key} +{value - t0:.3f} s" for key, value in fault.items()
+                      if key.endswith("_at") and isinstance(value, float))
+    stdout.write(f"fault:    {fault['kind']}: {times or 'no times recorded'} (after connecting)\n")
 
 
 def compare_with_analysis(pcap: str, meta: dict, stdout: TextIO, stderr: TextIO) -> ExitStatus:

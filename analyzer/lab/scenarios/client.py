@@ -333,6 +333,39 @@ def blocked_connection_timeout(p: dict) -> None:
     wait_for(conn, lambda: False, "ConnectionBlockedTimeout", timeout=timeout + 10)
 
 
+def network_fault(p: dict) -> None:
+    """A consumer (heartbeat T, 0 disables) that services I/O until its connection breaks (the fault
+    scenarios: the runner cuts the path or a middlebox kills the flow meanwhile).
+
+    publish_after: seconds after consuming at which it publishes one message on its own connection
+    (the next packet through a middlebox that forgot the flow); close_after: close normally after so
+    many seconds instead (a path that only loses packets); serve_for: the longest it waits for the
+    connection to break (then TimeoutError: the fault never bit).
+    """
+    conn = connect(p["url"], "consumer", p["heartbeat"])
+    ch = conn.channel()
+    declare(ch, p["queue"])
+
+    def on_message(channel, method, _props, body):
+        emit("message", delivery_tag=method.delivery_tag, bytes=len(body))
+        channel.basic_ack(delivery_tag=method.delivery_tag)
+        emit("ack", delivery_tag=method.delivery_tag)
+
+    ch.basic_consume(queue=p["queue"], on_message_callback=on_message)
+    emit("consuming", role="consumer", queue=p["queue"])
+    if p.get("publish_after") is not None:
+        conn.sleep(p["publish_after"])  # services I/O: heartbeats (if any) go on
+        emit("publishing", role="consumer", messages=1)
+        ch.basic_publish(exchange="", routing_key=p["queue"], body=b"message 1 of 1")
+        emit("published", role="consumer", messages=1)
+    if p.get("close_after") is not None:
+        conn.sleep(p["close_after"])
+        emit("finished")
+        close(conn, "consumer")
+        return
+    wait_for(conn, lambda: False, "end of the connection", timeout=p["serve_for"])
+
+
 SCENARIOS: dict[str, Callable[[dict[str, Any]], None]] = {
     "idle": functools.partial(consumer, mode="idle"),
     "blocked-callback": functools.partial(consumer, mode="blocking"),
@@ -346,6 +379,10 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], None]] = {
     "proxy": functools.partial(consumer, mode="blocking"),
     "every-method": every_method,
     "blocked-connection-timeout": blocked_connection_timeout,
+    "partition": network_fault,
+    "idle-timeout-middlebox": network_fault,
+    "idle-timeout-middlebox-silent": network_fault,
+    "lossy-path": network_fault,
 }
 
 

@@ -27,12 +27,13 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from analyzer.errors import EnvironmentProblem, UsageError
 from analyzer.lab import certs
 from analyzer.lab.broker import CTL_SCRIPTS, INSTALL_HINT, LAB_EXTRA_HINT, LocalBroker, die_with_parent, open_broker
 from analyzer.lab.capture import LiveCapture
+from analyzer.lab.netns import exec_prefix
 from analyzer.lab.scenarios import catalog
 from analyzer.lab.scenarios.proxy import TcpProxy
 
@@ -71,6 +72,9 @@ class RunResult:
     metadata_path: str
     metadata: dict
     keylog: str | None = None  # TLS runs: the clients' key log (NSS format) beside the pcap
+    # Network fault runs: side ("client", "broker") -> that capture's RunResult (its pcap and its own
+    # metadata); pcap, metadata_path and metadata above are then the client side's.
+    sides: dict[str, RunResult] = field(default_factory=dict)
 
     @property
     def expected_verdicts(self) -> dict:
@@ -89,8 +93,12 @@ class EventLog:
         open(path, "w").close()
 
     def add(self, source: str, event: str, **fields) -> None:
+        self.add_at(time.time(), source, event, **fields)
+
+    def add_at(self, t: float, source: str, event: str, **fields) -> None:
+        """An event that happened at epoch `t` (e.g. read from the broker's log afterwards)."""
         with self._lock:
-            self.other.append({"t": time.time(), "source": source, "event": event, **fields})
+            self.other.append({"t": t, "source": source, "event": event, **fields})
 
     def poll(self) -> list[dict]:
         with open(self.path, encoding="utf-8") as f:
@@ -175,6 +183,11 @@ def run_scenario(name: str, *, out_dir: str = ".", broker=None, broker_url: str 
     scenario = catalog.get(name)
     params = resolve_params(scenario, heartbeat, work, messages)
     tls = tls or tls_version is not None
+    if scenario.fault:
+        from analyzer.lab.scenarios.faults import run_fault
+
+        return run_fault(scenario, params, out_dir=out_dir, broker=broker, broker_url=broker_url, backend=backend,
+                         basename=basename, progress=progress, interface=interface, ipv6=ipv6, tls=tls)
     if tls:
         check_tls(scenario, tls_version, broker_url)
     missing = client_problem(scenario)
@@ -377,7 +390,8 @@ def _wait_event(log: EventLog, client, event: str, timeout: float) -> dict:
     raise EnvironmentProblem(f"scenario client never reached '{event}'{detail}")
 
 
-def _start_client(scenario: catalog.Scenario, params: dict, work_dir: str) -> subprocess.Popen:
+def _start_client(scenario: catalog.Scenario, params: dict, work_dir: str,
+                  netns: str | None = None) -> subprocess.Popen:
     kind, program, _needs = PROGRAMS[scenario.client]
     if kind == "node":
         env = _node_env()
@@ -385,17 +399,23 @@ def _start_client(scenario: catalog.Scenario, params: dict, work_dir: str) -> su
         keylog = [f"--tls-keylog={params['tls']['keylog']}"] if params.get("tls") else []
         command = [shutil.which("node") or "node", *keylog, program]
     else:
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
+        env = python_env()
         command = [sys.executable, "-m", program]
     out = open(os.path.join(work_dir, "client.out"), "wb")  # noqa: SIM115 (handed to the child, closed below)
     try:
-        return subprocess.Popen([*command, scenario.name, json.dumps(params)],
+        return subprocess.Popen([*exec_prefix(netns), *command, scenario.name, json.dumps(params)],
                                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=die_with_parent)
     finally:
         out.close()
+
+
+def python_env() -> dict[str, str]:
+    """The environment of a Python program the lab runs with `-m` (this package importable)."""
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
 
 
 def _kill(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
