@@ -3,7 +3,7 @@ import pathlib
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_broker", "tests.fixtures_clients", "tests.fixtures_tls"]
+pytest_plugins = ["tests.fixtures_broker", "tests.fixtures_clients", "tests.fixtures_tls", "tests.fixtures_faults"]
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CAPTURES = REPO / "captures"
