@@ -303,16 +303,18 @@ def _pairs(args: argparse.Namespace, seen_in: Mapping[str, list[str]], stdout: T
     from analyzer.render.analysis_json import pairs_document
     from analyzer.render.text import pair_block
 
-    if args.pair:
-        paths = list(dict.fromkeys(args.files))
+    if args.pair:  # the files analyzed (a file already reported unusable is left out)
+        paths = list(dict.fromkeys(p for files in seen_in.values() for p in files))
     else:
         paths = list(dict.fromkeys(p for files in seen_in.values() if len(set(files)) > 1 for p in files))
     if len(paths) < 2 or args.format == "csv":
         return
     reports = pair_files(paths, ports=_ports(args), tls_keys=_tls_keys(args))
-    if args.format == "json":
+    if args.format == "json" and (reports or args.pair):
         json.dump(pairs_document(reports), stdout, indent=2, ensure_ascii=False)
         stdout.write("\n")
+    elif args.format == "json":
+        return
     elif reports:
         stdout.write("".join(pair_block(r, colour=colour) for r in reports))
     elif args.pair:  # (matched ids alone, without --pair, are often just a reused client port)
