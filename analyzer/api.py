@@ -359,7 +359,7 @@ def analyze_file(
         timelines = [t for t in timelines if t.info.id == connection]
         if not timelines:
             raise UsageError(f"{path}: no AMQP connection {connection!r} in this capture")
-    diagnoses = [diagnose(t, t0) for t in timelines]
+    diagnoses = [diagnose(t, t0, summary.end_epoch) for t in timelines]
     summary.warnings.extend(keylog_warnings(diagnoses))
     return FileAnalysis(str(path), summary, diagnoses)
 
@@ -382,7 +382,7 @@ def _analyze_streaming(path, summary: CaptureSummary, *, ports, connection, show
         nonlocal found
         if connection is None or timeline.info.id == connection:
             found += 1
-            d = diagnose(timeline, summary.start_epoch or 0.0)
+            d = diagnose(timeline, summary.start_epoch or 0.0, summary.end_epoch)
             summary.warnings.extend(keylog_warnings([d]))
             on_connection(d)
 

@@ -277,3 +277,23 @@ def test_lossy_path_loses_packets_and_survives(fault_runs):
     assert at_client["c2s"]["packets"] - at_broker["c2s"]["packets"] == dropped["lost-client-to-broker"]
     assert at_broker["s2c"]["packets"] - at_client["s2c"]["packets"] == dropped["lost-broker-to-client"]
     assert meta["client"]["exit_status"] == 0 and fault["client_exception"] is None
+
+
+# ---- the shipped recordings ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_shipped_fault_captures(captures_dir, name):
+    """captures/<name>-client.pcap and -broker.pcap with their .json: small, clean, paired, and the wire
+    facts in the metadata are what the files hold."""
+    metas = {}
+    for side in ("client", "broker"):
+        pcap, meta_path = captures_dir / f"{SHIPPED[name]}-{side}.pcap", captures_dir / f"{SHIPPED[name]}-{side}.json"
+        meta = json.loads(meta_path.read_text())
+        assert meta["scenario"] == name and meta["side"] == side and meta["as_expected"]
+        assert meta["capture"]["dropped"] == 0 and 0 < pcap.stat().st_size < 8 * 1024
+        assert meta["capture"]["wire"] == json.loads(json.dumps(wire.facts(str(pcap), 5672)))
+        assert set(meta["expected_verdicts"]) == set(meta["capture"]["wire"])
+        metas[side] = meta
+    assert metas["client"]["fault"] == metas["broker"]["fault"]
+    assert metas["client"]["pair"] == {s: f"{SHIPPED[name]}-{s}.pcap" for s in ("client", "broker")}

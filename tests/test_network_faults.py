@@ -268,3 +268,26 @@ def test_analyze_pairs_files_that_share_a_connection(tmp_path):
     documents = [json.loads(doc) for doc in out.getvalue().replace("}\n{", "}\x00{").split("\x00")]
     (pairs,) = [doc for doc in documents if doc["schema"] == "amqp-hb/pairs/1"]
     assert pairs["pairs"][0]["directions"]["c2s"]["lost"] > 0
+
+
+def test_retransmissions_that_stop_while_the_capture_goes_on_are_the_kernel_giving_up(tmp_path):
+    """TCP_USER_TIMEOUT-style: the client's back-off stops at 12.2 s; another flow's packet at 30 s shows
+    the capture was still running when the next retransmission (18.6 s) was due."""
+    steps = client_side_partition(end=12.3)
+    conv = synth.scripted_conversation(steps)
+    packets = conv.packets()
+    other = synth.tcp_packet("127.0.0.1", "127.0.0.1", 40001, 9999, 1, 1, ACK)
+    packets.append((1700000030.0, synth.LINKTYPE_ETHERNET, synth.wrap(synth.LINKTYPE_ETHERNET, other)))
+    path = tmp_path / "gave-up.pcap"
+    path.write_bytes(synth.pcap_bytes(packets))
+    (d,) = analyze_file(path).connections
+    (finding,) = [f for f in d.findings if f.kind == "kernel-gave-up"]
+    assert "client's TCP retransmitted" in finding.detail and "TCP_USER_TIMEOUT" in finding.detail
+    assert d.capture_end == pytest.approx(30.0, abs=0.01)
+    # pika's give-up (16.007 s) fell inside the capture: the verdict is still the client's.
+    assert d.verdict == "missed-server-heartbeats"
+
+
+def test_a_backoff_still_running_at_the_capture_end_is_not_the_kernel_giving_up(tmp_path):
+    d = only(analyze_file(write(tmp_path, client_side_partition())))
+    assert "kernel-gave-up" not in kinds(d)

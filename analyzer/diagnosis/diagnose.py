@@ -69,8 +69,12 @@ REPLY_SUCCESS = 200
 PRECONDITION_FAILED = 406
 
 
-def diagnose(timeline: ConnectionTimeline, t0: float) -> Diagnosis:
+def diagnose(timeline: ConnectionTimeline, t0: float, capture_end: float | None = None) -> Diagnosis:
+    """`capture_end`: the epoch of the capture's last packet (of any connection), when known: a
+    connection's silence can be judged up to there, not only to its own last packet."""
     d = Diagnosis(timeline, t0, _heartbeat(timeline), _close(timeline, t0))
+    d.capture_end = max(d.rel(capture_end), d.rel(timeline.last_seen)) if capture_end is not None else \
+        d.rel(timeline.last_seen)
     d.tls = _tls_summary(d)
     d.client = identify(timeline, d.heartbeat.effective)
     _verdict(d)
@@ -246,7 +250,7 @@ def _gave_up_off_the_wire(d: Diagnosis) -> None:
     the verdict, at the predicted time. Its FIN waits behind the data its kernel keeps retransmitting
     (models/linux_tcp.py), so it never reaches the wire; the prediction is all there is."""
     prediction = _unheard_client_give_up(d)
-    if prediction is None or prediction.predicted >= d.rel(d.timeline.last_seen):
+    if prediction is None or prediction.predicted >= d.capture_end:
         return  # (after the capture's last packet: a finding says when it will come)
     d.prediction, d.prediction_fits = prediction, True
     d.close = Close(prediction.predicted, "client", "fin", inferred=True)
@@ -444,11 +448,40 @@ def _findings(d: Diagnosis) -> Iterator[Finding]:
             yield Finding(end, "client-gives-up-after-capture", None,
                           f"the broker has sent nothing since {pending.last_byte:.3f} s while the client's data went "
                           f"unacknowledged: unless a broker byte arrived later, {d.profile.name} gives up at "
-                          f"{pending.predicted:.3f} s, after this capture's last packet ({end:.3f} s); its FIN will "
-                          "wait behind the unacknowledged data, so no packet will show it")
+                          f"{pending.predicted:.3f} s, after this capture's last packet ({d.capture_end:.3f} s); its "
+                          "FIN will wait behind the unacknowledged data, so no packet will show it")
+    yield from _kernel_gave_up(d)
     if tl.protocol != "amqp-0-9-1":
         yield Finding(d.rel(tl.protocol_header or tl.first_seen), "not-amqp-0-9-1", None,
                       f"this connection speaks {tl.protocol}, not AMQP 0-9-1: its frames are not decoded")
+
+
+# Past the retransmission the back-off would have sent next, this much more capture without it (and
+# without a FIN or RST) means the sender's kernel stopped trying.
+KERNEL_GAVE_UP_MARGIN = 1.0
+
+
+def _kernel_gave_up(d: Diagnosis) -> Iterator[Finding]:
+    """A side whose retransmissions backed off and then stopped, with no FIN or RST, while the capture
+    went on: its kernel timed the connection out (tcp_retries2, or the socket's TCP_USER_TIMEOUT)."""
+    for side, kind in ((d.timeline.c2s, "client"), (d.timeline.s2c, "broker")):
+        if side.fin is not None or side.rst is not None or side.last_payload is None:
+            continue
+        train = [side.last_payload, *side.retransmission_times]
+        if side.retransmissions_since_payload > len(side.retransmission_times) or not linux_tcp.is_backoff(train):
+            continue
+        expected = linux_tcp.next_retransmission(train)
+        if expected is None or d.capture_end < d.rel(expected) + KERNEL_GAVE_UP_MARGIN:
+            continue
+        first, last = d.rel(side.last_payload), d.rel(train[-1])
+        yield Finding(last, "kernel-gave-up", None,
+                      f"the {kind}'s TCP retransmitted its unacknowledged data {len(train) - 1} times from "
+                      f"{first:.3f} s to {last:.3f} s with exponential back-off, then stopped without a FIN or RST "
+                      "although the "
+                      f"capture went on to {d.capture_end:.3f} s (the next retransmission was due at "
+                      f"{d.rel(expected):.3f} s): its kernel gave up on the connection after {last - first:.1f} s "
+                      "(the socket's TCP_USER_TIMEOUT, or net.ipv4.tcp_retries2 after about 15 minutes by default) "
+                      "and the application's next call on it failed with ETIMEDOUT")
 
 
 # A teardown after this long with no byte either way, where heartbeats could not have run, is what an

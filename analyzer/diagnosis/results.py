@@ -136,6 +136,7 @@ class Diagnosis:
     explanation: str = ""
     client: ClientIdentity = UNKNOWN_CLIENT
     tls: TlsSummary | None = None  # set for a TLS connection
+    capture_end: float = 0.0  # the capture's last packet (relative), or this connection's when unknown
 
     def timer_anchors(self) -> dict[TimerStart, float]:
         """The captured (relative) times of the handshake steps a client starts its timers at; a
