@@ -70,11 +70,13 @@ PRECONDITION_FAILED = 406
 
 
 def diagnose(timeline: ConnectionTimeline, t0: float, capture_end: float | None = None) -> Diagnosis:
-    """`capture_end`: the epoch of the capture's last packet (of any connection), when known: a
-    connection's silence can be judged up to there, not only to its own last packet."""
+    """`capture_end`: the epoch of the capture's last packet (of any connection), when known: the
+    silence of a connection still open can be judged up to there, not only to its own last packet
+    (a closed one ends with its teardown, and is the same handed over early or at the end)."""
     d = Diagnosis(timeline, t0, _heartbeat(timeline), _close(timeline, t0))
-    d.capture_end = max(d.rel(capture_end), d.rel(timeline.last_seen)) if capture_end is not None else \
-        d.rel(timeline.last_seen)
+    d.capture_end = d.rel(timeline.last_seen)
+    if capture_end is not None and timeline.teardown is None:
+        d.capture_end = max(d.capture_end, d.rel(capture_end))
     d.tls = _tls_summary(d)
     d.client = identify(timeline, d.heartbeat.effective)
     _verdict(d)
