@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from analyzer import cli
 from analyzer.api import FrameBatch, FrameRecord, read_frame_batches, read_frames
 from analyzer.render.frames import JsonLines, frame_fields
+from analyzer.tls.keylog import KeyLog
 from tests.conftest import CAPTURES as CAPTURE_DIR
 
 CAPTURES = sorted(CAPTURE_DIR.glob("*.pcap*"))
@@ -41,12 +42,22 @@ def batched(request, monkeypatch):
     return request.param
 
 
+def keys_of(path):
+    """A TLS capture's key log (its frames are listed only decrypted), else None."""
+    keys = path.with_suffix(".keys")
+    return KeyLog.parse(keys.read_bytes()) if keys.exists() else None
+
+
 @pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.name)
 def test_jsonl_equals_json_dumps_on_every_capture(path, batched) -> None:
-    assert fast_lines(path) == reference_lines(path)
-    assert fast_lines(path, file="x/ü.pcap") == reference_lines(path, file="x/ü.pcap")
-    connection = next(read_frames(path)).connection
-    assert fast_lines(path, connection=connection) == reference_lines(path, connection=connection)
+    keys = keys_of(path)
+    assert fast_lines(path, tls_keys=keys) == reference_lines(path, tls_keys=keys)
+    assert fast_lines(path, file="x/ü.pcap", tls_keys=keys) == reference_lines(path, file="x/ü.pcap", tls_keys=keys)
+    first = next(read_frames(path, tls_keys=keys), None)
+    assert first is not None, f"{path.name}: no frames listed"
+    connection = first.connection
+    assert fast_lines(path, connection=connection, tls_keys=keys) == \
+        reference_lines(path, connection=connection, tls_keys=keys)
 
 
 def test_batches_are_used(monkeypatch) -> None:

@@ -97,8 +97,11 @@ def wiresharks(path: pathlib.Path, ports: set[int], keylog: pathlib.Path | None 
     with `keylog` (its tls.keylog_file preference) when given."""
     import pyshark  # imported here so a missing pyshark fails this test only, loudly
 
-    # 5671 is Wireshark's AMQP-over-TLS port already (packet-amqp.c registers it with the TLS dissector).
-    decode_as = {f"tcp.port=={p}": "amqp" for p in sorted(ports - {5672, 5671})}
+    # 5671 is Wireshark's AMQP-over-TLS port already (packet-amqp.c registers it with the TLS dissector);
+    # TLS on another port is decoded as TLS, and TLS's payload there as AMQP.
+    decode_as = {f"tcp.port=={p}": ("tls" if keylog is not None else "amqp") for p in sorted(ports - {5672, 5671})}
+    if keylog is not None:
+        decode_as.update({f"tls.port=={p}": "amqp" for p in sorted(ports - {5672, 5671})})
     prefs = {"tls.keylog_file": str(keylog)} if keylog is not None else None
     cap = pyshark.FileCapture(str(path), display_filter="amqp", decode_as=decode_as or None, keep_packets=False,
                               override_prefs=prefs)
