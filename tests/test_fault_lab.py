@@ -96,6 +96,21 @@ def test_a_failed_setup_removes_what_it_made(monkeypatch):
     assert len(topo.namespaces) == 3 and not set(topo.namespaces) & set(netns.our_namespaces())
 
 
+def test_namespaces_of_a_dead_run_are_swept():
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale, live = f"{netns.PREFIX}{dead.pid}-feed00-mid", f"{netns.PREFIX}{os.getpid()}-feed01-mid"
+    for ns in (stale, live):
+        netns.run(["ip", "netns", "add", ns])
+    try:
+        assert stale in netns.sweep_stale()
+        assert stale not in netns.our_namespaces() and live in netns.our_namespaces()
+    finally:
+        for ns in (stale, live):
+            netns.Topology.remove(ns)
+    assert not {stale, live} & set(netns.our_namespaces())
+
+
 def test_kernel_features_are_measured():
     found = netns.kernel_features()
     assert {"netem", "matchall", "gact", "u32_mirred", "clsact", "nftables", "conntrack_per_netns"} <= set(found)
@@ -271,7 +286,7 @@ def test_lossy_path_loses_packets_and_survives(fault_runs):
     meta = fault_runs("lossy-path").metadata
     fault = meta["fault"]
     dropped = fault["dropped"]
-    assert fault["loss_percent"] == 20 and sum(dropped.values()) > 0
+    assert fault["loss_percent"] == 20 and min(dropped.values()) > 0  # the runner waits for a loss each way
     at_client, at_broker = the_connection(meta, "client"), the_connection(meta, "broker")
     # Every packet the middle dropped is in the sender's capture and not in the receiver's.
     assert at_client["c2s"]["packets"] - at_broker["c2s"]["packets"] == dropped["lost-client-to-broker"]

@@ -2,9 +2,10 @@
 and a broker namespace joined by two veth pairs, the faults the middle one can apply, and a cleanup
 that leaves nothing behind.
 
-Strategy: `Topology` is a context manager. It creates three namespaces named `amqphb-<token>-client`,
-`-mid` and `-broker`, and two veth pairs created directly inside them (`ip link add ... netns A type
-veth peer ... netns B`: no device ever appears in the root namespace). Addresses exist only inside
+Strategy: `Topology` is a context manager. It creates three namespaces named
+`amqphb-<pid>-<tag>-client`, `-mid` and `-broker` (pid: the creating process), and two veth pairs
+created directly inside them (`ip link add ... netns A type veth peer ... netns B`: no device ever
+appears in the root namespace). Addresses exist only inside
 (10.213.1.0/30 client side, 10.213.2.0/30 broker side); the middle namespace routes between them
 (ip_forward=1), or hosts a TCP forwarder. The middle hop is what makes two captures of one connection
 meaningful: tcpdump in the client namespace records what left the client, tcpdump in the broker
@@ -25,7 +26,8 @@ Cleanup (`close`, also after a partial setup): every process still inside one of
 killed by pid (`ip netns pids`; only processes we started can be there), every TCP socket left in
 them is destroyed (`ss -K`: an orphaned socket retransmitting into a partition would otherwise keep
 the namespace and its veths alive in the kernel after `ip netns del`), then the namespaces are
-deleted, which removes their veths, routes, nftables tables and sysctls.
+deleted, which removes their veths, routes, nftables tables and sysctls. A new Topology first
+sweeps the lab namespaces whose creating process is dead (a SIGKILLed run cannot clean up).
 """
 from __future__ import annotations
 
@@ -128,6 +130,22 @@ def our_namespaces() -> list[str]:
     return []
 
 
+def _new_token() -> str:
+    return f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def sweep_stale() -> list[str]:
+    """Delete the lab namespaces whose creating process is gone (a run that was SIGKILLed could not
+    clean up); returns their names. Namespaces of live processes, other runs included, are left alone."""
+    stale = []
+    for ns in our_namespaces():
+        pid = ns[len(PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.append(ns)
+            Topology.remove(ns)
+    return stale
+
+
 def our_root_links() -> list[str]:
     """Interfaces in the root namespace named like the lab's (there should never be any)."""
     names = {CLIENT_IFACE, MID_CLIENT_IFACE, MID_BROKER_IFACE, BROKER_IFACE}
@@ -155,7 +173,7 @@ def kernel_features() -> dict[str, object]:
     numgen and conntrack), conntrack_per_netns (its timeouts settable inside a namespace).
     """
     ensure_root()
-    scratch = f"{PREFIX}{uuid.uuid4().hex[:8]}-probe"
+    scratch = f"{_new_token()}-probe"
     found: dict[str, object] = {"release": platform.release()}
 
     def works(*commands: list[str], stdin: str | None = None) -> bool:
@@ -214,10 +232,10 @@ class Topology:
     `sysctl()` configure the middle namespace.
     """
 
-    def __init__(self, token: str | None = None) -> None:
+    def __init__(self) -> None:
         ensure_root()
-        self.token = token or uuid.uuid4().hex[:8]
-        base = f"{PREFIX}{self.token}"
+        sweep_stale()
+        base = _new_token()
         self.client = Side(f"{base}-client", CLIENT_IFACE, CLIENT_ADDRESS)
         self.mid = f"{base}-mid"
         self.broker = Side(f"{base}-broker", BROKER_IFACE, BROKER_ADDRESS)
@@ -327,12 +345,17 @@ class Topology:
     def close(self) -> None:
         """Kill what runs inside, destroy leftover sockets, delete the namespaces; tolerates partial state."""
         for ns in reversed(self.created):
-            self._kill_inside(ns)
-        for ns in reversed(self.created):
-            subprocess.run([*exec_prefix(ns), "ss", "-K", "-t", "-a"], capture_output=True,
-                           timeout=COMMAND_TIMEOUT, check=False)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=COMMAND_TIMEOUT, check=False)
+            self.remove(ns)
         self.created = []
+
+    @classmethod
+    def remove(cls, ns: str) -> None:
+        """Kill the processes inside `ns`, destroy its TCP sockets (an orphan retransmitting into a cut
+        path would keep the namespace alive in the kernel), delete it; tolerates a half-made one."""
+        cls._kill_inside(ns)
+        subprocess.run([*exec_prefix(ns), "ss", "-K", "-t", "-a"], capture_output=True,
+                       timeout=COMMAND_TIMEOUT, check=False)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=COMMAND_TIMEOUT, check=False)
 
     @staticmethod
     def _kill_inside(ns: str) -> None:

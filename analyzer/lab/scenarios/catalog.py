@@ -205,7 +205,7 @@ FAULT_SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
            sides=({CONSUMER: RESET}, {CONSUMER: OPEN}), exception="StreamLostError", cause=MIDDLEBOX_IDLE_TIMEOUT),
     _fault(LOSS, "a T=2 consumer idles over a path losing 20% of packets each way, then closes normally: "
            "retransmissions, heartbeats keep it alive", heartbeat=2, work=8, name="lossy-path",
-           work_means="seconds the consumer idles over the lossy path before closing",
+           work_means="seconds of loss while the consumer idles (more until a packet was lost each way)",
            sides=({CONSUMER: GRACEFUL}, {CONSUMER: GRACEFUL}), exception=None, cause=None, loss=20),
 ]}
 # Every scenario `scenario list` shows and `scenario run` takes.

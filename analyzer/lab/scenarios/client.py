@@ -338,9 +338,10 @@ def network_fault(p: dict) -> None:
     scenarios: the runner cuts the path or a middlebox kills the flow meanwhile).
 
     publish_after: seconds after consuming at which it publishes one message on its own connection
-    (the next packet through a middlebox that forgot the flow); close_after: close normally after so
-    many seconds instead (a path that only loses packets); serve_for: the longest it waits for the
-    connection to break (then TimeoutError: the fault never bit).
+    (the next packet through a middlebox that forgot the flow); close_on_signal: close normally once the
+    runner creates the file runner_signal instead (a path that only loses packets, once it has lost
+    some); serve_for: the longest it waits for the connection to break or the signal (then
+    TimeoutError: the fault never bit).
     """
     conn = connect(p["url"], "consumer", p["heartbeat"])
     ch = conn.channel()
@@ -358,8 +359,8 @@ def network_fault(p: dict) -> None:
         emit("publishing", role="consumer", messages=1)
         ch.basic_publish(exchange="", routing_key=p["queue"], body=b"message 1 of 1")
         emit("published", role="consumer", messages=1)
-    if p.get("close_after") is not None:
-        conn.sleep(p["close_after"])
+    if p.get("close_on_signal"):
+        wait_for(conn, lambda: os.path.exists(p["runner_signal"]), "the runner's signal to close", p["serve_for"])
         emit("finished")
         close(conn, "consumer")
         return

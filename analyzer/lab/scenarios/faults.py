@@ -22,7 +22,8 @@ The faults (netns.py says how each is made with what this kernel has):
 - idle-timeout-middlebox-silent: the middle namespace routes with conntrack (established timeout N);
   the consumer (heartbeat 0) publishes N + PUBLISH_AFTER_EXPIRY s after consuming: the router has
   forgotten the flow and answers with a RST of its own; the broker never hears of it.
-- lossy-path: random loss both ways while the consumer idles `work` s, lifted just before it closes.
+- lossy-path: random loss both ways while the consumer idles `work` s (longer until a packet was lost
+  each way), then lifted, and the consumer told to close.
 """
 from __future__ import annotations
 
@@ -62,7 +63,11 @@ from analyzer.lab.scenarios.runner import (
 AMQP_PORT = 5672  # the node listens on it in its own namespace, the forwarder in the middle one
 SETTLE = 1.0  # after both sides gave up: late retransmissions and resets reach the captures
 PUBLISH_AFTER_EXPIRY = 1.5  # idle-timeout-middlebox-silent: the publish comes this long after the flow expired
-LOSS_LIFTED_BEFORE_CLOSE = 0.5  # lossy-path: the loss ends this long before the client closes
+# lossy-path: after `work` s of loss the runner waits up to LOSS_WAIT s more until a packet was lost each
+# way (random loss may spare a few packets), lifts the loss, then tells the client to close (a file).
+LOSS_WAIT = 10.0
+LOSS_SETTLE = 0.5
+CLOSE_SIGNAL = "close-now"
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d\.\d+[+-]\d\d:\d\d) \[(\w+)\] <[^>]*> (.*)$")
 # The node's log lines about client connections (rabbit_reader), merged into the events as broker_log.
 BROKER_LOG_WORDS = ("AMQP connection", "heartbeat", "closed TCP connection", "connection_closed_abruptly")
@@ -110,7 +115,7 @@ def run_fault(scenario: catalog.Scenario, params: dict, *, out_dir: str, broker=
                 filter=caps[catalog.CLIENT_SIDE].filter, sides=list(caps))
         client_params = {**params, "url": client_url, "publish_url": client_url,
                          "queue": f"amqphb-{name}-{uuid.uuid4().hex[:8]}", "events": log.path, "idle_first": 0,
-                         "runner_signal": "", **_client_timings(scenario, params)}
+                         "runner_signal": os.path.join(work_dir, CLOSE_SIGNAL), **_client_timings(scenario, params)}
         say(f"running {name} (heartbeat={params['heartbeat']} work={params['work']:g})")
         client = _start_client(scenario, client_params, work_dir, netns=topo.client.namespace)
         stack.callback(_kill, client)
@@ -155,7 +160,7 @@ def _client_timings(scenario: catalog.Scenario, params: dict) -> dict:
         return {"serve_for": work + CLIENT_SLACK}
     if scenario.fault == catalog.IDLE_FORGET:
         return {"publish_after": work + PUBLISH_AFTER_EXPIRY, "serve_for": CLIENT_SLACK}
-    return {"close_after": work}
+    return {"close_on_signal": True, "serve_for": work + LOSS_WAIT + CLIENT_SLACK}
 
 
 # ---- the middle namespace ---------------------------------------------------------------------------
@@ -243,10 +248,13 @@ def _loss(scenario: catalog.Scenario, params: dict, topo: netns.Topology, node: 
                                   for iface, name in ((netns.MID_CLIENT_IFACE, "lost-client-to-broker"),
                                                       (netns.MID_BROKER_IFACE, "lost-broker-to-client"))]))
     log.add("runner", "loss_started", percent=percent)
-    _sleep_until(consuming["t"] + params["work"] - LOSS_LIFTED_BEFORE_CLOSE, client)
+    _sleep_until(consuming["t"] + params["work"], client)
+    _wait_for(lambda: client.poll() is not None or min(topo.nft_counters().values(), default=0) > 0, LOSS_WAIT)
     dropped = topo.nft_counters()
     netns.run(["nft", "delete", "table", "inet", netns.NFT_TABLE], topo.mid)
     log.add("runner", "loss_stopped", dropped=dropped)
+    time.sleep(LOSS_SETTLE)  # what was lost last is retransmitted before the close
+    open(os.path.join(os.path.dirname(log.path), CLOSE_SIGNAL), "w").close()  # the client's work dir
     try:
         status: int | None = client.wait(CLIENT_SLACK)
     except subprocess.TimeoutExpired:
