@@ -89,6 +89,7 @@ class Direction:
     # proxy's FIN, a heartbeat from a broker resumed after pika gave up) cannot revive it.
     last_payload: float | None = None
     late_payload: float | None = None  # last payload byte sent after the teardown began
+    previous_payload: float | None = None  # the new byte before last_payload (how long it followed silence)
     last_segment: float | None = None
     last_frame: float | None = None
     last_frame_name: str = ""  # "heartbeat", a method name, "content header" or "content body"
@@ -141,6 +142,7 @@ class Direction:
                 return
             if self.first_payload is None:
                 self.first_payload = t
+            self.previous_payload = self.last_payload
             self.last_payload = t
             self.ack_only_since_payload = 0
             self.first_ack_only_since_payload = None
@@ -188,6 +190,7 @@ class Direction:
         if self.first_payload is None:
             self.first_payload = float(timestamps[payload[0]])
         last = int(payload[-1])
+        self.previous_payload = float(timestamps[payload[-2]]) if len(payload) > 1 else self.last_payload
         self.last_payload = float(timestamps[last])
         after = bare[np.searchsorted(bare, last):]
         self.ack_only_since_payload = len(after)

@@ -291,3 +291,13 @@ def test_retransmissions_that_stop_while_the_capture_goes_on_are_the_kernel_givi
 def test_a_backoff_still_running_at_the_capture_end_is_not_the_kernel_giving_up(tmp_path):
     d = only(analyze_file(write(tmp_path, client_side_partition())))
     assert "kernel-gave-up" not in kinds(d)
+
+
+def test_a_first_byte_after_a_long_idle_answered_by_a_reset_is_an_idle_timeout(tmp_path):
+    """A NAT or conntrack router that forgot an idle flow: nothing on the wire when it expires, then the
+    client's next byte meets its RST (seen in idle-timeout-middlebox-silent-client.pcap)."""
+    steps = synth.handshake_steps(0)
+    steps += [(6.0, C2S, PSH | ACK, HB), (6.0001, S2C, RST | ACK, b"")]
+    d = only(analyze_file(write(tmp_path, steps)))
+    (finding,) = [f for f in d.findings if f.kind == "idle-timeout"]
+    assert "the first one (at 6.000 s) was answered with a RST" in finding.detail and "at most 6 s" in finding.detail

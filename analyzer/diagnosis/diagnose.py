@@ -507,22 +507,44 @@ def _path_findings(d: Diagnosis) -> Iterator[Finding]:
                       f"sent it, not the {who}")
     if d.verdict in (MISSED_CLIENT, MISSED_SERVER, GRACEFUL, CLOSED_WITH_ERROR):
         return
-    lasts = [t for t in (d.last_client_byte, d.last_server_byte) if t is not None]
-    if not lasts:
+    quiet, woke = _idle_before(d, close.time)
+    if quiet is None:
         return
-    quiet = close.time - max(lasts)
     timeout = d.heartbeat.effective
     if quiet < IDLE_TEARDOWN_MIN or (timeout and timeout / 2 < quiet - WINDOW_LATE_TOLERANCE):
         return  # heartbeats were due in that quiet: not an idle flow, a silent peer
     why = ("heartbeats were disabled (heartbeat 0)" if timeout == 0 else
            "heartbeats were off or unknown" if not timeout else
            f"a heartbeat every T/2 = {timeout / 2:g} s is longer than that")
+    what = (f"no byte in either direction for {quiet:.3f} s, then a {packet} ({who} side)" if woke is None else
+            f"no byte in either direction for {quiet:.3f} s, then the first one (at {woke:.3f} s) was answered with a "
+            f"{packet} ({who} side): the device had already forgotten the flow")
+    bound = "at most" if woke is not None else "about"
     yield Finding(close.time, "idle-timeout", None,
-                  f"no byte in either direction for {quiet:.3f} s, then a {packet} ({who} side): the signature of an "
-                  f"idle timeout on the path (a firewall, NAT gateway, load balancer or proxy that drops flows idle "
-                  f"for about {quiet:.0f} s); {why}, so nothing kept the flow alive. Fix: a heartbeat whose T/2 is "
-                  f"well below the idle timeout (T of {max(1, int(quiet)):d} s or less here sends something every "
-                  f"{max(1, int(quiet)) / 2:g} s), or raise the device's idle timeout")
+                  f"{what}: the signature of an idle timeout on the path (a firewall, NAT gateway, load balancer or "
+                  f"proxy that drops flows idle for {bound} {quiet:.0f} s); {why}, so nothing kept the flow "
+                  f"alive. Fix: a heartbeat whose T/2 is well below the idle timeout (T of {max(1, int(quiet)):d} s or "
+                  f"less here sends something every {max(1, int(quiet)) / 2:g} s), or raise the device's idle timeout")
+
+
+# A byte answered this fast by the teardown was refused by the path, not judged by a peer's timer.
+REFUSED_WITHIN = 0.5
+
+
+def _idle_before(d: Diagnosis, end: float) -> tuple[float | None, float | None]:
+    """How long the flow was idle before it died: up to the teardown, or, when the teardown answered
+    the first byte after a silence (a device that had dropped the flow refusing it), up to that byte,
+    whose time comes second. (None, None) without bytes."""
+    tl = d.timeline
+    lasts = sorted((t, side) for t, side in ((d.last_client_byte, tl.c2s), (d.last_server_byte, tl.s2c))
+                   if t is not None)
+    if not lasts:
+        return None, None
+    last, side = lasts[-1]
+    if end - last > REFUSED_WITHIN:
+        return end - last, None
+    before = [t for t in (d.rel(side.previous_payload), lasts[0][0] if len(lasts) > 1 else None) if t is not None]
+    return (last - max(before), last) if before else (None, None)
 
 
 def _negotiation_note(d: Diagnosis) -> str:
