@@ -206,7 +206,9 @@ def test_partition_drops_what_the_client_sent(fault_runs):
     cut = meta["fault"]["cut_at"]
     at_client, at_broker = the_connection(meta, "client")["c2s"], the_connection(meta, "broker")["c2s"]
     retransmitted = [r for r in at_client["retransmissions"] if r["t"] > cut]
-    assert len(retransmitted) >= 4 and {r["seq"] for r in retransmitted} == {retransmitted[0]["seq"]}
+    # The head of the unacknowledged data again and again (the trickle around the cut may add others).
+    head = max({r["seq"] for r in retransmitted}, key=[r["seq"] for r in retransmitted].count)
+    assert sum(r["seq"] == head for r in retransmitted) >= 4
     assert at_client["last"] > cut + 2 and at_client["packets"] > at_broker["packets"]
     assert at_broker["last"] < cut and not at_broker["retransmissions"]
 
@@ -306,7 +308,8 @@ def test_shipped_fault_captures(captures_dir, name):
         pcap, meta_path = captures_dir / f"{SHIPPED[name]}-{side}.pcap", captures_dir / f"{SHIPPED[name]}-{side}.json"
         meta = json.loads(meta_path.read_text())
         assert meta["scenario"] == name and meta["side"] == side and meta["as_expected"]
-        assert meta["capture"]["dropped"] == 0 and 0 < pcap.stat().st_size < 8 * 1024
+        # (the partition's trickle of publishes around the cut, which the pairing needs, takes ~20 KiB)
+        assert meta["capture"]["dropped"] == 0 and 0 < pcap.stat().st_size < 32 * 1024
         assert meta["capture"]["wire"] == json.loads(json.dumps(wire.facts(str(pcap), 5672)))
         assert set(meta["expected_verdicts"]) == set(meta["capture"]["wire"])
         metas[side] = meta

@@ -301,3 +301,64 @@ def test_a_first_byte_after_a_long_idle_answered_by_a_reset_is_an_idle_timeout(t
     d = only(analyze_file(write(tmp_path, steps)))
     (finding,) = [f for f in d.findings if f.kind == "idle-timeout"]
     assert "the first one (at 6.000 s) was answered with a RST" in finding.detail and "at most 6 s" in finding.detail
+
+
+# ---- the real fault runs, recorded in namespaces in this session (tests/fixtures_faults.py) --------------
+
+
+WITHIN = 0.050
+
+
+def analyzed(run, side):
+    result = run.sides[side]
+    (d,) = analyze_file(result.pcap).connections
+    return d, result.metadata
+
+
+@pytest.mark.broker
+def test_partition_seen_from_the_broker(fault_runs):
+    d, meta = analyzed(fault_runs("partition"), "broker")
+    assert d.verdict == "missed-client-heartbeats" == meta["expected_verdicts"][d.timeline.info.id]
+    assert abs(d.prediction.error(d.close.time)) < WITHIN
+    assert "peer-unreachable" in kinds(d) and "broker-app-blocked" not in kinds(d)
+    assert "client-app-blocked" not in kinds(d)
+
+
+@pytest.mark.broker
+def test_partition_seen_from_the_client(fault_runs):
+    d, meta = analyzed(fault_runs("partition"), "client")
+    assert d.verdict == "missed-server-heartbeats" == meta["expected_verdicts"][d.timeline.info.id]
+    assert d.close.inferred and d.close.how == "fin"
+    exception_at = meta["fault"]["client_exception_at"] - d.t0
+    assert abs(d.prediction.predicted - exception_at) < WITHIN
+    assert not kinds(d) & {"client-app-blocked", "broker-app-blocked"}
+    assert "peer-unreachable" in kinds(d)
+
+
+@pytest.mark.broker
+def test_partition_two_point(fault_runs):
+    from analyzer.api import pair_files
+
+    run = fault_runs("partition")
+    client, broker = run.sides["client"], run.sides["broker"]
+    (report,) = pair_files([broker.pcap, client.pcap])
+    assert report.client_capture == client.pcap
+    assert abs(report.offset) < 0.005  # one host clock
+    (d,) = analyze_file(client.pcap).connections
+    cut = client.metadata["fault"]["cut_at"] - d.t0
+    lo, hi = report.cut
+    assert lo - 0.010 <= cut <= hi + 0.010 and hi - lo <= 0.020  # located within 10 ms
+    c2s, s2c = report.directions
+    assert c2s.lost and s2c.lost and c2s.lost_segments and s2c.lost_segments
+    assert all(sent_at >= cut - 0.001 for sent_at, *_ in c2s.lost_segments)
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("name", ["idle-timeout-middlebox", "idle-timeout-middlebox-silent"])
+def test_the_idle_timeout_middlebox_is_named(fault_runs, name):
+    d, meta = analyzed(fault_runs(name), "client")
+    assert d.verdict == meta["expected_verdicts"][d.timeline.info.id]
+    (finding,) = [f for f in d.findings if f.kind == "idle-timeout"]
+    assert "heartbeat 0" in finding.detail
+    if name.endswith("silent"):
+        assert "middlebox-teardown" in kinds(d)  # the router's own RST, TTL 64 against the broker's 63

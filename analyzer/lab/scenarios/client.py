@@ -364,7 +364,22 @@ def network_fault(p: dict) -> None:
         emit("finished")
         close(conn, "consumer")
         return
+    if p.get("trickle_every"):
+        trickle(conn, ch, p)
     wait_for(conn, lambda: False, "end of the connection", timeout=p["serve_for"])
+
+
+def trickle(conn: pika.BlockingConnection, ch, p: dict) -> None:
+    """From trickle_from s on, for trickle_for s, publish a 1-byte unroutable message every
+    trickle_every s (no reply from the broker: pika's heartbeat checker still hears only the broker's
+    heartbeats)."""
+    conn.sleep(p["trickle_from"])
+    emit("trickle_started", every=p["trickle_every"])
+    until = time.time() + p["trickle_for"]
+    while time.time() < until:
+        ch.basic_publish(exchange="", routing_key="amqphb-nowhere", body=b"t")
+        conn.sleep(p["trickle_every"])
+    emit("trickle_stopped")
 
 
 SCENARIOS: dict[str, Callable[[dict[str, Any]], None]] = {

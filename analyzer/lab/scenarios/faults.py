@@ -62,6 +62,8 @@ from analyzer.lab.scenarios.runner import (
 
 AMQP_PORT = 5672  # the node listens on it in its own namespace, the forwarder in the middle one
 SETTLE = 1.0  # after both sides gave up: late retransmissions and resets reach the captures
+TRICKLE_EVERY = 0.008  # the partition's client publishes this often around the cut ...
+TRICKLE_LEAD = 0.15  # ... from this long before it, for twice as long
 PUBLISH_AFTER_EXPIRY = 1.5  # idle-timeout-middlebox-silent: the publish comes this long after the flow expired
 # lossy-path: after `work` s of loss the runner waits up to LOSS_WAIT s more until a packet was lost each
 # way (random loss may spare a few packets), lifts the loss, then tells the client to close (a file).
@@ -155,7 +157,10 @@ def _client_timings(scenario: catalog.Scenario, params: dict) -> dict:
     """What the client program (client.network_fault) is told: when to publish or close, how long to wait."""
     T, work = params["heartbeat"], params["work"]
     if scenario.fault == catalog.PARTITION:
-        return {"serve_for": work + 2 * (T + PIKA_GRACE) + CLIENT_SLACK}
+        # A trickle of tiny publishes every TRICKLE_EVERY from TRICKLE_LEAD before the cut: the two captures
+        # then place the cut to within a few ms (heartbeats alone come every T/2), in a few KiB.
+        return {"serve_for": work + 2 * (T + PIKA_GRACE) + CLIENT_SLACK, "trickle_every": TRICKLE_EVERY,
+                "trickle_from": max(0.0, work - TRICKLE_LEAD), "trickle_for": 2 * TRICKLE_LEAD}
     if scenario.fault == catalog.IDLE_RESET:
         return {"serve_for": work + CLIENT_SLACK}
     if scenario.fault == catalog.IDLE_FORGET:
@@ -211,6 +216,11 @@ def _partition(scenario: catalog.Scenario, params: dict, topo: netns.Topology, n
     deadline = done + 2 * (T + PIKA_GRACE) + CLIENT_SLACK
     while time.time() < deadline and not (_gave_up(log, client) and _broker_gave_up(node)):
         time.sleep(POLL)
+    exception = log.find("exception")
+    if exception is not None:
+        # The client's capture must show a packet after the client gave up, or no analysis can tell its
+        # give-up from a capture that stopped first: wait for its kernel's next retransmission.
+        time.sleep(max(0.0, _next_retransmission(done + T / 2, exception["t"]) + SETTLE - time.time()))
     time.sleep(SETTLE)
     return None, {"kind": catalog.PARTITION,
                   "how": "blackhole routes to both endpoints' addresses in the middle namespace (one `ip -batch`): "
@@ -270,6 +280,19 @@ def _loss(scenario: catalog.Scenario, params: dict, topo: netns.Topology, node: 
 
 FAULTS = {catalog.PARTITION: _partition, catalog.IDLE_RESET: _idle_reset, catalog.IDLE_FORGET: _idle_forget,
           catalog.LOSS: _loss}
+
+
+def _next_retransmission(first_send: float, after: float) -> float:
+    """When a segment sent at `first_send` (at the latest) and never acknowledged is next retransmitted
+    after `after`: Linux backs off from its 200 ms minimum RTO, doubling (a tail loss probe first)."""
+    t, rto = first_send + MIN_RTO, MIN_RTO
+    while t <= after:
+        t += rto
+        rto *= 2
+    return t
+
+
+MIN_RTO = 0.2  # TCP_RTO_MIN
 
 
 def _sleep_until(t: float, client) -> None:
