@@ -362,3 +362,12 @@ def test_the_idle_timeout_middlebox_is_named(fault_runs, name):
     assert "heartbeat 0" in finding.detail
     if name.endswith("silent"):
         assert "middlebox-teardown" in kinds(d)  # the router's own RST, TTL 64 against the broker's 63
+
+
+def test_a_capture_of_one_direction_says_so(tmp_path):
+    steps = synth.handshake_steps(3) + idle_heartbeats(0.01, 6.0, 3)
+    steps = [s for s in sorted(steps, key=lambda s: s[0]) if s[1] == C2S]
+    d = only(analyze_file(write(tmp_path, steps)))
+    (finding,) = [f for f in d.findings if f.kind == "direction-not-captured"]
+    assert "no packet at all from the broker" in finding.detail
+    assert "peer-unreachable" not in kinds(d)

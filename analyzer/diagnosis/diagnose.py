@@ -495,6 +495,13 @@ def _path_findings(d: Diagnosis) -> Iterator[Finding]:
     """What the wire says about devices between the peers: a teardown one of them did not send, and a
     flow killed for being idle."""
     close, tl = d.close, d.timeline
+    for side, peer, kind in ((tl.c2s, tl.s2c, "client"), (tl.s2c, tl.c2s, "broker")):
+        if not side.segments and peer.segments >= ONE_WAY_MIN_SEGMENTS:
+            yield Finding(d.rel(tl.first_seen), "direction-not-captured", None,
+                          f"the capture holds no packet at all from the {kind} while the "
+                          f"{'broker' if kind == 'client' else 'client'} sent {peer.segments}: the capture misses that "
+                          "direction (asymmetric routing, a one-way mirror port, a filter on one address), so the "
+                          f"{kind}'s silence says nothing about the {kind}")
     if close.how not in ("fin", "rst") or close.initiator is None or close.time is None or close.inferred:
         return
     who = close.initiator if close.initiator == "client" else "broker"
@@ -525,6 +532,11 @@ def _path_findings(d: Diagnosis) -> Iterator[Finding]:
                   f"proxy that drops flows idle for {bound} {quiet:.0f} s); {why}, so nothing kept the flow "
                   f"alive. Fix: a heartbeat whose T/2 is well below the idle timeout (T of {max(1, int(quiet)):d} s or "
                   f"less here sends something every {max(1, int(quiet)) / 2:g} s), or raise the device's idle timeout")
+
+
+# Segments one way, none the other, before a capture counts as missing a direction (a SYN and its
+# retransmissions to a dead host are fewer).
+ONE_WAY_MIN_SEGMENTS = 8
 
 
 # A byte answered this fast by the teardown was refused by the path, not judged by a peer's timer.
