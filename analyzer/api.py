@@ -161,6 +161,7 @@ def pair_files(paths: Sequence[str | os.PathLike], *, ports: Iterable[int] = DEF
             for event in iter_events(fileobj, summary, ports=ports, tls_keys=tls_keys):
                 collector(event)
         collector.t0 = summary.start_epoch or 0.0
+        collector.end = summary.end_epoch or 0.0
         collectors.append((str(path), collector))
     reports: list[PairReport] = []
     for i, (path_a, a) in enumerate(collectors):

@@ -65,6 +65,7 @@ class PairCollector:
     def __init__(self) -> None:
         self.connections: dict[str, _Connection] = {}
         self.t0 = 0.0  # the capture's first packet (its reports' zero), set by whoever reads the file
+        self.end = 0.0  # the capture's last packet (any connection): what it could still have seen
 
     def __call__(self, event: object) -> None:
         if type(event) is not SegmentEvent:
@@ -88,6 +89,10 @@ class DirectionReport:
     first_lost: float | None  # when the first segment lost after it was sent (a cut lies between)
     lost_segments: tuple[tuple[float, int, int, str], ...]  # (sent at, seq, length, "SYN"/"FIN"/"RST"/""), first ones
     min_delay: float | None
+    # Arrived as this direction's but never left the sender while its capture ran (arrival time, ...):
+    # a middlebox speaking with the sender's addresses (a reset, typically).
+    injected: tuple[tuple[float, int, int, str], ...] = ()
+    unseen: int = 0  # sent after the receiver's capture had stopped: neither delivered nor lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,14 +129,14 @@ def pair(path_a: str, a: PairCollector, path_b: str, b: PairCollector) -> list[P
         conn_b = by_key_b.get(conn_a.match_key)
         if conn_b is None:
             continue
-        report = _pair_one(path_a, conn_a, a.t0, path_b, conn_b, b.t0)
+        report = _pair_one(path_a, conn_a, a, path_b, conn_b, b)
         if report is not None:
             reports.append(report)
     return reports
 
 
-def _pair_one(path_a: str, a: _Connection, t0_a: float, path_b: str, b: _Connection,
-              t0_b: float) -> PairReport | None:
+def _pair_one(path_a: str, a: _Connection, capture_a: PairCollector, path_b: str, b: _Connection,
+              capture_b: PairCollector) -> PairReport | None:
     diffs: dict[str, list[float]] = {C2S: [], S2C: []}
     for key, times_a in a.sent.items():
         times_b = b.sent.get(key)
@@ -141,14 +146,16 @@ def _pair_one(path_a: str, a: _Connection, t0_a: float, path_b: str, b: _Connect
         return None  # nothing crossed both ways: no clock to join them on
     c2s_min, s2c_max = min(diffs[C2S]), max(diffs[S2C])
     offset, delay = (c2s_min + s2c_max) / 2, (c2s_min - s2c_max) / 2
-    t0 = t0_a
     if delay < 0:  # b is the client's capture
-        a, b, path_a, path_b, t0 = b, a, path_b, path_a, t0_b
+        a, b, path_a, path_b, capture_a, capture_b = b, a, path_b, path_a, capture_b, capture_a
         offset, delay = -offset, -delay
     client, broker = a, b  # a: the client's capture; b's clock = a's + offset
+    t0 = capture_a.t0
     reports = (
-        _direction(C2S, client, broker, receiver_minus_sender=offset, sender_to_client=0.0, delay=delay, t0=t0),
-        _direction(S2C, broker, client, receiver_minus_sender=-offset, sender_to_client=-offset, delay=delay, t0=t0),
+        _direction(C2S, client, broker, receiver_minus_sender=offset, sender_to_client=0.0, delay=delay, t0=t0,
+                   receiver_end=max(capture_b.end, broker.last_seen), sender_end=max(capture_a.end, client.last_seen)),
+        _direction(S2C, broker, client, receiver_minus_sender=-offset, sender_to_client=-offset, delay=delay, t0=t0,
+                   receiver_end=max(capture_a.end, client.last_seen), sender_end=max(capture_b.end, broker.last_seen)),
     )
     matched_by = "initial sequence numbers" if isinstance(client.match_key, tuple) else "connection id"
     return PairReport(path_a, path_b, client.id, broker.id, matched_by, offset, delay, reports,
@@ -156,12 +163,15 @@ def _pair_one(path_a: str, a: _Connection, t0_a: float, path_b: str, b: _Connect
 
 
 def _direction(direction: str, sender: _Connection, receiver: _Connection, *, receiver_minus_sender: float,
-               sender_to_client: float, delay: float, t0: float) -> DirectionReport:
+               sender_to_client: float, delay: float, t0: float, receiver_end: float,
+               sender_end: float) -> DirectionReport:
     """`receiver_minus_sender`: the receiver capture's clock minus the sender's; `sender_to_client`:
-    what turns a sender-capture time into the client capture's clock."""
+    what turns a sender-capture time into the client capture's clock; `*_end`: each capture's last
+    packet (of any connection), on its own clock."""
     sent = [key for key in sender.order if key[0] == direction]
     # A segment that would have arrived after the receiver's capture stopped is not lost, only unseen.
-    horizon = receiver.last_seen - receiver_minus_sender - delay
+    horizon = receiver_end - receiver_minus_sender - delay
+    unseen = [key for key in sent if key not in receiver.sent and sender.sent[key][0] > horizon]
     sent = [key for key in sent if key in receiver.sent or sender.sent[key][0] <= horizon]
     delivered = [key for key in sent if key in receiver.sent]
     last_delivered_at = max((sender.sent[key][0] for key in delivered), default=None)
@@ -169,14 +179,21 @@ def _direction(direction: str, sender: _Connection, receiver: _Connection, *, re
     after = [key for key in lost if last_delivered_at is None or sender.sent[key][0] > last_delivered_at]
     first_lost = min((sender.sent[key][0] for key in after), default=None)
     delays = [min(receiver.sent[key]) - sender.sent[key][0] - receiver_minus_sender for key in delivered]
+    # Arrived with the sender's addresses, never sent by it while its capture ran: a device on the path.
+    sender_span_end = sender_end + receiver_minus_sender + delay
+    injected = [key for key in receiver.order if key[0] == direction and key not in sender.sent
+                and min(receiver.sent[key]) <= sender_span_end]
 
     def rel(t: float | None) -> float | None:
         return None if t is None else t + sender_to_client - t0
 
     listed = tuple((sender.sent[key][0] + sender_to_client - t0, key[1], key[2], _flag_names(key[3]))
                    for key in lost[:LISTED_LOSSES])
+    to_client = sender_to_client - receiver_minus_sender  # receiver clock -> client clock
+    forged = tuple((min(receiver.sent[key]) + to_client - t0, key[1], key[2], _flag_names(key[3]))
+                   for key in injected[:LISTED_LOSSES])
     return DirectionReport(direction, len(sent), len(delivered), len(lost), rel(last_delivered_at), rel(first_lost),
-                           listed, min(delays) if delays else None)
+                           listed, min(delays) if delays else None, forged, len(unseen))
 
 
 def _flag_names(flags: int) -> str:

@@ -84,6 +84,9 @@ def pairs_document(reports: Iterable[PairReport]) -> JsonObject:
             "first_lost": _r(d.first_lost), "min_delay": d.min_delay,
             "lost_segments": [{"sent_at": _r(t), "seq": seq, "length": length, "flags": flags}
                               for t, seq, length, flags in d.lost_segments],
+            "injected_segments": [{"arrived_at": _r(t), "seq": seq, "length": length, "flags": flags}
+                                  for t, seq, length, flags in d.injected],
+            "unseen": d.unseen,
         } for d in r.directions},
         "truncated": r.truncated,
     } for r in reports]}

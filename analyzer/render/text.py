@@ -185,7 +185,7 @@ def pair_block(r: PairReport, *, colour: bool = False) -> str:
     if r.broker_id != r.client_id:
         head += f"  (= {r.broker_id} in the broker's capture: NAT on the path)"
     out = [head, f"  captures   client side {r.client_capture}, broker side {r.broker_capture} "
-                 f"(matched by {r.matched_by})"]
+                 f"(matched by {r.matched_by}; times below on the client capture's clock)"]
     if r.offset is not None and r.one_way_delay is not None:
         out.append(f"  clocks     the broker capture's clock is {r.offset * 1000:+.3f} ms from the client capture's; "
                    f"one-way delay {r.one_way_delay * 1000:.3f} ms")
@@ -198,18 +198,43 @@ def pair_block(r: PairReport, *, colour: bool = False) -> str:
         out.append(f"  {name:<16} {text}")
     for d in r.directions:
         for sent_at, seq, length, flags in d.lost_segments:
-            what = f"{length} bytes" + (f" + {flags}" if flags and length else "") if length else flags or "empty"
-            out.append(f"  lost       {d.direction} sent at {sent_at:.3f} s, seq {seq}, {what}")
+            words = _segment_words(length, flags)
+            out.append(f"  lost       {d.direction} sent at {sent_at:.3f} s, seq {seq}, {words}")
+        sender, receiver = ("client", "broker") if d.direction == C2S else ("broker", "client")
+        for arrived_at, _seq, length, flags in d.injected:
+            out.append(f"  forged     {_segment_words(length, flags)} reached the {receiver} at {arrived_at:.3f} s "
+                       f"with the {sender}'s addresses, but the {sender} never sent it: a device on the path did")
+        if d.unseen:
+            plural = "s" if d.unseen > 1 else ""
+            out.append(f"  unseen     {d.unseen} {d.direction} segment{plural} sent after the other capture's last "
+                       "packet: whether they arrived cannot be told")
     out.append(f"  {_pair_verdict(r)}")
     if r.truncated:
         out.append("  (only the first segments of a busy connection were matched)")
     return "\n" + "\n".join(out) + "\n"
 
 
+def _segment_words(length: int, flags: str) -> str:
+    if not length:
+        return flags or "an empty segment"
+    return f"{length} bytes" + (f" + {flags}" if flags else "")
+
+
 def _pair_verdict(r: PairReport) -> str:
     c2s, s2c = r.directions
     cut = r.cut
+    forged = [d for d in r.directions if d.injected]
+    if forged:
+        words = " and ".join(f"{'to the broker' if d.direction == C2S else 'to the client'}" for d in forged)
+        lead = (f"packets no endpoint sent were delivered {words}: a device on the path (a NAT gateway, firewall or "
+                "load balancer) took part in ending this connection")
+        return lead if cut is None else f"{lead}; besides, segments were lost from {cut[1]:.3f} s"
     if cut is None:
+        unseen = sum(d.unseen for d in r.directions)
+        if unseen:
+            return (f"nothing was lost while both captures ran; {unseen} segment{'s' if unseen > 1 else ''} sent after "
+                    "the other capture's last packet cannot be compared (if that capture was still running, they "
+                    "never arrived: the path failed)")
         return ("nothing was lost between the captures: a side that fell silent did so on its own host (its "
                 "application, or its kernel), not on the path")
     lo, hi = cut
