@@ -83,6 +83,10 @@ def diagnose(timeline: ConnectionTimeline, t0: float, capture_end: float | None 
     if d.verdict == RESET:
         _hidden_close(d)
     d.findings = sorted(_findings(d), key=lambda f: f.time)
+    if d.verdict == RESET and any(f.kind in PATH_TEARDOWNS for f in d.findings):
+        # The path ended it: a heartbeat model's window says nothing about that teardown.
+        d.prediction = d.alternative = None
+        d.prediction_fits = d.misfit = None
     d.explanation = explain(d)
     return d
 
@@ -405,9 +409,9 @@ def _findings(d: Diagnosis) -> Iterator[Finding]:
         yield Finding(d.rel(tl.tune_ok.time), "heartbeat-above-proposal", None,
                       f"the client asked for {hb.client_requested} s, more than the broker's {hb.server_proposed} s; "
                       f"RabbitMQ accepts it as is ({_negotiation_note(d)})")
-    if timeout:
-        for side, peer, kind in ((tl.c2s, tl.s2c, "client"), (tl.s2c, tl.c2s, "broker")):
-            yield from _silence_findings(d, side, peer, kind, end, timeout)
+    for side, peer, kind in ((tl.c2s, tl.s2c, "client"), (tl.s2c, tl.c2s, "broker")):
+        # Without heartbeats a silent side is normal: only the peer retransmitting into it says something.
+        yield from _silence_findings(d, side, peer, kind, end, timeout or 0.0)
     for direction, side in ((C2S, tl.c2s), (S2C, tl.s2c)):
         for gap in side.gaps:
             yield Finding(d.rel(gap.timestamp), "capture-gap", None,
@@ -458,6 +462,15 @@ def _findings(d: Diagnosis) -> Iterator[Finding]:
                       f"this connection speaks {tl.protocol}, not AMQP 0-9-1: its frames are not decoded")
 
 
+# Retransmissions into a side's silence before it counts as unreachable (one lost segment, repaired by
+# the next, is ordinary loss).
+UNREACHABLE_RETRANSMISSIONS = 3
+
+
+# Findings that name a device on the path as what ended a connection.
+PATH_TEARDOWNS = ("middlebox-teardown", "idle-timeout")
+
+
 # Past the retransmission the back-off would have sent next, this much more capture without it (and
 # without a FIN or RST) means the sender's kernel stopped trying.
 KERNEL_GAVE_UP_MARGIN = 1.0
@@ -475,13 +488,14 @@ def _kernel_gave_up(d: Diagnosis) -> Iterator[Finding]:
         expected = linux_tcp.next_retransmission(train)
         if expected is None or d.capture_end < d.rel(expected) + KERNEL_GAVE_UP_MARGIN:
             continue
-        first, last = d.rel(side.last_payload), d.rel(train[-1])
+        first, last, due = d.rel(side.last_payload), d.rel(train[-1]), d.rel(expected)
         yield Finding(last, "kernel-gave-up", None,
                       f"the {kind}'s TCP retransmitted its unacknowledged data {len(train) - 1} times from "
                       f"{first:.3f} s to {last:.3f} s with exponential back-off, then stopped without a FIN or RST "
                       "although the "
                       f"capture went on to {d.capture_end:.3f} s (the next retransmission was due at "
-                      f"{d.rel(expected):.3f} s): its kernel gave up on the connection after {last - first:.1f} s "
+                      f"{due:.3f} s): its kernel gave up on the connection about {due - first:.1f} s after first "
+                      "sending it "
                       "(the socket's TCP_USER_TIMEOUT, or net.ipv4.tcp_retries2 after about 15 minutes by default) "
                       "and the application's next call on it failed with ETIMEDOUT")
 
@@ -585,14 +599,14 @@ def _silence_findings(d: Diagnosis, side: Direction, peer: Direction, kind: str,
         return
     last = d.rel(side.last_payload)
     silence = end - last
-    if silence <= timeout:
+    if timeout and silence <= timeout:
         return
     peer_sent = peer.last_payload is not None and peer.last_payload > side.last_payload
     other = "broker" if kind == "client" else "client"
     # The peer retransmitting after the last segment of this side's: not even this side's kernel answered.
     heard_last = max(side.last_payload, side.last_segment or side.last_payload)
-    retransmitted = [t for t in peer.retransmission_times if t > heard_last]
-    if retransmitted:
+    retransmitted = [t for t in peer.retransmission_times if heard_last < t <= d.t0 + end]
+    if retransmitted and len(retransmitted) >= UNREACHABLE_RETRANSMISSIONS:
         first_send = peer.last_payload if peer.last_payload is not None else retransmitted[0]
         backoff = linux_tcp.is_backoff([first_send, *retransmitted])
         how = " with exponential back-off, as a sender's TCP does when nothing comes back" if backoff else ""
@@ -601,6 +615,8 @@ def _silence_findings(d: Diagnosis, side: Direction, peer: Direction, kind: str,
                       f"{other} retransmitted its unacknowledged data {len(retransmitted)} times{how}: the {kind}'s "
                       "host or the network path between them was down (a partition, a host crash, a firewall "
                       f"dropping the flow); the {kind} was not blocked, nothing of it arrived")
+    elif not timeout:
+        return
     elif side.ack_only_since_payload:
         name = "client-app-blocked" if kind == "client" else "broker-app-blocked"
         detail = (f"the {kind} sent no AMQP bytes for {silence:.3f} s after {last:.3f} s while its kernel ACKed "

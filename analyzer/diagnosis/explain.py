@@ -57,10 +57,18 @@ def explain(d: Diagnosis) -> str:
         parts.extend(_missed(d, silent="client"))
     elif verdict == MISSED_SERVER:
         parts.extend(_missed(d, silent="broker"))
+    elif verdict == RESET and any(f.kind == "middlebox-teardown" for f in d.findings):
+        what = "An RST" if close.how == "rst" else "A FIN"
+        parts.append(f"{what} carrying the {close.initiator}'s address, but sent by a device on the path, ended the "
+                     f"connection at {close.time:.3f} s.")
+        parts.extend(f.detail[0].upper() + f.detail[1:] + "." for f in d.findings
+                     if f.kind in ("middlebox-teardown", "idle-timeout"))
+        parts.append(_last_bytes(d))
     elif verdict == RESET:
         what = "an RST" if close.how == "rst" else "a FIN"
         parts.append(f"The {close.initiator} ended the connection with {what} at {close.time:.3f} s, "
                      "without an AMQP connection.close.")
+        parts.extend(f.detail[0].upper() + f.detail[1:] + "." for f in d.findings if f.kind == "idle-timeout")
         parts.extend(f.detail[0].upper() + f.detail[1:] + "." for f in d.findings if f.kind == "client-gave-up-blocked")
         if d.misfit:
             parts.append(f"It does not fit a heartbeat timeout: {d.misfit}.")

@@ -103,7 +103,7 @@ def connection_document(d: Diagnosis) -> JsonObject:
             "exact": p.exact,
             "window": [_r(p.window[0]), _r(p.window[1])],
             "predicted": _r(p.predicted),
-            "error": _r(p.error(close.time)),
+            "error": None if close.inferred and close.how == "fin" else _r(p.error(close.time)),
             "fits": d.prediction_fits,
             "anchor": _r(p.anchor),
             "anchor_kind": p.anchor_kind,
@@ -209,7 +209,7 @@ CSV_COLUMNS = [
     "server_ip", "server_port", "tls_version", "tls_decryption", "start", "end", "handshake_seen",
     "heartbeat_server_proposed", "heartbeat_client_requested", "heartbeat_effective", "heartbeat_source",
     "last_client_byte", "last_server_byte", "close_time", "close_initiator", "close_how", "close_reply_code",
-    "close_reply_text", "verdict", "source", "silence", "prediction_model", "prediction_window_start",
+    "close_reply_text", "close_inferred", "verdict", "source", "silence", "prediction_model", "prediction_window_start",
     "prediction_window_end", "prediction_predicted", "prediction_error", "findings",
 ]
 
@@ -231,12 +231,12 @@ def connection_row(path: str, d: Diagnosis) -> Row:
         "heartbeat_effective": hb.effective, "heartbeat_source": hb.source,
         "last_client_byte": _r(d.last_client_byte), "last_server_byte": _r(d.last_server_byte),
         "close_time": _r(close.time), "close_initiator": close.initiator, "close_how": close.how,
-        "close_reply_code": close.reply_code, "close_reply_text": close.reply_text,
+        "close_reply_code": close.reply_code, "close_reply_text": close.reply_text, "close_inferred": close.inferred,
         "verdict": d.verdict, "source": "inferred" if d.inferred_from_tls else "decoded", "silence": _r(d.silence),
         "prediction_model": p.model if p else None,
         "prediction_window_start": _r(p.window[0]) if p else None,
         "prediction_window_end": _r(p.window[1]) if p else None,
         "prediction_predicted": _r(p.predicted) if p else None,
-        "prediction_error": _r(p.error(close.time)) if p and close.time is not None else None,
+        "prediction_error": _r(p.error(close.time)) if p and close.time is not None and not close.inferred else None,
         "findings": ";".join(sorted({f.kind for f in d.findings})),
     }

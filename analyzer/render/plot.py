@@ -177,7 +177,7 @@ def plot_connection(
                    label=f"predicted close {p.predicted:.3f} s" if p.exact else
                          f"earliest close {p.predicted:.3f} s (the exact time is not known)")
         right = max(right, hi, p.predicted)
-    if close.time is not None and close.how != "open":
+    if close.time is not None and close.how != "open" and not (close.inferred and close.how == "fin"):
         what = "connection.close" if close.how == "connection.close" else close.how.upper()
         err = f" ({p.error(close.time) * 1000:+.0f} ms)" if p is not None else ""
         ax.axvline(close.time, color=COLOURS["observed"], lw=2.5, zorder=2, gid="observed",
@@ -261,7 +261,9 @@ def caption(d: Diagnosis) -> str:
     """The verdict and the one sentence that explains the teardown time, wrapped for the figure."""
     if d.prediction is not None:
         body = d.prediction.explain()
-        if d.close.time is not None:
+        if d.close.inferred and d.close.how == "fin":
+            body += " No FIN or RST reached the wire: its data was unacknowledged (a partition)."
+        elif d.close.time is not None:
             body += f" Observed: {d.close.how.upper() if d.close.how in ('rst', 'fin') else d.close.how} " \
                     f"at {d.close.time:.3f} s ({d.prediction.error(d.close.time) * 1000:+.0f} ms)."
         if d.prediction.model == "rabbitmq":

@@ -72,7 +72,7 @@ def connection_report(d: Diagnosis, *, colour: bool = False) -> list[str]:
             records = d.tls.records_c2s if name == "client" else d.tls.records_s2c
             content = f"{records} TLS records ({side.heartbeats} heartbeat-sized)"
         else:
-            content = f"{side.frames} frames ({side.heartbeats} heartbeats)"
+            content = f"{side.frames} frames ({side.heartbeats} heartbeat{'' if side.heartbeats == 1 else 's'})"
         out.append(f"  {name:<10} {last}; {content}, "
                    f"{side.ack_only} bare ACKs, {side.retransmissions} retransmissions{extra}")
     out.append(f"  ended      {_ended(d)}")
@@ -158,6 +158,9 @@ def _ended(d: Diagnosis) -> str:
         if sent:
             alert = f" (after its TLS {sent[-1][1]} at {sent[-1][0]:.3f} s)"
     without = "; no connection.close visible (encrypted)" if d.inferred_from_tls else " without connection.close"
+    if any(f.kind == "middlebox-teardown" for f in d.findings):
+        return (f"{close.how.upper()} with the {close.initiator}'s address at {close.time:.3f} s, sent by a device on "
+                f"the path (see middlebox-teardown){without}{silence}")
     return f"{close.how.upper()} from the {close.initiator} at {close.time:.3f} s{alert}{without}{silence}"
 
 
