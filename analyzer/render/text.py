@@ -80,8 +80,9 @@ def connection_report(d: Diagnosis, *, colour: bool = False) -> list[str]:
         p = d.prediction
         observed = ("not on the wire" if close.inferred and close.how == "fin"
                     else f"observed {close.time:.3f} s ({p.error(close.time) * 1000:+.0f} ms)")
-        out.append(f"  model      {p.model}: window [{p.window[0]:.3f}, {p.window[1]:.3f}), predicted "
-                   f"{p.predicted:.3f} s, {observed}" + ("" if d.prediction_fits else "  — does not fit"))
+        window = (f"window [{p.window[0]:.3f}, {p.window[1]:.3f}), " if p.window[1] > p.window[0] else "")
+        out.append(f"  model      {p.model}: {window}predicted {p.predicted:.3f} s, {observed}"
+                   + ("" if d.prediction_fits else "  — does not fit"))
     for f in d.findings:
         channel = f" ch{f.channel}" if f.channel else ""
         out.append(f"  finding    {f.time:9.3f}  {f.kind}{channel}: {f.detail}")
