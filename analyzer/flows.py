@@ -170,7 +170,8 @@ class Flow:
             self.rst = True
         direction = self._direction(side)
         out.append(SegmentEvent(self.info, direction, seg.timestamp, seg.index, flags, seg.seq, seg.ack,
-                                seg.payload_len, retransmission, seg.payload_len - len(seg.payload), seg.ttl))
+                                seg.payload_len, retransmission, seg.payload_len - len(seg.payload), seg.ttl,
+                                seg.window))
         self._decode(side, chunks, out)
         if flags & ACK:
             self.streams[1 - side].peer_ack(seg.ack, seg.timestamp, seg.index)

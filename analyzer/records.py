@@ -128,6 +128,7 @@ class SegmentEvent:
     retransmission: bool  # every payload byte was already seen in this direction
     missing: int = 0  # payload bytes on the wire that the capture did not keep (snap length)
     ttl: int = 0  # IPv4 TTL or IPv6 hop limit
+    window: int = -1  # the advertised receive window field (unscaled); 0: the sender's buffer is full
 
 
 @dataclass(slots=True)

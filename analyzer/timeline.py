@@ -120,6 +120,11 @@ class Direction:
     # injected by a device on the path arrives with another one (a router hop fewer or more).
     ttl: int | None = None
     teardown_ttl: int | None = None
+    # Zero-window advertisements (only the plain path sees them: engine/quick.py leaves them to it):
+    # this side's receive buffer was full, its application not reading.
+    zero_windows: int = 0
+    first_zero_window: float | None = None
+    last_zero_window: float | None = None
     gaps: list[Gap] = field(default_factory=list)  # capped
     missing_bytes: int = 0
     gap_count: int = 0
@@ -376,6 +381,11 @@ class TimelineBuilder:
             side.syn = t
         if side.ttl is None:
             side.ttl = event.ttl
+        if event.window == 0 and not flags & (SYN | RST):
+            side.zero_windows += 1
+            side.last_zero_window = t
+            if side.first_zero_window is None:
+                side.first_zero_window = t
         if flags & (FIN | RST) and side.fin is None and side.rst is None:
             side.teardown_ttl = event.ttl
         if flags & FIN and side.fin is None:

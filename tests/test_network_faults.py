@@ -371,3 +371,24 @@ def test_a_capture_of_one_direction_says_so(tmp_path):
     (finding,) = [f for f in d.findings if f.kind == "direction-not-captured"]
     assert "no packet at all from the broker" in finding.detail
     assert "peer-unreachable" not in kinds(d)
+
+
+def test_a_zero_window_is_an_application_not_reading(tmp_path):
+    """The broker's kernel ACKs with a zero window: its buffer is full, RabbitMQ is not reading (it stops
+    reading a connection it has blocked). Zero windows leave the quick path for the plain one."""
+    steps = synth.handshake_steps(3) + idle_heartbeats(0.01, 3.0, 3)
+    steps = sorted(steps, key=lambda s: s[0])
+    conv = synth.scripted_conversation(steps)
+    packets = conv.packets()
+    last = conv.segments[-1]
+    for k, t in enumerate((3.2, 3.4, 3.6)):
+        seg = synth.ConvSegment(round(1700000000.0 + t, 6), S2C, ACK, last.seq + 100, last.ack, b"")
+        pkt = synth.tcp_packet(conv.server[0], conv.client[0], conv.server[1], conv.client[1], seg.seq, seg.ack, ACK,
+                               window=0)
+        packets.append((seg.timestamp, synth.LINKTYPE_ETHERNET, synth.wrap(synth.LINKTYPE_ETHERNET, pkt)))
+    path = tmp_path / "zero.pcap"
+    path.write_bytes(synth.pcap_bytes(packets))
+    d = only(analyze_file(path))
+    (finding,) = [f for f in d.findings if f.kind == "not-reading"]
+    assert "broker advertised a zero receive window 3 times" in finding.detail
+    assert d.timeline.s2c.zero_windows == 3

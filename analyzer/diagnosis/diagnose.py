@@ -457,6 +457,15 @@ def _findings(d: Diagnosis) -> Iterator[Finding]:
                           f"{pending.predicted:.3f} s, after this capture's last packet ({d.capture_end:.3f} s); its "
                           "FIN will wait behind the unacknowledged data, so no packet will show it")
     yield from _kernel_gave_up(d)
+    for side, kind in ((tl.c2s, "client"), (tl.s2c, "broker")):
+        if side.zero_windows and side.first_zero_window is not None and side.last_zero_window is not None:
+            why = ("RabbitMQ stops reading a connection it has blocked (a resource alarm), and a busy or stalled node "
+                   "reads late" if kind == "broker" else
+                   "the client library's I/O loop was not reading (a long callback), or it could not keep up")
+            yield Finding(d.rel(side.first_zero_window), "not-reading", None,
+                          f"the {kind} advertised a zero receive window {side.zero_windows} times from "
+                          f"{d.rel(side.first_zero_window):.3f} s to {d.rel(side.last_zero_window):.3f} s: its kernel "
+                          f"was alive but its socket buffer full, the application not reading ({why})")
     if tl.protocol != "amqp-0-9-1":
         yield Finding(d.rel(tl.protocol_header or tl.first_seen), "not-amqp-0-9-1", None,
                       f"this connection speaks {tl.protocol}, not AMQP 0-9-1: its frames are not decoded")

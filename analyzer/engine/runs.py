@@ -77,12 +77,14 @@ class Plan:
         self.sides: list[QuickSide] = []
         self.frame_table: FrameTable | None = None
         self.ttl: npt.NDArray[np.uint8] = np.zeros(n, dtype=np.uint8)
+        self.window: npt.NDArray[np.int64] = np.zeros(n, dtype=np.int64)
         offsets = _ip_offsets(block)
         if offsets is None or len(buf) < QUICK_HEADER_BYTES:
             self._finish(np.zeros(n, dtype=bool))
             return
         ip, handled = offsets
         tcp = ipv4_tcp_columns(buf, block.data_start, block.caplen, ip, handled)
+        self.window = tcp.window
         if keep_frames:  # observers get SegmentEvents, which carry the TTL (IPv4 header byte 8)
             at = np.minimum(block.data_start + ip + IPV4_TTL_OFFSET, len(buf) - 1)
             self.ttl = np.frombuffer(buf, dtype=np.uint8)[at]
@@ -310,11 +312,12 @@ class PacketRun:
         # The run's packets only, as Python values once (not the whole block per run).
         packets = zip(plan.side_id[i:j].tolist(), plan.block.timestamp[i:j].tolist(), plan.flags[i:j].tolist(),
                       plan.seq[i:j].tolist(), plan.ack[i:j].tolist(), plan.payload_len[i:j].tolist(),
-                      plan.ttl[i:j].tolist(), strict=True)
-        for k, (side, t, flags, seq, ack, payload_len, ttl) in enumerate(packets):
+                      plan.ttl[i:j].tolist(), plan.window[i:j].tolist(), strict=True)
+        for k, (side, t, flags, seq, ack, payload_len, ttl, window) in enumerate(packets):
             quick = plan.sides[side]
             index = first_index + k
-            yield SegmentEvent(quick.info, quick.direction, t, index, flags, seq, ack, payload_len, False, 0, ttl)
+            yield SegmentEvent(quick.info, quick.direction, t, index, flags, seq, ack, payload_len, False, 0, ttl,
+                               window)
             while f < len(frame_packets) and frame_packets[f] == index:
                 offset, frame_type, channel, size, ids, position = next(columns)
                 keep = kept_payload_size(frame_type, size, self.payload_bytes)

@@ -184,13 +184,15 @@ IPV4_VER_IHL_PLAIN = 0x45  # version 4, header length 5 words: no options
 IPV4_FRAGMENT_BITS = 0x3FFF  # more-fragments flag and fragment offset
 # From the ethertype (2 bytes before the IP header) to the TCP flags: ethertype, version/IHL, total
 # length, flags/fragment offset, protocol, (checksum skipped) addresses and ports (the flow key, 12
-# bytes), seq, ack, data offset, flags.
-_QUICK = struct.Struct("!HBxH2xHxB2x12sIIBB")
-QUICK_HEADER_BYTES = 36
+# bytes), seq, ack, data offset, flags, window. A zero window is not the common packet: it says the
+# sender's receive buffer is full, which the plain path reports (SegmentEvent.window).
+_QUICK = struct.Struct("!HBxH2xHxB2x12sIIBBH")
+QUICK_HEADER_BYTES = 38
 _QUICK_COLUMNS = np.dtype({
-    "names": ["ethertype", "ver_ihl", "total_len", "frag", "proto", "key", "seq", "ack", "data_off", "flags"],
-    "formats": [">u2", "u1", ">u2", ">u2", "u1", "V12", ">u4", ">u4", "u1", "u1"],
-    "offsets": [0, 2, 4, 8, 11, 14, 26, 30, 34, 35],
+    "names": ["ethertype", "ver_ihl", "total_len", "frag", "proto", "key", "seq", "ack", "data_off", "flags",
+              "window"],
+    "formats": [">u2", "u1", ">u2", ">u2", "u1", "V12", ">u4", ">u4", "u1", "u1", ">u2"],
+    "offsets": [0, 2, 4, 8, 11, 14, 26, 30, 34, 35, 36],
     "itemsize": QUICK_HEADER_BYTES,
 })
 
@@ -205,12 +207,13 @@ def ipv4_tcp_fields(data: bytes, ip: int) -> QuickTcp | None:
     """The common packet's TCP fields, or None when the packet is anything else."""
     if len(data) < ip + IPV4_HEADER_BYTES + TCP_HEADER_MIN_BYTES:
         return None
-    ethertype, ver_ihl, total_len, frag, proto, key, seq, ack, data_off, flags = _QUICK.unpack_from(data, ip - 2)
+    ethertype, ver_ihl, total_len, frag, proto, key, seq, ack, data_off, flags, window = _QUICK.unpack_from(data,
+                                                                                                            ip - 2)
     start = ip + IPV4_HEADER_BYTES + (data_off >> 4) * 4
     end = ip + total_len
     if (ethertype != ETHERTYPE_IPV4 or ver_ihl != IPV4_VER_IHL_PLAIN or proto != IPPROTO_TCP
             or frag & IPV4_FRAGMENT_BITS or data_off < MIN_TCP_DATA_OFFSET or not total_len
-            or start > end or end > len(data)):
+            or start > end or end > len(data) or not window):
         return None
     return key, seq, ack, flags, start, end
 
@@ -223,6 +226,7 @@ class QuickTcpColumns(NamedTuple):
     flags: npt.NDArray[np.uint8]
     start: npt.NDArray[np.int64]  # payload start and end, as offsets into the block's buffer
     end: npt.NDArray[np.int64]
+    window: npt.NDArray[np.int64]  # the advertised window field (unscaled; never 0 where ok)
 
 
 def ipv4_tcp_columns(buf: bytes, data_start: npt.NDArray[np.int64], caplen: npt.NDArray[np.int64],
@@ -239,6 +243,6 @@ def ipv4_tcp_columns(buf: bytes, data_start: npt.NDArray[np.int64], caplen: npt.
     ok = (handled & (caplen >= ip + IPV4_HEADER_BYTES + TCP_HEADER_MIN_BYTES) & (h["ethertype"] == ETHERTYPE_IPV4)
           & (h["ver_ihl"] == IPV4_VER_IHL_PLAIN) & (h["proto"] == IPPROTO_TCP)
           & ((h["frag"] & IPV4_FRAGMENT_BITS) == 0) & (h["data_off"] >= MIN_TCP_DATA_OFFSET)
-          & (h["total_len"] > 0) & (start <= end) & (end <= caplen))
+          & (h["total_len"] > 0) & (start <= end) & (end <= caplen) & (h["window"] != 0))
     return QuickTcpColumns(ok, h["key"], h["seq"].astype(np.int64), h["ack"].astype(np.int64), h["flags"],
-                           data_start + start, data_start + end)
+                           data_start + start, data_start + end, h["window"].astype(np.int64))
