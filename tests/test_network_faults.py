@@ -381,7 +381,7 @@ def test_a_zero_window_is_an_application_not_reading(tmp_path):
     conv = synth.scripted_conversation(steps)
     packets = conv.packets()
     last = conv.segments[-1]
-    for k, t in enumerate((3.2, 3.4, 3.6)):
+    for t in (3.2, 3.4, 3.6):
         seg = synth.ConvSegment(round(1700000000.0 + t, 6), S2C, ACK, last.seq + 100, last.ack, b"")
         pkt = synth.tcp_packet(conv.server[0], conv.client[0], conv.server[1], conv.client[1], seg.seq, seg.ack, ACK,
                                window=0)
