@@ -83,7 +83,6 @@ class Flow:
         "ids_in_use",
         "info",
         "payload_bytes",
-        "plain",
         "probe_bytes",
         "probe_frames",
         "rst",
@@ -126,9 +125,8 @@ class Flow:
         self.tls: TlsSession | None = None
         if tls_port and not synced:
             self.tls = TlsSession(self.info, synced=False, keys=tls_keys)
-        # Plain AMQP for sure (not TLS): what the engine's quick paths need before they take a packet.
-        # Decided here without the streams' first bytes, else by the first bytes (_decode).
-        self.plain = not synced and self.tls is None
+        # Whether the flow is TLS: decided here without the streams' first bytes, else by the first
+        # bytes (_decode, or decide_plain for the engine's quick path).
         self.undecided = synced
 
     def _make_info(self, timestamp: float, role_source: str, syn_seen: bool) -> ConnectionInfo:
@@ -198,6 +196,14 @@ class Flow:
             return []
         return out
 
+    def decide_plain(self, first: bytes, at_start: bool) -> bool:
+        """A synced flow's first data, seen by the engine's quick path: plain AMQP (decided now, True),
+        or a TLS ClientHello at the stream's start (False: _decode starts the TLS session)."""
+        if at_start and _tls_start(first):
+            return False
+        self.undecided = False
+        return True
+
     def _decode(self, side: int, chunks: list[StreamData | StreamGap], out: list[Event]) -> None:
         decoder = self.decoders[side]
         assert decoder is not None  # dropped only when the flow turned out not to be AMQP
@@ -207,8 +213,6 @@ class Flow:
                     self.undecided = False
                     if chunk.offset == 0 and _tls_start(chunk.data):
                         self.tls = TlsSession(self.info, synced=True, keys=self.tls_keys)
-                    else:
-                        self.plain = True
                 tls = self.tls
                 if tls is None:
                     out.extend(decoder.feed(chunk.data, chunk.timestamp, chunk.packet))

@@ -104,7 +104,9 @@ class Direction:
     last_ack_only: float | None = None
     # Retransmissions since the last new byte: data this side sent and the peer did not acknowledge.
     # Its kernel is alive, but it is not hearing the peer (unlike a bare ACK, which answers the peer).
-    retransmission_times: list[float] = field(default_factory=list)  # since the last new byte, capped
+    # Since the last new byte, capped; a shared empty tuple until the first one (50,000 short connections
+    # would otherwise hold 100,000 empty lists: 5 MB).
+    retransmission_times: tuple[float, ...] | list[float] = ()
     retransmissions_since_payload: int = 0
     last_retransmission: float | None = None
     heartbeat_times_first: list[float] = field(default_factory=list)
@@ -153,15 +155,18 @@ class Direction:
             self.first_ack_only_since_payload = None
             if self.retransmissions_since_payload:
                 self.retransmissions_since_payload = 0
-                self.retransmission_times = []
+                self.retransmission_times = ()
             return
         if retransmission:
             # A segment whose every payload byte was sent before: not a bare ACK, whatever its flags.
             self.retransmissions += 1
             self.retransmissions_since_payload += 1
             self.last_retransmission = t
-            if len(self.retransmission_times) < KEPT_RETRANSMISSIONS:
-                self.retransmission_times.append(t)
+            times = self.retransmission_times
+            if not isinstance(times, list):
+                times = self.retransmission_times = []
+            if len(times) < KEPT_RETRANSMISSIONS:
+                times.append(t)
             return
         if bare_ack:
             self.ack_only += 1
@@ -191,7 +196,7 @@ class Direction:
         self.payload_bytes += int(new_bytes[payload].sum())
         if self.retransmissions_since_payload:
             self.retransmissions_since_payload = 0
-            self.retransmission_times = []
+            self.retransmission_times = ()
         if self.first_payload is None:
             self.first_payload = float(timestamps[payload[0]])
         last = int(payload[-1])

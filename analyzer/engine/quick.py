@@ -16,7 +16,7 @@ from collections.abc import Callable
 from analyzer.amqp.arguments import CONTROL_CLASSES
 from analyzer.amqp.frames import FRAME_HEADER_SIZE, WholeFrame, walk_whole_frames, whole_frames
 from analyzer.amqp.framing import FrameDecoder
-from analyzer.flows import AMQP, FlowSide
+from analyzer.flows import AMQP, Flow, FlowSide
 from analyzer.net.packets import QuickTcp
 from analyzer.net.tcp import ELSEWHERE, REPEATED, HalfStream
 from analyzer.records import FRAME_METHOD, ConnectionInfo, Event, Frame
@@ -31,10 +31,11 @@ SINGLE_FRAME_CLASSES = frozenset(CONTROL_CLASSES)
 class QuickSide:
     """What the quick paths touch of one side of one AMQP flow: the owners' state objects."""
 
-    __slots__ = ("decoder", "direction", "info", "peer_stream", "side", "stream", "timeline")
+    __slots__ = ("decoder", "direction", "flow", "info", "peer_stream", "side", "stream", "timeline")
 
-    def __init__(self, timeline: ConnectionTimeline, stream: HalfStream, peer_stream: HalfStream,
+    def __init__(self, flow: Flow, timeline: ConnectionTimeline, stream: HalfStream, peer_stream: HalfStream,
                  decoder: FrameDecoder) -> None:
+        self.flow = flow
         self.timeline = timeline
         self.info: ConnectionInfo = timeline.info
         self.direction: str = decoder.direction
@@ -45,8 +46,9 @@ class QuickSide:
 
     def ready(self) -> bool:
         """Nothing the quick paths cannot see is pending: no teardown yet, neither stream holds
-        bytes or an ACK back (HalfStream.settled)."""
-        return self.timeline.teardown is None and self.stream.settled and self.peer_stream.unseen_ack is None
+        bytes or an ACK back (HalfStream.settled), and the flow is not TLS (its bytes are records)."""
+        return (self.timeline.teardown is None and self.stream.settled and self.peer_stream.unseen_ack is None
+                and self.flow.tls is None)
 
 
 def quick_side(entry: FlowSide[QuickSide], builder: TimelineBuilder) -> QuickSide | None:
@@ -55,13 +57,13 @@ def quick_side(entry: FlowSide[QuickSide], builder: TimelineBuilder) -> QuickSid
     if quick is not None:
         return quick
     flow = entry.flow
-    if flow.state != AMQP or not flow.plain:
-        return None  # TLS flows, and flows whose first bytes have not told yet, take the plain path
+    if flow.state != AMQP or flow.tls is not None:
+        return None  # TLS flows take the plain path (a flow not yet decided is decided by quick_packet)
     timeline = builder.timeline_of(flow.info)
     decoder = flow.decoders[entry.side]
     if timeline is None or decoder is None:
         return None
-    quick = entry.cache = QuickSide(timeline, flow.streams[entry.side], flow.streams[1 - entry.side], decoder)
+    quick = entry.cache = QuickSide(flow, timeline, flow.streams[entry.side], flow.streams[1 - entry.side], decoder)
     return quick
 
 
@@ -80,6 +82,9 @@ def quick_packet(quick: QuickSide, data: bytes, fields: QuickTcp, t: float, inde
         if where == ELSEWHERE:
             return False
         retransmission = where == REPEATED
+        if not retransmission and quick.flow.undecided and not quick.flow.decide_plain(data[start:end],
+                                                                                         stream.offset == 0):
+            return False  # the stream's first bytes are TLS: the plain path starts its session
     quick.peer_stream.peer_ack(ack, t, index)
     quick.timeline.saw(t)
     side = quick.side

@@ -21,11 +21,10 @@ import os
 import socket
 import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+if TYPE_CHECKING:  # imported where certificates are made: every CLI command loads this module, few make PKI
+    from cryptography import x509
 
 # The name clients send as SNI and verify against; the certificate also holds the loopback IPs.
 SERVER_NAME = "localhost"
@@ -50,11 +49,16 @@ class TlsFiles:
 
 
 def _name(common_name: str) -> x509.Name:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "amqp-hb lab (throwaway)"),
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
 def _san(hosts: tuple[str, ...]) -> x509.SubjectAlternativeName:
+    from cryptography import x509
+
     entries: list[x509.GeneralName] = []
     for host in hosts:
         try:
@@ -65,6 +69,8 @@ def _san(hosts: tuple[str, ...]) -> x509.SubjectAlternativeName:
 
 
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    from cryptography import x509
+
     return x509.KeyUsage(digital_signature=not ca, content_commitment=False, key_encipherment=False,
                          data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
                          encipher_only=False, decipher_only=False)
@@ -79,6 +85,11 @@ def _write(path: str, data: bytes, mode: int = 0o644) -> str:
 
 def make_pki(directory: str, hosts: tuple[str, ...] = SERVER_HOSTS, days: int = VALIDITY_DAYS) -> TlsFiles:
     """Generate a CA and a server certificate for `hosts` into `directory` (created if needed)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     os.makedirs(directory, mode=0o700, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     start, end = now - BACKDATE, now + dt.timedelta(days=days)
