@@ -252,6 +252,9 @@ def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exi
     status = ExitStatus.OK
     colour = args.format == "text" and stdout.isatty() and not os.environ.get("NO_COLOR")
     _tls_keys(args)  # a bad key log stops here, once, before any file
+    if args.pair and len(set(args.files)) < 2:
+        raise UsageError("--pair joins a connection seen in two captures: give two files (the client host's and "
+                         "the broker host's)")
     csv_header = args.format == "csv"
 
     def render(path: str) -> Render:
@@ -292,11 +295,12 @@ def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exi
             if args.format != "text":
                 for warning in analysis.summary.warnings:
                     stderr.write(f"amqp-hb: warning: {path}: {warning}\n")
-    _pairs(args, seen_in, stdout, colour)
+    _pairs(args, seen_in, stdout, stderr, colour)
     return status
 
 
-def _pairs(args: argparse.Namespace, seen_in: Mapping[str, list[str]], stdout: TextIO, colour: bool) -> None:
+def _pairs(args: argparse.Namespace, seen_in: Mapping[str, list[str]], stdout: TextIO, stderr: TextIO,
+           colour: bool) -> None:
     """Connections seen in two of the files (a capture on each host), joined: with --pair every
     pair of files (NAT-proof: by initial sequence numbers), else the files that share a connection id."""
     from analyzer.api import pair_files
@@ -307,7 +311,11 @@ def _pairs(args: argparse.Namespace, seen_in: Mapping[str, list[str]], stdout: T
         paths = list(dict.fromkeys(p for files in seen_in.values() for p in files))
     else:
         paths = list(dict.fromkeys(p for files in seen_in.values() if len(set(files)) > 1 for p in files))
-    if len(paths) < 2 or args.format == "csv":
+    if len(paths) < 2:
+        return
+    if args.format == "csv":
+        if args.pair:
+            stderr.write("amqp-hb: warning: --pair has no CSV form: use --format text or json\n")
         return
     reports = pair_files(paths, ports=_ports(args), tls_keys=_tls_keys(args))
     if args.format == "json" and (reports or args.pair):
