@@ -537,6 +537,8 @@ def _path_findings(d: Diagnosis) -> Iterator[Finding]:
                       f"sent it, not the {who}")
     if d.verdict in (MISSED_CLIENT, MISSED_SERVER, GRACEFUL, CLOSED_WITH_ERROR):
         return
+    if close.how != "rst":
+        return  # idle-timeout devices reset (or forget silently); an endpoint's FIN is its own close
     quiet, woke = _idle_before(d, close.time)
     if quiet is None:
         return
