@@ -89,7 +89,6 @@ class Flow:
         "sides",
         "state",
         "streams",
-        "synced",
         "tls",
         "tls_keys",
         "undecided",
@@ -117,7 +116,7 @@ class Flow:
             self.client_side = 0 if seg.sport > seg.dport else 1
         self.info = self._make_info(seg.timestamp, role_source, syn_only or bool(seg.flags & SYN))
         self.state = AMQP if server_port_side is not None else PROBING
-        synced = self.synced = bool(seg.flags & SYN)  # the capture holds both streams' first bytes
+        synced = bool(seg.flags & SYN)  # the capture holds both streams' first bytes
         self.decoders: list[FrameDecoder | None] = [
             FrameDecoder(self.info, self._direction(side), synced=synced, payload_bytes=payload_bytes)
             for side in (0, 1)]
@@ -209,10 +208,9 @@ class Flow:
         assert decoder is not None  # dropped only when the flow turned out not to be AMQP
         for chunk in chunks:
             if isinstance(chunk, StreamData):
-                if self.undecided:
+                if self.undecided and not self.decide_plain(chunk.data, chunk.offset == 0):
                     self.undecided = False
-                    if chunk.offset == 0 and _tls_start(chunk.data):
-                        self.tls = TlsSession(self.info, synced=True, keys=self.tls_keys)
+                    self.tls = TlsSession(self.info, synced=True, keys=self.tls_keys)
                 tls = self.tls
                 if tls is None:
                     out.extend(decoder.feed(chunk.data, chunk.timestamp, chunk.packet))
