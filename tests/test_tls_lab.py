@@ -251,11 +251,12 @@ def test_tcp_timing_matches_the_ground_truth(recording):
     assert consumer.server.rst_at is not None and consumer.server.fin_at is None
     assert consumer.client.fin_at is None or consumer.client.fin_at > consumer.server.rst_at
     assert 2 * T - SLACK <= consumer.server.rst_at - consumer.client.last_data_at <= 3 * T + SLACK
-    # a graceful close over TLS: the client's FIN, then the broker's FIN — or, when the client's FIN reaches the
-    # node before its ssl:close is done, the linger-0 RST it sends in plaintext (seen once in ten runs)
+    # a graceful close over TLS: the client's FIN (pika sends no close_notify), then the broker's FIN — which
+    # can wait for its ssl:close to give up on the client's close_notify (a 5 s cap in rabbit_net), past the
+    # end of a short recording
     assert publisher.client.fin_at is not None and publisher.client.rst_at is None
     broker_end = publisher.server.fin_at if publisher.server.fin_at is not None else publisher.server.rst_at
-    assert broker_end is not None and broker_end >= publisher.client.fin_at
+    assert broker_end is None or broker_end >= publisher.client.fin_at
 
 
 @pytest.mark.parametrize("key", SHIPPED)
