@@ -36,6 +36,7 @@ from analyzer.pairing import PairCollector, PairReport, pair
 from analyzer.records import FRAME_BODY, FRAME_HEADER, FRAME_METHOD, FRAME_TYPE_NAMES, CaptureSummary, Event, Frame
 from analyzer.timeline import ConnectionTimeline
 from analyzer.tls.keylog import KeyLog
+from analyzer.tls.session import DECRYPTED, NOT_ATTEMPTED
 
 
 @dataclass(slots=True)
@@ -143,7 +144,7 @@ def keylog_warnings(diagnoses: Iterable[Diagnosis]) -> list[str]:
     is still analyzed, from record sizes)."""
     out = []
     for d in diagnoses:
-        if d.tls is not None and d.tls.decryption not in ("decrypted", "not attempted"):
+        if d.tls is not None and d.tls.decryption not in (DECRYPTED, NOT_ATTEMPTED):
             out.append(f"{d.timeline.info.id}: not decrypted ({d.tls.decryption}); its timing is inferred "
                        "from record sizes")
     return out

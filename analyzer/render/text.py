@@ -8,6 +8,7 @@ from analyzer.api import FileAnalysis, FrameRecord
 from analyzer.diagnosis.diagnose import Diagnosis
 from analyzer.pairing import PairReport
 from analyzer.records import C2S
+from analyzer.tls.session import DECRYPTED, NOT_ATTEMPTED
 
 VERDICT_COLOURS = {
     "missed-client-heartbeats": "31", "missed-server-heartbeats": "31", "reset": "33",
@@ -112,9 +113,9 @@ def _tls(d: Diagnosis) -> str:
     if t.alpn:
         parts.append(f"ALPN {t.alpn}")
     head = ", ".join(parts)
-    if t.decryption == "decrypted":
+    if t.decryption == DECRYPTED:
         return f"{head}; decrypted (key log): AMQP decoded from the plaintext"
-    why = "no key log given" if t.decryption == "not attempted" else f"not decrypted: {t.decryption}"
+    why = "no key log given" if t.decryption == NOT_ATTEMPTED else f"not decrypted: {t.decryption}"
     return f"{head}; {why}: AMQP timing inferred from record sizes and times"
 
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from analyzer.amqp.frames import FRAME_HEADER_SIZE, PROTOCOL_HEADER_SIZE
-from analyzer.tls.suites import EXPLICIT_NONCE_SIZE
-
-_AEAD_TAG = 16  # the tag of every AEAD suite a peer negotiates by default (CCM_8's 8 is never a default)
+from analyzer.tls.suites import TLS12, TLS13, record_overhead
 
 # Plaintext sizes (AMQP 0-9-1 spec 4.2.3, 1.4.2): a frame is header (7) + payload + frame-end (1).
 HEARTBEAT_PLAINTEXT = FRAME_HEADER_SIZE + 1
@@ -35,8 +33,9 @@ PROTOCOL_HEADER, HEARTBEAT, TUNE, TUNE_OK, ALERT = "protocol-header", "heartbeat
 # TLS 1.2 AES-GCM. No other AMQP frame fits any of them under any of the three (a frame is 8 bytes
 # or at least 12), nor does any record of a CBC suite (an explicit IV and a MAC alone are longer), so
 # when the capture misses the hellos (it began after the handshake, or cut it) the heartbeats still show.
-_HEARTBEAT_FRAGMENTS = frozenset({HEARTBEAT_PLAINTEXT + _AEAD_TAG, HEARTBEAT_PLAINTEXT + _AEAD_TAG + 1,
-                                  HEARTBEAT_PLAINTEXT + EXPLICIT_NONCE_SIZE + _AEAD_TAG})
+# (The suites' own overheads: suites.record_overhead, for one suite of each protection.)
+_HEARTBEAT_FRAGMENTS = frozenset(HEARTBEAT_PLAINTEXT + (record_overhead(version, suite) or 0)
+                                 for version, suite in ((TLS12, 0xCCA8), (TLS13, 0x1301), (TLS12, 0xC02F)))
 
 
 @dataclass(slots=True)

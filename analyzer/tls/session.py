@@ -23,6 +23,7 @@ from analyzer.tls.handshake import (
     parse_client_hello,
     parse_server_hello,
 )
+from analyzer.tls.inference import ALERT as GUESS_ALERT
 from analyzer.tls.inference import AmqpGuesser
 from analyzer.tls.records import (
     ALERT,
@@ -152,7 +153,7 @@ class TlsSession:
         overhead = record_overhead(self.tls.version, self.tls.cipher_suite)
         plaintext_len = record.length - overhead if overhead is not None and record.length >= overhead else None
         guess = self.guesser.guess(self._from_client(side, decoder), plaintext_len, record.length) \
-            if kind == APPLICATION_DATA else ("alert" if kind == ALERT else None)
+            if kind == APPLICATION_DATA else (GUESS_ALERT if kind == ALERT else None)
         what = {APPLICATION_DATA: "application data", HANDSHAKE: "encrypted handshake", ALERT: "encrypted alert"}[kind]
         self._emit(decoder, record, plaintext_len, what, out, guess)
 
