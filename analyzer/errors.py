@@ -14,6 +14,7 @@ class ExitStatus(enum.IntEnum):
     OK = 0
     INTERNAL_ERROR = 1  # a bug: please report it with --traceback
     BAD_INPUT = 2  # unusable file or arguments, missing tool or privilege (AmqpHbError)
+    EVENT_NOT_SEEN = 3  # watch --exit-on EVENT: the input ended (or was stopped) before EVENT came
     INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 

@@ -33,6 +33,7 @@ from analyzer.cli.options import (
     port_number,
 )
 from analyzer.cli.plot import register as register_plot
+from analyzer.cli.watch import register as register_watch
 from analyzer.engine import DEFAULT_PORTS
 from analyzer.errors import AmqpHbError, CaptureFileError, ExitStatus, UsageError
 from analyzer.lab.scenarios.cli import register as register_scenarios
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_scenarios(sub)  # capture, scenario
     register_plot(sub)  # plot (matplotlib is imported only when it runs)
+    register_watch(sub)  # watch (the live table and metrics import rich and prometheus_client when asked for)
     return parser
 
 

@@ -8,7 +8,7 @@ The plain-language explanation is written by analyzer.diagnosis.explain from the
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from analyzer.diagnosis.explain import explain
 from analyzer.diagnosis.identify import identify
@@ -55,7 +55,9 @@ __all__ = [
     "Diagnosis",
     "Finding",
     "Heartbeat",
+    "PendingCloses",
     "diagnose",
+    "pending_closes",
 ]
 
 # How far outside the model's window an observed teardown may fall and still be the model's doing:
@@ -89,6 +91,41 @@ def diagnose(timeline: ConnectionTimeline, t0: float, capture_end: float | None 
         d.prediction_fits = d.misfit = None
     d.explanation = explain(d)
     return d
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCloses:
+    """A connection still open, read forward: when each peer's own model closes it if the other
+    peer sends nothing more after its last byte so far (times relative to `t0`, as in a Diagnosis).
+    None for a side when heartbeats are off or not known yet, when its model never gives up, or
+    while the broker's monitor is paused (connection.blocked)."""
+
+    diagnosis: Diagnosis  # negotiation, client and TLS only: no verdict, findings or explanation
+    broker: Prediction | None  # RabbitMQ closes: the client stays silent
+    client: Prediction | None  # the client library gives up: the broker stays silent
+
+
+def pending_closes(timeline: ConnectionTimeline, t0: float, at: float) -> PendingCloses:
+    """What a live watch asks at capture time `at` (relative): the same models, anchors and inferred
+    grids `diagnose` judges a teardown with, applied to the last bytes so far. Where the broker's
+    grid phase is inferred (no tune-ok captured) the earlier of its two candidates is taken: a
+    warning may come T/2 early, never late."""
+    d = Diagnosis(timeline, t0, _heartbeat(timeline), _close(timeline, t0))
+    d.tls = _tls_summary(d)
+    timeout = d.heartbeat.effective
+    d.client = identify(timeline, timeout)
+    if not timeout or d.close.how != "open":
+        return PendingCloses(d, None, None)
+    last_client = d.last_client_byte
+    if last_client is None and not timeline.handshake_seen and timeline.c2s.syn is None:
+        last_client = d.rel(timeline.first_seen)  # the client's last byte came before the capture: a bound
+    broker = None
+    if last_client is not None:
+        first, second = _broker_prediction(d, last_client, timeout, at)
+        broker = first if second is None or first is None else min(first, second, key=lambda p: p.predicted)
+    last_server = d.last_server_byte
+    client = _client_prediction(d, last_server, timeout) if last_server is not None else None
+    return PendingCloses(d, broker, client)
 
 
 # ---- negotiation ----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from analyzer.errors import EnvironmentProblem, UsageError
 from analyzer.lab import netns as namespaces
@@ -149,15 +149,23 @@ def count_pcap_records(path: str) -> int:
     return n
 
 
+STREAM = "-"  # LiveCapture's path for a pcap stream read from `cap.stream` instead of a file
+
+
 class LiveCapture:
     """`with LiveCapture("out.pcap", iface="lo", ports=[5672]) as cap: ...` then `cap.stats`.
 
     netns: capture on `iface` inside that network namespace (tcpdump or dumpcap under `ip netns exec`).
+    With path STREAM ("-") the packets are not written to a file but streamed, as pcap, to
+    `cap.stream`: an unbuffered binary file whose `read(n)` returns what has arrived (`amqp-hb watch
+    -i`); it ends when the capture stops or its tool dies (`cap.exit_problem()` then says why).
     """
 
     def __init__(self, path: str, *, iface: str = "lo", ports: Iterable[int] | None = DEFAULT_PORTS,
                  backend: str = "auto", settle: float | None = None, netns: str | None = None) -> None:
-        self.path = os.path.abspath(path)
+        self.streaming = path == STREAM
+        self.path = path if self.streaming else os.path.abspath(path)
+        self.stream: BinaryIO | None = None
         self.iface = iface
         self.netns = netns
         self.ports = {int(p) for p in ports or ()}
@@ -189,7 +197,8 @@ class LiveCapture:
     def start(self) -> None:
         if not has_capture_privilege():
             raise EnvironmentProblem(PRIVILEGE_HINT)
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        if not self.streaming:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         try:
             if self.backend == "scapy":
                 self._start_scapy()
@@ -223,17 +232,20 @@ class LiveCapture:
             # 65536) in a 32 MiB ring hold about 500.
             extra = ["-Z", "root"] if os.geteuid() == 0 else []
             return ["tcpdump", "-i", self.iface, "-U", "--immediate-mode", "-n", "-s", str(SNAPLEN),
-                    "-B", str(RING_KIB), *extra, "-w", self.path, self.filter]
+                    "-B", str(RING_KIB), *extra, "-w", self.path, self.filter]  # -w -: standard output
         # -P: classic pcap, not pcapng; -q would hide the "Packets captured" summary we parse.
         return ["dumpcap", "-i", self.iface, "-P", "-s", str(SNAPLEN), "-B", str(RING_KIB // 1024),
                 "-f", self.filter, "-w", self.path]
 
     def _start_tool(self) -> None:
         ready = "listening on" if self.backend == "tcpdump" else "File:"  # dumpcap: printed once the file is open
+        # bufsize=0: the stream's read(n) returns what the pipe holds rather than waiting for n bytes.
         self._proc = subprocess.Popen([*namespaces.exec_prefix(self.netns), *self._command()],
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, start_new_session=True,
+                                      stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE if self.streaming else subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, start_new_session=True, bufsize=0,
                                       preexec_fn=die_with_parent)
+        self.stream = self._proc.stdout
         self._reader = threading.Thread(target=self._read_stderr, args=(ready,), daemon=True)
         self._reader.start()
         deadline = time.monotonic() + START_TIMEOUT
@@ -274,19 +286,41 @@ class LiveCapture:
             self._reader.join(READER_JOIN)
         self._proc = None
         self._parse_stats("\n".join(self._stderr))
-        if os.path.exists(self.path):
+        if not self.streaming and os.path.exists(self.path):
             recorded = count_pcap_records(self.path)
             if not self.stats.packets or recorded < self.stats.packets:
                 self.stats.packets = recorded  # what is really in the file
+
+    def request_stats(self) -> None:
+        """Ask tcpdump for its counts so far (SIGUSR1 on Linux: it prints them on stderr and goes on);
+        `poll_stats()` reads them. dumpcap and scapy have no such request."""
+        if self._proc is not None and self.backend == "tcpdump" and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGUSR1)
+
+    def poll_stats(self) -> CaptureStats:
+        """The counts the tool has printed so far (tcpdump after `request_stats`, every tool at exit)."""
+        self._parse_stats("\n".join(self._stderr))
+        return self.stats
+
+    def exit_problem(self) -> str | None:
+        """Why the tool ended on its own (died, or lost its interface); None while it runs or
+        after a `stop()`."""
+        proc = self._proc
+        if proc is None or proc.poll() is None:
+            return None
+        lines = [ln for ln in self._stderr if ln.strip() and "listening on" not in ln and "packets" not in ln]
+        detail = lines[-1] if lines else "no message"
+        return f"{self.backend} exited with status {proc.returncode}: {detail}"
 
     def _parse_stats(self, text: str) -> None:
         if self.backend == "tcpdump":
             # "12 packets captured" / "12 packets received by filter" / "0 packets dropped by kernel"
             for key, attr in (("captured", "packets"), ("received by filter", "received"),
                               ("dropped by kernel", "dropped")):
-                m = re.search(rf"(\d+) packets? {key}", text)
-                if m:
-                    setattr(self.stats, attr, int(m.group(1)))
+                counts = re.findall(rf"(\d+) packets? {key}", text)  # the latest (SIGUSR1 prints them again)
+                if counts:
+                    setattr(self.stats, attr, int(counts[-1]))
         else:
             # "Packets captured: 12" and "Packets received/dropped on interface 'lo': 12/0 (...)"
             m = re.search(r"Packets captured: (\d+)", text)
@@ -307,7 +341,12 @@ class LiveCapture:
                                      f"{LAB_EXTRA_HINT}") from None
         # sync: flush after every packet; Ethernet (what Linux gives for lo too) so that an empty
         # capture still gets a valid header.
-        self._writer = PcapWriter(self.path, sync=True, linktype=LINKTYPE_ETHERNET)
+        if self.streaming:
+            read_end, write_end = os.pipe()
+            self.stream = os.fdopen(read_end, "rb", buffering=0)
+            self._writer = PcapWriter(os.fdopen(write_end, "wb"), sync=True, linktype=LINKTYPE_ETHERNET)
+        else:
+            self._writer = PcapWriter(self.path, sync=True, linktype=LINKTYPE_ETHERNET)
         started = threading.Event()
         kwargs: dict[str, Any] = {}  # AsyncSniffer passes its keyword arguments on to sniff(**kwargs)
         if is_loopback(self.iface):
@@ -348,7 +387,7 @@ class LiveCapture:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        elif not os.path.exists(self.path):
+        elif not self.streaming and not os.path.exists(self.path):
             open(self.path, "wb").close()
         self.stats.packets = self._count
         self.stats.dropped = None  # AsyncSniffer does not read the socket's drop counter

@@ -115,6 +115,13 @@ class RecordBlock(NamedTuple):
     timestamp: np.ndarray  # float64 epoch seconds, computed as the per-record path does
     linktype: int | np.ndarray  # one link type for the block, or one per record (pcapng)
 
+    def slice(self, start: int, stop: int) -> RecordBlock:
+        """Records start..stop-1 as a block of their own (the same buffer, no copy): a reader of the
+        clock between packets (a live watch) feeds a block up to an instant and the rest after it."""
+        linktype = self.linktype if isinstance(self.linktype, int) else self.linktype[start:stop]
+        return RecordBlock(self.buf, self.first_index + start, self.data_start[start:stop], self.caplen[start:stop],
+                           self.orig_len[start:stop], self.timestamp[start:stop], linktype)
+
     def records(self) -> Iterator[RecordFields]:
         """(index, timestamp, linktype, data, orig_len) per record: a RawPacket's fields."""
         buf = self.buf
