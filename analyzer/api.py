@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from analyzer.engine import (
     DEFAULT_PORTS,
     EventObserver,
     FrameColumns,
+    Observer,
     ProgressCallback,
     analyze_timelines,
     iter_events,
@@ -271,8 +273,7 @@ class FrameBatch:
         columns = self.columns
         key = np.where(columns.type == FRAME_METHOD, columns.ids, -1)
         keys, index = np.unique(key, return_inverse=True)
-        names = [None if k < 0 else METHOD_NAMES.get((k >> 16, k & 0xFFFF), f"{k >> 16}.{k & 0xFFFF}")
-                 for k in keys.tolist()]
+        names = [None if k < 0 else method_name(k >> 16, k & 0xFFFF) for k in keys.tolist()]
         return names, index.reshape(-1)
 
     def only(self, connection: str) -> FrameBatch:
@@ -299,21 +300,41 @@ class FrameBatch:
 def frame_record(frame: Frame, t0: float, *, show_secrets: bool = False, payload_bytes: int = 0,
                  all_arguments: bool = True) -> FrameRecord:
     method = None
-    args = None
-    try:
-        if frame.class_id is not None and frame.method_id is not None:  # a method frame
-            method = METHOD_NAMES.get((frame.class_id, frame.method_id), f"{frame.class_id}.{frame.method_id}")
-            if all_arguments or frame.class_id in CONTROL_CLASSES:
-                args = decode_method_arguments(frame.class_id, frame.method_id, frame.payload,
-                                               show_secrets=show_secrets)
-        elif frame.type == FRAME_HEADER and all_arguments:
-            args = decode_content_header(frame.payload)
-    except ArgumentDecodeError as exc:
-        args = {"error": str(exc)}
+    if frame.class_id is not None and frame.method_id is not None:  # a method frame
+        method = method_name(frame.class_id, frame.method_id)
+    args = frame_arguments(frame.type, frame.class_id, frame.method_id, frame.payload, show_secrets=show_secrets,
+                           all_arguments=all_arguments)
     if frame.type == FRAME_BODY and payload_bytes:
         args = {"payload": _printable(frame.payload)}
     return FrameRecord(frame.timestamp - t0, frame.timestamp, frame.connection.id, frame.direction, frame.channel,
                        frame.type_name, method, frame.size, frame.packet, frame.offset, args)
+
+
+def method_name(class_id: int, method_id: int) -> str:
+    """A method's dotted spec name ("connection.tune-ok"), or "CLASS.METHOD" for ids the spec lacks."""
+    return METHOD_NAMES.get((class_id, method_id), f"{class_id}.{method_id}")
+
+
+def decodes_arguments(frame_type: int, class_id: int | None, all_arguments: bool) -> bool:
+    """Whether a frame's `args` are decoded: every method's and content header's with all_arguments,
+    else the connection and channel methods' only (what the heartbeat analysis reads)."""
+    if frame_type == FRAME_METHOD and class_id is not None:
+        return all_arguments or class_id in CONTROL_CLASSES
+    return frame_type == FRAME_HEADER and all_arguments
+
+
+def frame_arguments(frame_type: int, class_id: int | None, method_id: int | None, payload: bytes, *,
+                    show_secrets: bool = False, all_arguments: bool = True) -> dict | None:
+    """A frame's `args`: its decoded method arguments or content-header properties ({"error": ...}
+    when they do not decode), None when `decodes_arguments` says they are not decoded."""
+    if not decodes_arguments(frame_type, class_id, all_arguments):
+        return None
+    try:
+        if class_id is not None and method_id is not None:
+            return decode_method_arguments(class_id, method_id, payload, show_secrets=show_secrets)
+        return decode_content_header(payload)
+    except ArgumentDecodeError as exc:
+        return {"error": str(exc)}
 
 
 def _printable(data: bytes) -> str:
@@ -328,7 +349,7 @@ def analyze_file(
     *,
     ports: Iterable[int] = DEFAULT_PORTS,
     connection: str | None = None,
-    observer: Callable[[Event], None] | None = None,
+    observer: Callable[[Event], None] | Observer | None = None,
     show_secrets: bool = False,
     progress: ProgressCallback | None = None,
     on_connection: Callable[[Diagnosis], None] | None = None,
@@ -336,8 +357,9 @@ def analyze_file(
 ) -> FileAnalysis:
     """Per-connection heartbeat timelines, verdicts and explanations for one capture file.
 
-    `observer`, when given, sees every pipeline event too (the notebook API builds its
-    DataFrames from them in the same pass). Start-ok passwords are redacted in the result
+    `observer`, when given, sees every pipeline event too: a function is called with each event;
+    an engine Observer (with `event` and `run`) gets the engine's runs as columns (the notebook API
+    builds its DataFrames from them in the same pass). Start-ok passwords are redacted in the result
     unless `show_secrets` is true. `progress`, when given, is called now and then with
     (packets read, file bytes read).
 
@@ -354,7 +376,7 @@ def analyze_file(
                                   progress=progress, on_connection=on_connection, tls_keys=tls_keys)
     with open_file(path) as fileobj:
         timelines = analyze_timelines(fileobj, summary, ports=ports, show_secrets=show_secrets, progress=progress,
-                                      observer=None if observer is None else _CallbackObserver(observer),
+                                      observer=_engine_observer(observer),
                                       tls_keys=tls_keys)
     t0 = summary.start_epoch or 0.0
     if connection is not None:
@@ -364,6 +386,12 @@ def analyze_file(
     diagnoses = [diagnose(t, t0, summary.end_epoch) for t in timelines]
     summary.warnings.extend(keylog_warnings(diagnoses))
     return FileAnalysis(str(path), summary, diagnoses)
+
+
+def _engine_observer(observer: Callable[[Event], None] | Observer | None) -> Observer | None:
+    if observer is None or hasattr(observer, "run"):  # an engine Observer: it takes runs as they are
+        return cast("Observer | None", observer)
+    return _CallbackObserver(observer)
 
 
 class _CallbackObserver(EventObserver):

@@ -6,12 +6,14 @@
     >>> analysis.frames.query("type == 'heartbeat'")
     >>> analysis.connection(0).plot()
 
-Strategy: `analyze_file` runs the pipeline once; its observer hook hands every event to a
-collector that keeps one small row tuple per frame, segment, gap and decode error, so the
-tables and the verdicts come from the same pass. Everything is plain synchronous code (no
-asyncio loop, no pyshark), so it runs inside Jupyter's own event loop untouched. pandas and
-matplotlib are imported only when a table or a plot is built: the core CLI does not need them.
-All times `t` are seconds since the file's first packet, as in `amqp-hb analyze`.
+Strategy: `analyze_file` runs the engine once, as `amqp-hb analyze` does; a TableCollector
+(analyzer/tables.py) listens, keeping the engine's runs as numpy columns and the few single events
+as rows, so the tables and the verdicts come from the same pass. Each table becomes a DataFrame on
+first access; `tables=` leaves out the ones not wanted (then the engine skips their work too).
+Everything is plain synchronous code (no asyncio loop, no pyshark), so it runs inside Jupyter's own
+event loop untouched. pandas and matplotlib are imported only when a table or a plot is built: the
+core CLI does not need them. All times `t` are seconds since the file's first packet, as in
+`amqp-hb analyze`.
 """
 from __future__ import annotations
 
@@ -19,131 +21,97 @@ import html
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from analyzer.api import FileAnalysis, analyze_file, find_connection, frame_record, read_keylog
+from analyzer.api import FileAnalysis, analyze_file, find_connection, read_keylog
 from analyzer.diagnosis.diagnose import Diagnosis
 from analyzer.engine import DEFAULT_PORTS
 from analyzer.errors import UsageError
-from analyzer.records import ACK, FIN, PSH, RST, SYN, DecodeError, Frame, Gap, SegmentEvent, TlsRecord
+from analyzer.tables import (
+    DECODE_ERROR_COLUMNS,
+    FRAME_COLUMNS,
+    GAP_COLUMNS,
+    KEY_ARGUMENTS,
+    SEGMENT_COLUMNS,
+    TABLES,
+    TLS_RECORD_COLUMNS,
+    TableCollector,
+    Tables,
+    flags_text,
+    is_ack_only,
+)
 from analyzer.tls.inference import HEARTBEAT
 
-# Method arguments promoted to their own frame columns (None where a method has no such argument);
-# the full decoded arguments stay in the `args` column.
-KEY_ARGUMENTS = ("heartbeat", "reply_code", "reply_text", "delivery_tag", "consumer_tag", "exchange",
-                 "routing_key", "queue")
-FRAME_COLUMNS = ("t", "epoch", "connection", "direction", "channel", "type", "method", "size", "packet",
-                 "offset", *KEY_ARGUMENTS, "args")
-SEGMENT_COLUMNS = ("t", "epoch", "connection", "direction", "packet", "flags", "seq", "ack", "payload_len",
-                   "ack_only", "retransmission", "missing")
-GAP_COLUMNS = ("t", "epoch", "connection", "direction", "packet", "offset", "missing", "reason")
-DECODE_ERROR_COLUMNS = ("t", "epoch", "connection", "direction", "packet", "offset", "reason", "skipped")
-# One row per TLS record of a TLS connection; `guess` is what a record without keys most likely holds
-# ("heartbeat", "tune", ...: analyzer/tls/inference.py).
-TLS_RECORD_COLUMNS = ("t", "epoch", "connection", "direction", "packet", "content_type", "length", "plaintext_len",
-                      "what", "guess", "decrypted")
+__all__ = ["DECODE_ERROR_COLUMNS", "FINDING_COLUMNS", "FRAME_COLUMNS", "GAP_COLUMNS", "KEY_ARGUMENTS",
+           "SEGMENT_COLUMNS", "TABLES", "TLS_RECORD_COLUMNS", "Analysis", "Connection", "find_captures",
+           "flags_text", "is_ack_only", "load", "load_scenario"]
+
 FINDING_COLUMNS = ("connection", "t", "kind", "channel", "detail")
 # Nullable integer columns (pandas "Int64"), so a missing value does not turn them into floats.
 _NULLABLE_INTS = {"heartbeat", "reply_code", "delivery_tag", "channel", "heartbeat_server_proposed",
                   "heartbeat_client_requested", "close_reply_code"}
-
-# tcpdump's flag letters, in tcpdump's order ("S", "F", "R", "P", then "A" for the ACK bit).
-_FLAG_LETTERS = ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, "A"))
-
-
-def flags_text(flags: int) -> str:
-    """TCP flags as letters, e.g. "PA", "R", "FA", "S"."""
-    return "".join(letter for bit, letter in _FLAG_LETTERS if flags & bit) or "."
-
-
-def is_ack_only(flags: int, payload_len: int) -> bool:
-    """A bare ACK (or keepalive): no payload, no SYN/FIN/RST. Not liveness for the peer's timers,
-    but proof that the sender's kernel is alive."""
-    return not payload_len and bool(flags & ACK) and not flags & (SYN | FIN | RST)
-
-
-class _Collector:
-    """The `analyze_file` observer: one row tuple per event, epoch times (made relative later)."""
-
-    def __init__(self, connection: str | None) -> None:
-        self.connection = connection
-        self.frames: list[tuple] = []
-        self.segments: list[tuple] = []
-        self.gaps: list[tuple] = []
-        self.decode_errors: list[tuple] = []
-        self.tls_records: list[tuple] = []
-
-    def __call__(self, event) -> None:
-        cid = event.connection.id
-        if self.connection is not None and cid != self.connection:
-            return
-        kind = type(event)
-        if kind is SegmentEvent:
-            self.segments.append((event.timestamp, cid, event.direction, event.packet, flags_text(event.flags),
-                                  event.seq, event.ack, event.payload_len,
-                                  is_ack_only(event.flags, event.payload_len), event.retransmission,
-                                  event.missing))
-        elif kind is Frame:
-            r = frame_record(event, 0.0)
-            args = r.args or {}
-            keys = tuple(args.get(name) for name in KEY_ARGUMENTS)
-            self.frames.append((r.epoch, cid, r.direction, r.channel, r.type, r.method, r.size, r.packet,
-                                r.offset, *keys, r.args))
-        elif kind is Gap:
-            self.gaps.append((event.timestamp, cid, event.direction, event.packet, event.offset, event.missing,
-                              event.reason))
-        elif kind is DecodeError:
-            self.decode_errors.append((event.timestamp, cid, event.direction, event.packet, event.offset,
-                                       event.reason, event.skipped))
-        elif kind is TlsRecord:
-            self.tls_records.append((event.timestamp, cid, event.direction, event.packet, event.content_type,
-                                     event.length, event.plaintext_len, event.what, event.guess, event.decrypted))
-
-
-def _table(rows: list[tuple], columns: tuple[str, ...], t0: float):
-    """A DataFrame whose first column `t` is derived from the rows' leading epoch."""
-    import pandas as pd
-
-    df = pd.DataFrame(rows, columns=list(columns[1:]))
-    df.insert(0, "t", df["epoch"] - t0 if len(df) else pd.Series(dtype="float64"))
-    for name in _NULLABLE_INTS & set(df.columns):
-        df[name] = df[name].astype("Int64")
-    return df
+# A load shows a progress bar once it has taken this long (a shorter one would only flicker).
+PROGRESS_AFTER = 1.0  # seconds
 
 
 def load(path: str | os.PathLike, *, ports: Iterable[int] = DEFAULT_PORTS, connection: str | None = None,
-         tls_keylog: str | os.PathLike | None = None) -> Analysis:
+         tls_keylog: str | os.PathLike | None = None, tables: Collection[str] = tuple(TABLES),
+         progress: bool = True) -> Analysis:
     """Analyze a capture and tabulate it: `frames`, `segments`, `gaps`, `decode_errors`,
-    `connections`, `findings` (pandas DataFrames), plus one `Connection` view per connection.
+    `tls_records`, `connections`, `findings` (pandas DataFrames), plus one `Connection` view per
+    connection.
 
     `ports` are the TCP ports known to carry AMQP (others are still auto-detected); `connection`
     keeps only that connection id ("CLIENT_IP:PORT->SERVER_IP:PORT"); `tls_keylog` an NSS key log
-    file that decrypts TLS connections (their frames then appear like plaintext ones).
+    file that decrypts TLS connections (their frames then appear like plaintext ones). `tables`
+    names the per-packet tables to collect (default all of analyzer.tables.TABLES; `connections`
+    and `findings` always are): `tables=("frames",)` on a big capture skips the segments, and
+    `tables=()` runs as fast as `amqp-hb analyze`. `progress=False` turns off the progress bar a
+    load shows after PROGRESS_AFTER seconds (tqdm's; in Jupyter its notebook bar).
     """
-    import pandas as pd
-
-    from analyzer.render.analysis_json import connection_row
-
-    collector = _Collector(connection)
     keys = read_keylog(tls_keylog) if tls_keylog is not None else None
-    result = analyze_file(path, ports=tuple(ports), connection=connection, observer=collector, tls_keys=keys)
-    t0 = result.summary.start_epoch or 0.0
-    rows = [connection_row(result.path, d) for d in result.connections]
-    findings = [(d.timeline.info.id, f.time, f.kind, f.channel, f.detail) for d in result.connections
-                for f in d.findings]
-    return Analysis(
-        path=result.path,
-        result=result,
-        frames=_table(collector.frames, FRAME_COLUMNS, t0),
-        segments=_table(collector.segments, SEGMENT_COLUMNS, t0),
-        gaps=_table(collector.gaps, GAP_COLUMNS, t0),
-        decode_errors=_table(collector.decode_errors, DECODE_ERROR_COLUMNS, t0),
-        tls_records=_table(collector.tls_records, TLS_RECORD_COLUMNS, t0),
-        connections=_nullable(pd.DataFrame(rows, columns=_connection_columns())),
-        findings=_nullable(pd.DataFrame(findings, columns=list(FINDING_COLUMNS))),
-    )
+    collector = TableCollector(tables, connection)
+    bar = _ProgressBar(os.path.getsize(path)) if progress and os.path.isfile(path) else None
+    try:
+        result = analyze_file(path, ports=tuple(ports), connection=connection,
+                              observer=collector if collector.chunks else None, tls_keys=keys,
+                              progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    return Analysis(path=result.path, result=result, tables=Tables(collector, result.summary.start_epoch or 0.0))
+
+
+class _ProgressBar:
+    """The engine's progress calls as a tqdm bar in bytes of the file, shown only once the load has
+    taken PROGRESS_AFTER seconds; nothing without tqdm (the `notebook` extra brings it)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.started = time.monotonic()
+        self.bar: Any = None
+        self.done = 0
+
+    def update(self, _packets: int, file_bytes: int) -> None:
+        if self.bar is None:
+            if time.monotonic() - self.started < PROGRESS_AFTER:
+                return
+            try:
+                from tqdm.auto import tqdm  # type: ignore[import-untyped]  # Jupyter's bar there, text elsewhere
+            except ImportError:
+                self.update = lambda *_: None  # type: ignore[method-assign]
+                return
+            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, desc=f"loading {self.total / 1e6:.0f} MB")
+        self.bar.update(file_bytes - self.done)
+        self.done = file_bytes
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.total - self.done)
+            self.bar.close()
 
 
 def load_scenario(name: str, captures: str | os.PathLike | None = None) -> Analysis:
@@ -199,18 +167,73 @@ def _nullable(df):
 
 @dataclass(eq=False)
 class Analysis:
-    """One capture, tabulated. Iterate it (or index with `.connection(...)`) for Connection views."""
+    """One capture, tabulated. Iterate it (or index with `.connection(...)`) for Connection views.
+
+    The per-packet tables (frames, segments, gaps, decode_errors, tls_records) are built on first
+    access; one left out by `load(..., tables=...)` raises UsageError."""
 
     path: str
     result: FileAnalysis
-    frames: Any  # pandas.DataFrame, one row per AMQP frame
-    segments: Any  # one row per TCP segment of an AMQP connection
-    gaps: Any  # bytes the capture lost, one row per hole
-    decode_errors: object
-    tls_records: Any  # one row per TLS record of a TLS connection (empty without TLS)
-    connections: Any  # one row per connection: the scalar fields of `amqp-hb analyze --format csv`
-    findings: object
+    tables: Tables
     metadata: dict = field(default_factory=dict)  # a scenario capture's ground truth (load_scenario)
+    _connections: Any = field(default=None, init=False, repr=False)  # built on first access, then kept
+    _findings: Any = field(default=None, init=False, repr=False)
+
+    def table(self, name: str):
+        """A per-packet table by name (analyzer.tables.TABLES), built now if not yet."""
+        if not self.tables.loaded(name):
+            raise UsageError(f"{self.path}: the {name} table was not loaded (load(..., tables=...) left it out)")
+        return self.tables.frame(name)
+
+    @property
+    def frames(self):
+        """One row per AMQP frame (analyzer.tables.FRAME_COLUMNS)."""
+        return self.table("frames")
+
+    @property
+    def segments(self):
+        """One row per TCP segment of an AMQP connection."""
+        return self.table("segments")
+
+    @property
+    def gaps(self):
+        """Bytes the capture lost, one row per hole."""
+        return self.table("gaps")
+
+    @property
+    def decode_errors(self):
+        return self.table("decode_errors")
+
+    @property
+    def tls_records(self):
+        """One row per TLS record of a TLS connection (empty without TLS)."""
+        return self.table("tls_records")
+
+    @property
+    def connections(self):
+        """One row per connection: the scalar fields of `amqp-hb analyze --format csv`."""
+        if self._connections is None:
+            import pandas as pd
+
+            from analyzer.render.analysis_json import connection_row
+
+            rows = [connection_row(self.path, d) for d in self.diagnoses]
+            self._connections = _nullable(pd.DataFrame(rows, columns=_connection_columns()))
+        return self._connections
+
+    @property
+    def findings(self):
+        """One row per finding of each connection (FINDING_COLUMNS)."""
+        if self._findings is None:
+            import pandas as pd
+
+            rows = [(d.timeline.info.id, f.time, f.kind, f.channel, f.detail) for d in self.diagnoses
+                    for f in d.findings]
+            self._findings = _nullable(pd.DataFrame(rows, columns=list(FINDING_COLUMNS)))
+        return self._findings
+
+    def _frames_shown(self) -> str:
+        return f"{self.tables.rows('frames')} frames" if self.tables.loaded("frames") else "frames not loaded"
 
     @property
     def diagnoses(self) -> list[Diagnosis]:
@@ -236,14 +259,14 @@ class Analysis:
         return [c for c in self if c.verdict == verdict]
 
     def __repr__(self) -> str:
-        return (f"<Analysis {self.path}: {len(self)} connections, {len(self.frames)} frames, "
+        return (f"<Analysis {self.path}: {len(self)} connections, {self._frames_shown()}, "
                 f"{self.summary.packets} packets>")
 
     def _repr_html_(self) -> str:
         s = self.summary
         head = (f"<p><b>{html.escape(str(self.path))}</b> · {html.escape(s.format)} · {s.packets} packets · "
                 f"{s.duration:.3f} s · {len(self)} AMQP connection{'s' if len(self) != 1 else ''} · "
-                f"{len(self.frames)} frames</p>")
+                f"{self._frames_shown()}</p>")
         warnings = "".join(f"<p style='color:#a60'>warning: {html.escape(w)}</p>" for w in s.warnings)
         rows = "".join(
             "<tr>" + "".join(f"<td style='text-align:left'>{cell}</td>" for cell in _summary_cells(d)) + "</tr>"

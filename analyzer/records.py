@@ -149,7 +149,12 @@ class Frame:
 
     @property
     def type_name(self) -> str:
-        return FRAME_TYPE_NAMES.get(self.type, f"type-{self.type}")
+        return frame_type_name(self.type)
+
+
+def frame_type_name(frame_type: int) -> str:
+    """A frame type's name ("method", "heartbeat", ...), "type-N" for a type the spec does not define."""
+    return FRAME_TYPE_NAMES.get(frame_type, f"type-{frame_type}")
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
-from analyzer.engine.engine import DEFAULT_PORTS, Engine, EventObserver
+from analyzer.engine.engine import DEFAULT_PORTS, Engine, EventObserver, Observer
 from analyzer.engine.runs import FrameColumns, PacketRun
 from analyzer.records import CaptureSummary, Event, Frame
 from analyzer.sources.pcap import open_capture
@@ -68,7 +68,7 @@ def no_cyclic_gc() -> Iterator[None]:
 def analyze_timelines(fileobj: BinaryIO, summary: CaptureSummary, *, ports: Iterable[int] = DEFAULT_PORTS,
                       show_secrets: bool = False, progress: ProgressCallback | None = None,
                       on_retire: Callable[[ConnectionTimeline], None] | None = None,
-                      observer: EventObserver | None = None, batch: bool = True,
+                      observer: Observer | None = None, batch: bool = True,
                       tls_keys: KeyLog | None = None) -> list[ConnectionTimeline]:
     """Every AMQP connection's timeline, in order of first packet. With `on_retire`, connections
     closed RETIRE_AFTER seconds of capture time earlier are handed to it and forgotten; the list

@@ -60,6 +60,20 @@ class FrameColumns(NamedTuple):
     position: _I64  # of the frame's first byte in the read block's buffer
 
 
+class SegmentColumns(NamedTuple):
+    """The packets of one run, in capture order, as columns: the SegmentEvents `PacketRun.events()`
+    gives (none of a run's packets is a retransmission or snapped: retransmission False, missing 0)."""
+
+    sides: list[QuickSide]  # by side number
+    side: _I64
+    timestamp: npt.NDArray[np.float64]
+    packet: _I64  # record number in the file (1-based)
+    flags: npt.NDArray[np.uint8]
+    seq: _I64
+    ack: _I64
+    payload_len: _I64
+
+
 class Plan:
     """One block's packets sorted into ordinary and hard; runs of ordinary packets applied at once.
 
@@ -298,6 +312,14 @@ class PacketRun:
         self.j = j
         self.payload_bytes = payload_bytes
         self.frames = plan.run_frames(i, j)  # before the run is applied: offsets count from the decoders
+
+    def segments(self) -> SegmentColumns:
+        plan = self.plan
+        i, j = self.i, self.j
+        first = plan.block.first_index + 1
+        return SegmentColumns(plan.sides, plan.side_id[i:j], plan.block.timestamp[i:j],
+                              np.arange(first + i, first + j, dtype=np.int64), plan.flags[i:j], plan.seq[i:j],
+                              plan.ack[i:j], plan.payload_len[i:j])
 
     def events(self) -> Iterator[SegmentEvent | Frame]:
         plan = self.plan
