@@ -153,6 +153,7 @@ class Watch:
         self._at_risk: set[int] = set()  # keys of the connections with an at-risk event not recovered
         self._events: list[WatchEvent] = []
         self._finished = False
+        self._next_retirement = 0.0
 
     # ---- input ----------------------------------------------------------------------------------
 
@@ -185,6 +186,9 @@ class Watch:
         self.engine.feed(packet)
         self._clock(packet.timestamp)
         self._after_packets()
+        if self.now >= self._next_retirement:  # closed connections are let go once a second, not per packet
+            self._next_retirement = self.now + REARM_EVERY
+            self.engine.advance(self.now)
         return self._take()
 
     def add_tls_secrets(self, keys: KeyLog) -> None:

@@ -351,10 +351,14 @@ def _loop(args: argparse.Namespace, watch: Watch, source: _Source, output: _Line
     next_stats = time.monotonic() + STATS_EVERY
 
     def emit(events: list[WatchEvent]) -> bool:
+        """Output the events; True (and nothing after it) at the --exit-on event."""
+        awaited = next((i for i, e in enumerate(events) if e.kind == args.exit_on), None)
+        if awaited is not None:
+            events = events[: awaited + 1]
         output.events(events)
         if metrics is not None:
             metrics.events(events)
-        return args.exit_on is not None and any(e.kind == args.exit_on for e in events)
+        return awaited is not None
 
     try:
         while True:

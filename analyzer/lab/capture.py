@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any
 
 from analyzer.errors import EnvironmentProblem, UsageError
 from analyzer.lab import netns as namespaces
@@ -165,7 +165,7 @@ class LiveCapture:
                  backend: str = "auto", settle: float | None = None, netns: str | None = None) -> None:
         self.streaming = path == STREAM
         self.path = path if self.streaming else os.path.abspath(path)
-        self.stream: BinaryIO | None = None
+        self.stream: IO[bytes] | None = None
         self.iface = iface
         self.netns = netns
         self.ports = {int(p) for p in ports or ()}

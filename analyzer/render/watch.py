@@ -105,8 +105,8 @@ STATE_WORDS = {"at-risk": "AT RISK", "healthy": "healthy", "no-heartbeat": "no h
 def status_cells(row: ConnectionStatus, now: float) -> tuple[str, ...]:
     """The live table's cells: connection, state, T, client, silence per side, the broker's next look,
     the pending close and its countdown (or, torn down, the verdict)."""
-    def since(t: float | None) -> str:
-        return "-" if t is None else f"{max(0.0, now - t):.1f} s"
+    def since(t: float | None) -> str:  # silence so far (a torn-down connection's is over)
+        return "-" if t is None or row.state == "torn-down" else f"{max(0.0, now - t):.1f} s"
 
     heartbeat = "?" if row.heartbeat is None else f"{row.heartbeat:g} s"
     if row.heartbeat_source == "inferred":
