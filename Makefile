@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := rabbitmq-server tshark tcpdump nftables
+DEBIAN_PACKAGES := rabbitmq-server tshark tcpdump nftables chromium
 DEMO_CAPTURE ?= captures/blocked-callback.pcap
 
 .PHONY: demo test venv debian-packages fuzz bench clean

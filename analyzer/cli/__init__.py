@@ -9,13 +9,14 @@ import argparse
 import contextlib
 import csv
 import io
+import itertools
 import json
 import os
 import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
@@ -33,6 +34,7 @@ from analyzer.cli.options import (
     port_number,
 )
 from analyzer.cli.plot import register as register_plot
+from analyzer.cli.report import register as register_report
 from analyzer.cli.watch import register as register_watch
 from analyzer.engine import DEFAULT_PORTS
 from analyzer.errors import AmqpHbError, CaptureFileError, ExitStatus, UsageError
@@ -116,10 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
                               "files share a connection id)")
     analyze.add_argument("-j", "--jobs", type=int_in_range(1), default=1, metavar="N",
                          help="analyze N files at once in N processes (output stays in argument order)")
+    analyze.add_argument("--problems", action="store_true",
+                         help="only the connections that need attention: a teardown verdict (missed heartbeats, "
+                              "reset, closed with an error) or a finding (every format; the summary still counts all)")
+    analyze.add_argument("--all", action="store_true",
+                         help="text: the connections that need no attention in full too (default: one line each)")
     analyze.set_defaults(handler=run_analyze)
 
     register_scenarios(sub)  # capture, scenario
     register_plot(sub)  # plot (matplotlib is imported only when it runs)
+    register_report(sub)  # report (jinja2 and matplotlib are imported only when it runs)
     register_watch(sub)  # watch (the live table and metrics import rich and prometheus_client when asked for)
     return parser
 
@@ -249,7 +257,8 @@ def _resolve_streaming(path: str, args: argparse.Namespace, progress: Progress) 
 
 def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitStatus:
     from analyzer.render.analysis_json import CSV_COLUMNS, connection_json, connection_row, write_document
-    from analyzer.render.text import connection_block, report_head
+    from analyzer.render.summary import CaptureOverview, needs_attention
+    from analyzer.render.text import connection_block, connection_line, others_heading, report_head
 
     status = ExitStatus.OK
     colour = args.format == "text" and stdout.isatty() and not os.environ.get("NO_COLOR")
@@ -259,13 +268,24 @@ def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exi
                          "the broker host's)")
     csv_header = args.format == "csv"
 
+    overviews: dict[str, CaptureOverview] = {}  # path -> the summary of all its connections
+    in_full = args.all or args.connection is not None  # text: also the connections that need no attention
+
     def render(path: str) -> Render:
-        """What one connection of `path` becomes in the output."""
-        if args.format == "json":
-            return connection_json
-        if args.format == "csv":
-            return lambda d: _csv_line(connection_row(path, d), CSV_COLUMNS)
-        return lambda d: connection_block(d, colour=colour)
+        """What one connection of `path` becomes in the output (and the file's summary counts it)."""
+        overview = overviews[path] = CaptureOverview()
+
+        def rendered(d: Diagnosis) -> str:
+            overview.add(d)
+            if args.format == "json":
+                return connection_json(d)
+            if args.format == "csv":
+                return _csv_line(connection_row(path, d), CSV_COLUMNS)
+            if in_full or needs_attention(d):
+                return connection_block(d, colour=colour)
+            return connection_line(d, colour=colour) + "\n"
+
+        return rendered
 
     seen_in: dict[str, list[str]] = {}  # connection id -> the files it is in
     # closing: on Ctrl-C (or any error) while a file is written, the generator stops its workers at once.
@@ -279,21 +299,32 @@ def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exi
                         raise outcome
                     if args.connection is not None:
                         connections.select(args.connection)
+                    if args.problems:
+                        connections.keep_problems()
                 except (CaptureFileError, UsageError) as exc:
                     stderr.write(f"amqp-hb: {file_error(path, exc)}\n")
                     status = ExitStatus.BAD_INPUT
                     continue
                 analysis = outcome
+                overview = overviews[path]
                 if args.format == "json":
-                    write_document(analysis, connections, len(connections), stdout)
+                    write_document(analysis, connections, len(connections), stdout, overview)
                 elif args.format == "csv":
                     if csv_header:
                         csv.DictWriter(stdout, fieldnames=CSV_COLUMNS).writeheader()
                         csv_header = False
                     stdout.writelines(connections)
                 else:
-                    stdout.write(report_head(analysis, len(connections), colour=colour))
-                    stdout.writelines(connections)
+                    shown = (f"{len(connections)} of {overview.connections} (--connection)" if args.connection
+                             else f"the {len(connections)} that need attention (--problems)" if args.problems
+                             else None)
+                    stdout.write(report_head(analysis, overview, colour=colour, shown=shown))
+                    texts = iter(connections)  # problems first (attention order), then the others
+                    problems = len(connections) if shown else overview.need_attention
+                    stdout.writelines(itertools.islice(texts, problems))
+                    if len(connections) > problems:
+                        stdout.write(others_heading(len(connections) - problems, full=args.all))
+                    stdout.writelines(texts)
             if args.format != "text":
                 for warning in analysis.summary.warnings:
                     stderr.write(f"amqp-hb: warning: {path}: {warning}\n")
@@ -340,11 +371,14 @@ def _csv_line(row: Mapping[str, object], columns: list[str]) -> str:
 
 class _RenderedConnections:
     """One file's connections, rendered as they are handed over (in closing order) and kept on an
-    unnamed temporary file; read back in connection order. Memory: 32 bytes a connection, and its id
+    unnamed temporary file; read back in connection order, or with `by_attention` in the reports'
+    order (render.summary.attention_key: problems first). Memory: 33 bytes a connection, and its id
     (for --connection, resolved once the file's end shows which key is unique)."""
 
-    def __init__(self, render: Render) -> None:
+    def __init__(self, render: Render, *, by_attention: bool = False) -> None:
         self._render = render
+        self._by_attention = by_attention
+        self._attention = array("b")
         self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by __exit__: this object is the context)
         self._first_seen = array("d")
         self._number = array("q")
@@ -355,7 +389,10 @@ class _RenderedConnections:
         self._shown: list[int] | None = None  # by select: the indices written, in connection order
 
     def add(self, diagnosis: Diagnosis) -> None:
+        from analyzer.render.summary import attention
+
         data = self._render(diagnosis).encode("utf-8")
+        self._attention.append(attention(diagnosis))
         self._file.write(data)
         self._first_seen.append(diagnosis.timeline.first_seen)
         self._number.append(diagnosis.timeline.number)
@@ -368,21 +405,31 @@ class _RenderedConnections:
     def ids(self) -> list[str]:
         return list(self._ids)
 
-    def _order(self) -> list[int]:
-        first_seen, number = self._first_seen, self._number
+    def _order(self, by_attention: bool = False) -> list[int]:
+        first_seen, number, group = self._first_seen, self._number, self._attention
+        if by_attention:
+            return sorted(range(len(self._offset)), key=lambda i: (group[i], first_seen[i], number[i]))
         return sorted(range(len(self._offset)), key=lambda i: (first_seen[i], number[i]))
 
     def select(self, key: str) -> None:
-        """Keep only the connection(s) with the id --connection names (analyzer.api.find_connection)."""
+        """Keep only the connection(s) with the id --connection names (analyzer.api.find_connection;
+        a position counts in connection order, whatever the output's order)."""
         order = self._order()
         self._shown = _selected(key, [self._ids[i] for i in order], order)
+
+    def keep_problems(self) -> None:
+        """Keep only the connections that need attention (--problems: render.summary.needs_attention)."""
+        from analyzer.render.summary import NO_ATTENTION
+
+        shown = self._order(self._by_attention) if self._shown is None else self._shown
+        self._shown = [i for i in shown if self._attention[i] != NO_ATTENTION]
 
     def __len__(self) -> int:
         return len(self._offset) if self._shown is None else len(self._shown)
 
     def __iter__(self) -> Iterator[str]:
         self._file.flush()
-        for i in self._order() if self._shown is None else self._shown:
+        for i in self._order(self._by_attention) if self._shown is None else self._shown:
             self._file.seek(self._offset[i])
             yield self._file.read(self._length[i]).decode("utf-8")
 
@@ -392,29 +439,6 @@ class _RenderedConnections:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._file.close()
-
-
-class _Rendered(list[str]):
-    """Connections rendered from a whole FileAnalysis (--jobs): the same interface, in memory."""
-
-    def __init__(self, texts: Iterable[str] = (), ids: Iterable[str] = ()) -> None:
-        super().__init__(texts)
-        self._ids = list(ids)
-
-    @property
-    def ids(self) -> list[str]:
-        return list(self._ids)
-
-    def select(self, key: str) -> None:
-        kept = [self[i] for i in _selected(key, self._ids, range(len(self)))]
-        self[:] = kept
-
-    def __enter__(self) -> _Rendered:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        pass
 
 
 def _selected(key: str, ids: list[str], indices: Sequence[int]) -> list[int]:
@@ -445,16 +469,17 @@ def _analyze_one(path: str, ports: tuple[int, ...], show_secrets: bool, progress
 
 
 def _analyses(args: argparse.Namespace, stderr: TextIO, render: Callable[[str], Render],
-              ) -> Generator[tuple[str, FileAnalysis | CaptureFileError, _RenderedConnections | _Rendered], None, None]:
+              ) -> Generator[tuple[str, FileAnalysis | CaptureFileError, _RenderedConnections], None, None]:
     """(path, FileAnalysis or CaptureFileError, its rendered connections) in argument order. One
     file at a time, connections are rendered as they close and kept on a temporary file (memory
     follows the connections open at once); with --jobs N, files in parallel, each process sending
     its whole result back. Every connection is rendered: --connection is resolved (select) once a
-    file's list is complete."""
+    file's list is complete. Text lists them in the reports' order (problems first)."""
     ports = _ports(args)
+    by_attention = args.format == "text"
     if args.jobs == 1 or len(args.files) == 1:
         for path in args.files:
-            connections = _RenderedConnections(render(path))
+            connections = _RenderedConnections(render(path), by_attention=by_attention)
             outcome = _analyze_one(path, ports, args.show_secrets, _progress(args, path, stderr),
                                    on_connection=connections.add, tls_keys=_tls_keys(args))
             yield path, outcome, connections
@@ -470,11 +495,10 @@ def _analyses(args: argparse.Namespace, stderr: TextIO, render: Callable[[str], 
         outcomes = pool.map(_analyze_one, args.files, [ports] * count, [args.show_secrets] * count,
                             [None] * count, [None] * count, [_tls_keys(args)] * count)
         for path, outcome in zip(args.files, outcomes, strict=True):
-            if isinstance(outcome, CaptureFileError):
-                yield path, outcome, _Rendered()
-            else:
-                ids = [d.timeline.info.id for d in outcome.connections]
-                yield path, outcome, _Rendered(map(render(path), outcome.connections), ids)
+            connections = _RenderedConnections(render(path), by_attention=by_attention)
+            for d in outcome.connections if not isinstance(outcome, CaptureFileError) else ():
+                connections.add(d)
+            yield path, outcome, connections
     except BaseException:  # KeyboardInterrupt, or GeneratorExit when the caller stopped early
         _stop_workers(pool)
         raise

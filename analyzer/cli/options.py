@@ -6,10 +6,12 @@ same input-file arguments, number checks and --connection help as frames and ana
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from analyzer.errors import AmqpHbError
+from analyzer.errors import AmqpHbError, EnvironmentProblem, UsageError
 
 PORT_RANGE = (1, 65535)  # TCP ports (RFC 793's 16-bit field; 0 is reserved and never on the wire)
 
@@ -107,6 +109,29 @@ def file_error(path: str, error: AmqpHbError) -> str:
     return text if text.startswith(f"{path}: ") else f"{path}: {text}"
 
 
+def output_file(path: str, extensions: Sequence[str], what: str) -> None:
+    """The UsageError for an output file (`plot -o`, `report -o`) whose extension is not one of
+    `extensions` (`what` names them: ".png or .svg") or whose directory does not exist."""
+    if os.path.splitext(path)[1].lower() not in extensions:
+        raise UsageError(f"{path}: the output must end in {what}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"{path}: no such directory {directory}")
+
+
+def require_extra(command: str, extra: str, modules: Sequence[str]) -> None:
+    """Import `modules` (matplotlib set to its Agg backend: no display needed), or raise the one-line
+    EnvironmentProblem naming the extra and both install commands (README: Install)."""
+    try:
+        for name in modules:
+            module = importlib.import_module(name)
+            if name == "matplotlib":
+                module.use("Agg")
+    except ImportError as exc:
+        raise EnvironmentProblem(f"{command} needs the `{extra}` extra ({exc.name} is missing): pip install "
+                                 f"'amqp-hb[{extra}]' (with pipx: pipx inject amqp-hb {' '.join(modules)})") from None
+
+
 def ignore_sigint() -> None:
     """Pool workers: Ctrl-C reaches the whole process group; the parent alone answers it (status 130,
     one line) and stops the workers, so a worker never prints a KeyboardInterrupt traceback."""
@@ -116,4 +141,5 @@ def ignore_sigint() -> None:
 
 
 __all__ = ["CONNECTION_EXAMPLES", "CONNECTION_HELP", "CommandParser", "check_input_files", "file_error",
-           "format_choice", "ignore_sigint", "input_files", "int_in_range", "port_number"]
+           "format_choice", "ignore_sigint", "input_files", "int_in_range", "output_file", "port_number",
+           "require_extra"]

@@ -10,8 +10,16 @@ import argparse
 import os
 from typing import Any, TextIO
 
-from analyzer.cli.options import CONNECTION_EXAMPLES, CONNECTION_HELP, file_error, input_files, port_number
-from analyzer.errors import CaptureFileError, EnvironmentProblem, ExitStatus, UsageError
+from analyzer.cli.options import (
+    CONNECTION_EXAMPLES,
+    CONNECTION_HELP,
+    file_error,
+    input_files,
+    output_file,
+    port_number,
+    require_extra,
+)
+from analyzer.errors import CaptureFileError, ExitStatus, UsageError
 
 FORMATS = (".png", ".svg")
 
@@ -50,20 +58,8 @@ def output_paths(output: str, count: int) -> list[str]:
 
 
 def run_plot(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitStatus:
-    ext = os.path.splitext(args.output)[1].lower()
-    if ext not in FORMATS:
-        raise UsageError(f"{args.output}: the output must end in .png or .svg")
-    directory = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(directory):
-        raise UsageError(f"{args.output}: no such directory {directory}")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import pandas  # noqa: F401
-    except ImportError as exc:
-        raise EnvironmentProblem(f"plot needs the `plot` extra ({exc.name} is missing): pip install "
-                                 "'amqp-hb[plot]' (with pipx: pipx inject amqp-hb matplotlib pandas)") from None
+    output_file(args.output, FORMATS, ".png or .svg")
+    require_extra("plot", "plot", ("matplotlib", "pandas"))
     from analyzer.engine import DEFAULT_PORTS
     from analyzer.notebook import load
     from analyzer.render.plot import save, worth_plotting

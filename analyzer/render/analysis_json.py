@@ -8,6 +8,7 @@ from typing import TextIO
 from analyzer.api import FileAnalysis
 from analyzer.diagnosis.diagnose import Diagnosis
 from analyzer.pairing import PairReport
+from analyzer.render.summary import CaptureOverview
 from analyzer.timeline import ConnectionTimeline, Direction
 
 SCHEMA = "amqp-hb/analysis/1"
@@ -24,8 +25,10 @@ def _r(value: float | None) -> float | None:
     return None if value is None else round(value, TIME_DIGITS)
 
 
-def analysis_document(analysis: FileAnalysis) -> JsonObject:
+def analysis_document(analysis: FileAnalysis, overview: CaptureOverview | None = None) -> JsonObject:
+    """The document of `analysis`; its `summary` object is `overview`'s, else its connections'."""
     summary = analysis.summary
+    overview = CaptureOverview.of(analysis.connections) if overview is None else overview
     return {
         "schema": SCHEMA,
         "file": analysis.path,
@@ -34,6 +37,7 @@ def analysis_document(analysis: FileAnalysis) -> JsonObject:
         "start_epoch": summary.start_epoch,
         "duration": _r(summary.duration),
         "warnings": list(summary.warnings),
+        "summary": overview.document(summary),
         "connections": [connection_document(d) for d in analysis.connections],
     }
 
@@ -53,11 +57,14 @@ def connection_json(d: Diagnosis) -> str:
     return json.dumps(connection_document(d), ensure_ascii=False)
 
 
-def write_document(analysis: FileAnalysis, connections: Iterable[str], count: int, stream: TextIO) -> None:
+def write_document(analysis: FileAnalysis, connections: Iterable[str], count: int, stream: TextIO,
+                   overview: CaptureOverview | None = None) -> None:
     """The document of `analysis` whose `count` connections are the connection_json texts
     `connections`, written a connection at a time (the document of a 50,000-connection capture
-    is never held whole)."""
-    head = analysis_document(FileAnalysis(analysis.path, analysis.summary))
+    is never held whole). `overview` summarizes the file's connections (they were streamed: the
+    FileAnalysis holds none); without it, analysis.connections are summarized."""
+    overview = CaptureOverview.of(analysis.connections) if overview is None else overview
+    head = analysis_document(FileAnalysis(analysis.path, analysis.summary), overview)
     if count <= INDENTED_CONNECTIONS:
         head["connections"] = [json.loads(text) for text in connections]
         # json.dump writes piece by piece: dumps would hold the whole text.

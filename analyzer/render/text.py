@@ -8,6 +8,15 @@ from analyzer.api import FileAnalysis, FrameRecord
 from analyzer.diagnosis.diagnose import Diagnosis
 from analyzer.pairing import PairReport
 from analyzer.records import C2S
+from analyzer.render.summary import (
+    CaptureOverview,
+    by_attention,
+    capture_span,
+    client_label,
+    heartbeat_label,
+    heartbeat_words,
+    needs_attention,
+)
 from analyzer.tls.session import DECRYPTED, NOT_ATTEMPTED
 
 VERDICT_COLOURS = {
@@ -20,21 +29,84 @@ def _paint(text: str, code: str, colour: bool) -> str:
     return f"\x1b[{code}m{text}\x1b[0m" if colour else text
 
 
-def analysis_report(analysis: FileAnalysis, *, colour: bool = False) -> str:
-    return report_head(analysis, len(analysis.connections), colour=colour) + "".join(
-        connection_block(d, colour=colour) for d in analysis.connections)
+def analysis_report(analysis: FileAnalysis, *, colour: bool = False, full: bool = False) -> str:
+    """The whole `analyze` text report of a FileAnalysis: summary_block, the problem connections'
+    blocks, then the others one line each (in full with `full`, as `--all`)."""
+    overview = CaptureOverview.of(analysis.connections)
+    ordered = by_attention(analysis.connections)
+    problems = [d for d in ordered if needs_attention(d)]
+    others = ordered[len(problems):]
+    text = report_head(analysis, overview, colour=colour) + "".join(connection_block(d, colour=colour)
+                                                                    for d in problems)
+    if others:
+        text += others_heading(len(others), full=full)
+        text += "".join(connection_block(d, colour=colour) if full else connection_line(d, colour=colour) + "\n"
+                        for d in others)
+    return text
 
 
-def report_head(analysis: FileAnalysis, connections: int, *, colour: bool = False) -> str:
-    """The file's line and its warnings; the connections follow as connection_blocks."""
+def report_head(analysis: FileAnalysis, overview: CaptureOverview, *, colour: bool = False,
+                shown: str | None = None) -> str:
+    """The file's line and its summary block (the headline, connections by verdict and finding kind,
+    clients, heartbeat values, time span, warnings, and the most urgent problem connections one
+    line each); the connections follow as connection_blocks. `shown` says which connections the
+    report goes on to show when not all (--problems, --connection)."""
     s = analysis.summary
+    connections = overview.connections
     lines = [_paint(f"{analysis.path}", "1", colour) + f"  ({s.format}, {s.packets} packets, {s.duration:.3f} s, "
              f"{connections} AMQP connection{'s' if connections != 1 else ''})"]
-    for warning in s.warnings:
-        lines.append(_paint(f"warning: {warning}", "33", colour))
     if not connections:
+        lines.extend(_paint(f"warning: {warning}", "33", colour) for warning in s.warnings)
         lines.append("no AMQP 0-9-1 connection found (try --port N if the broker listens elsewhere)")
+        return "\n".join(lines) + "\n"
+    lines.append("  " + _paint(overview.headline(), "1", colour))
+    lines.append("  verdicts   " + " · ".join(f"{_paint(v, VERDICT_COLOURS.get(v, '0'), colour)} {n}"
+                                            for v, n in overview.verdict_counts()))
+    if overview.findings:
+        lines.append("  findings   " + " · ".join(f"{kind} {n}" for kind, n in overview.finding_counts()))
+    lines.append("  clients    " + " · ".join(f"{n} {name}" for name, n in overview.client_counts()))
+    lines.append("  heartbeat  " + " · ".join(f"{n} {heartbeat_words(value)}"
+                                              for value, n in overview.heartbeat_counts()))
+    span = capture_span(s)
+    if span is not None:
+        first, last, duration = span
+        same_day = first[:10] == last[:10]
+        lines.append(f"  span       {first.replace('T', ' ').rstrip('Z')} → "
+                     f"{(last[11:] if same_day else last.replace('T', ' ')).rstrip('Z')} UTC ({duration:.3f} s)")
+    lines.extend(_paint(f"warning: {warning}", "33", colour) for warning in s.warnings)
+    urgent = overview.most_urgent()
+    if urgent:
+        lines.append("  need attention (in the order of the details below):")
+        lines.extend("  " + connection_line(d, colour=colour) for d in urgent)
+        if overview.need_attention > len(urgent):
+            lines.append(f"    ... and {overview.need_attention - len(urgent)} more below")
+    if shown:
+        lines.append(f"  shown below: {shown}")
     return "\n".join(lines) + "\n"
+
+
+def others_heading(count: int, *, full: bool) -> str:
+    """The line before the connections that need no attention."""
+    plural = "s" if count != 1 else ""
+    how = "in full" if full else "one line each (--all shows them in full)"
+    return f"\n{count} connection{plural} needing no attention, {how}:\n"
+
+
+def connection_line(d: Diagnosis, *, colour: bool = False) -> str:
+    """One connection in one line: id, verdict, finding kinds, client, heartbeat, when, how it ended."""
+    verdict = _paint(d.verdict, VERDICT_COLOURS.get(d.verdict, "0"), colour)
+    kinds = ",".join(sorted({f.kind for f in d.findings}))
+    start, end = d.rel(d.timeline.first_seen), d.rel(d.timeline.last_seen)
+    close = d.close
+    if close.how == "open":
+        ended = "open"
+    elif close.how == "connection.close":
+        ended = f"close {close.reply_code if close.reply_code is not None else '?'} by {close.initiator}"
+    else:
+        ended = f"{close.how.upper()} by {close.initiator}"
+    return (f"  {d.timeline.info.id}  {verdict}" + (f"  [{kinds}]" if kinds else "")
+            + f"  {client_label(d)}, heartbeat {heartbeat_label(d.heartbeat.effective)}, "
+              f"{start:.3f}-{end:.3f} s, {ended}")
 
 
 def connection_block(d: Diagnosis, *, colour: bool = False) -> str:
@@ -42,17 +114,29 @@ def connection_block(d: Diagnosis, *, colour: bool = False) -> str:
 
 
 def connection_report(d: Diagnosis, *, colour: bool = False) -> list[str]:
-    tl, hb, close = d.timeline, d.heartbeat, d.close
     verdict = _paint(d.verdict, VERDICT_COLOURS.get(d.verdict, "0"), colour)
-    out = [_paint(tl.info.id, "1", colour) + f"  verdict: {verdict}"]
+    out = [_paint(d.timeline.info.id, "1", colour) + f"  verdict: {verdict}"]
+    out.extend(f"  {name:<10} {text}" for name, text in connection_facts(d))
+    for f in d.findings:
+        channel = f" ch{f.channel}" if f.channel else ""
+        out.append(f"  finding    {f.time:9.3f}  {f.kind}{channel}: {f.detail}")
+    out.extend(textwrap.wrap(d.explanation, width=100, initial_indent="  ", subsequent_indent="  "))
+    return out
+
+
+def connection_facts(d: Diagnosis) -> list[tuple[str, str]]:
+    """(name, text) of each fact line of a connection's report: peers, library, tls, heartbeat, each
+    side's activity, how it ended and the model's prediction (the HTML report's facts table too)."""
+    tl, hb, close = d.timeline, d.heartbeat, d.close
+    out: list[tuple[str, str]] = []
     peers = _peers(d)
     if peers:
-        out.append(f"  peers      {peers}")
-    out.append(f"  library    {_library(d)}")
+        out.append(("peers", peers))
+    out.append(("library", _library(d)))
     if d.tls is not None:
-        out.append(f"  tls        {_tls(d)}")
+        out.append(("tls", _tls(d)))
     if hb.effective is None:
-        out.append("  heartbeat  unknown (no handshake and no broker heartbeat cadence in the capture)")
+        out.append(("heartbeat", "unknown (no handshake and no broker heartbeat cadence in the capture)"))
     else:
         origin: str = hb.source
         if hb.source == "negotiated":
@@ -65,7 +149,7 @@ def connection_report(d: Diagnosis, *, colour: bool = False) -> list[str]:
             on_grid = d.tls.tune_ok_on_grid if d.tls else None
             tune_ok += {True: ", on the broker's heartbeat grid)", False: ", off the broker's heartbeat grid: "
                         "not used)", None: ")"}[on_grid]
-        out.append(f"  heartbeat  {hb.effective:g} s ({origin}){tune_ok}")
+        out.append(("heartbeat", f"{hb.effective:g} s ({origin}){tune_ok}"))
     for name, side in (("client", tl.c2s), ("server", tl.s2c)):
         last = f"last byte {d.rel(side.last_payload):.3f} s" if side.last_payload is not None else "no payload"
         extra = f", {side.gap_count} gaps ({side.missing_bytes} bytes lost)" if side.gap_count else ""
@@ -74,20 +158,16 @@ def connection_report(d: Diagnosis, *, colour: bool = False) -> list[str]:
             content = f"{records} TLS records ({side.heartbeats} heartbeat-sized)"
         else:
             content = f"{side.frames} frames ({side.heartbeats} heartbeat{'' if side.heartbeats == 1 else 's'})"
-        out.append(f"  {name:<10} {last}; {content}, "
-                   f"{side.ack_only} bare ACKs, {side.retransmissions} retransmissions{extra}")
-    out.append(f"  ended      {_ended(d)}")
+        out.append((name, f"{last}; {content}, {side.ack_only} bare ACKs, {side.retransmissions} retransmissions"
+                          f"{extra}"))
+    out.append(("ended", _ended(d)))
     if d.prediction is not None and close.time is not None:  # (a prediction is for a teardown)
         p = d.prediction
         observed = ("not on the wire" if close.inferred and close.how == "fin"
                     else f"observed {close.time:.3f} s ({p.error(close.time) * 1000:+.0f} ms)")
         window = (f"window [{p.window[0]:.3f}, {p.window[1]:.3f}), " if p.window[1] > p.window[0] else "")
-        out.append(f"  model      {p.model}: {window}predicted {p.predicted:.3f} s, {observed}"
-                   + ("" if d.prediction_fits else "  — does not fit"))
-    for f in d.findings:
-        channel = f" ch{f.channel}" if f.channel else ""
-        out.append(f"  finding    {f.time:9.3f}  {f.kind}{channel}: {f.detail}")
-    out.extend(textwrap.wrap(d.explanation, width=100, initial_indent="  ", subsequent_indent="  "))
+        out.append(("model", f"{p.model}: {window}predicted {p.predicted:.3f} s, {observed}"
+                             + ("" if d.prediction_fits else "  — does not fit")))
     return out
 
 
