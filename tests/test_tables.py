@@ -316,19 +316,21 @@ def test_decode_method_arguments_columns(edits, kind):
             flipped[at % len(payload)] ^= 0xFF
             payload = bytes(flipped)
         payloads.append(payload)
-    got = decode_method_arguments_columns(class_id, method_id, payloads)
-    expected = [_one(class_id, method_id, p) for p in payloads]
+    columns, decoded = decode_method_arguments_columns(class_id, method_id, payloads)
     has_table = isinstance(command, commands.Basic.Consume)  # its `arguments` is a field table
-    for g, e in zip(got, expected, strict=True):
-        if g is not None:
-            assert g == e
+    for k, payload in enumerate(payloads):
+        expected = _one(class_id, method_id, payload)
+        if decoded[k]:
+            assert {name: values[k] for name, values in columns.items()} == expected
         else:
-            assert e is None or has_table
+            assert expected is None or has_table
 
 
 def test_the_column_walk_answers_for_the_busy_methods():
     payloads = [_payload(c) for c in BASIC[:3]]
     for command, payload in zip(BASIC[:3], payloads, strict=True):
-        (got,) = decode_method_arguments_columns(command.index >> 16, command.index & 0xFFFF, [payload])
-        assert got is not None and got == decode_method_arguments(command.index >> 16, command.index & 0xFFFF,
-                                                                  payload)
+        class_id, method_id = command.index >> 16, command.index & 0xFFFF
+        columns, decoded = decode_method_arguments_columns(class_id, method_id, [payload, payload[:-1]])
+        assert decoded == [True, False]
+        assert {name: values[0] for name, values in columns.items()} == decode_method_arguments(class_id, method_id,
+                                                                                              payload)

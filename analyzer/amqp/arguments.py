@@ -105,27 +105,30 @@ def decode_method_arguments(
 # longstr, timestamp) leaves the method to decode_method_arguments.
 _COLUMN_WIDTHS = {"octet": 1, "short": 2, "long": 4, "longlong": 8}
 _COLUMN_SIGNED = {"longlong"}
+_SHORTSTR_MAX = 255  # a shortstr's length is one octet
 
 
 def decode_method_arguments_columns(class_id: int, method_id: int,
-                                    payloads: Sequence[bytes]) -> list[dict[str, Any] | None]:
+                                    payloads: Sequence[bytes]) -> tuple[dict[str, list[Any]], list[bool]]:
     """decode_method_arguments of many payloads of one method, walked by column: each field of
-    every payload at once (a busy capture's basic.publish, deliver and ack). A payload whose walk
-    fails (cut, trailing bytes, wrong ids), and every payload of a method with a table, longstr or
-    timestamp argument or with a secret, is None: decode it with decode_method_arguments, which
-    says why. tests/test_column_twins.py holds the two equal."""
+    every payload at once (a busy capture's basic.publish, deliver and ack). Returns
+    ({argument: a value per payload}, whether each payload was decoded). Not decoded, its values
+    junk: a payload whose walk fails (cut, trailing bytes, wrong ids), and every payload of a
+    method with a table, longstr or timestamp argument or with a secret; decode_method_arguments
+    decodes it, or says why not. tests/test_tables.py holds the two equal."""
     key = (class_id, method_id)
     fields = _ARGUMENTS.get(key)
     n = len(payloads)
     if (fields is None or key in (_START_OK, _SECURE_OK, _UPDATE_SECRET) or not n
             or any(kind not in _COLUMN_WIDTHS and kind not in ("shortstr", "bit") for _, kind in fields)):
-        return [None] * n
+        return {}, [False] * n
     joined = b"".join(payloads)
-    data = np.frombuffer(joined + bytes(8), dtype=np.uint8)  # 8 spare bytes: gathers past a short payload
+    # Spare bytes after the last payload: a cut one's gathers read zeros, not past the buffer.
+    data = np.frombuffer(joined + bytes(_SHORTSTR_MAX + 8), dtype=np.uint8)
     lengths = np.fromiter((len(p) for p in payloads), dtype=np.int64, count=n)
     ends = np.cumsum(lengths)
     starts = ends - lengths
-    last = len(joined) + 7
+    last = len(data) - 1
 
     def number(at: np.ndarray, width: int) -> np.ndarray:
         value = np.zeros(n, dtype=np.uint64)
@@ -135,17 +138,17 @@ def decode_method_arguments_columns(class_id: int, method_id: int,
 
     ok = (lengths >= 4) & (number(starts, 4) == np.uint64(class_id << 16 | method_id))
     pos = starts + 4
-    columns: list[Any] = []
-    strings: list[tuple[int, np.ndarray, np.ndarray]] = []  # (field index, start, end) of shortstrs
+    columns: dict[str, Any] = {}
+    strings: list[tuple[str, np.ndarray, np.ndarray]] = []  # (argument, start, end) of each shortstr
     bit = -1  # as in _decode_arguments: position of the next bit in the octet at pos
-    for index, (_, kind) in enumerate(fields):
+    for name, kind in fields:
         if kind == "bit":
             if bit == 8:
                 pos, bit = pos + 1, 0
             elif bit < 0:
                 bit = 0
             ok &= pos < ends
-            columns.append(((data[np.minimum(pos, last)] >> bit) & 1).astype(bool).tolist())
+            columns[name] = ((data[np.minimum(pos, last)] >> bit) & 1).astype(bool).tolist()
             bit += 1
             continue
         if bit >= 0:
@@ -154,31 +157,39 @@ def decode_method_arguments_columns(class_id: int, method_id: int,
             ok &= pos < ends
             start = pos + 1
             pos = start + data[np.minimum(pos, last)].astype(np.int64)
-            strings.append((index, start, pos))
-            columns.append(None)
+            strings.append((name, start, pos))
         else:
             width = _COLUMN_WIDTHS[kind]
             value = number(pos, width)
-            columns.append((value.view(np.int64) if kind in _COLUMN_SIGNED else value).tolist())
+            columns[name] = (value.view(np.int64) if kind in _COLUMN_SIGNED else value).tolist()
             pos = pos + width
         ok &= pos <= ends
     if bit >= 0:
         pos = pos + 1
     ok &= pos == ends
-    for index, start, end in strings:  # each distinct byte string made JSON-friendly once, as _read + _jsonable
-        seen: dict[bytes, Any] = {}
-        texts = []
-        for good, a, b in zip(ok.tolist(), start.tolist(), end.tolist(), strict=True):
-            raw = joined[a:b] if good else b""
-            text = seen.get(raw)
-            if text is None:
-                text = seen[raw] = _jsonable(raw)
-            texts.append(text)
-        columns[index] = texts
-    names = [name for name, _ in fields]
-    return [dict(zip(names, row, strict=True)) if good else None
-            for good, row in zip(ok.tolist(), zip(*columns, strict=True), strict=True)] if fields \
-        else [{} if good else None for good in ok.tolist()]
+    for name, start, end in strings:
+        columns[name] = _shortstr_column(data, np.where(ok, start, 0), np.where(ok, end, 0))
+    return {name: columns[name] for name, _ in fields}, ok.tolist()
+
+
+def _shortstr_column(data: np.ndarray, start: np.ndarray, end: np.ndarray) -> list[Any]:
+    """The shortstrs data[start:end] as _read and _jsonable make them, each distinct one made once:
+    the rows are padded to the longest and compared whole, length included."""
+    length = end - start
+    width = int(length.max()) if len(length) else 0
+    padded = np.lib.stride_tricks.sliding_window_view(data, max(width, 1))[start]  # a copy: rows x width
+    padded[np.arange(padded.shape[1]) >= length[:, None]] = 0
+    rows = np.ascontiguousarray(np.concatenate([length.astype(np.uint8)[:, None], padded], axis=1))
+    kind = np.dtype((np.void, rows.shape[1]))
+    if (rows == rows[:1]).all():  # the common case: one exchange, one routing key, one consumer tag
+        distinct, inverse = rows[:1].view(kind).ravel(), np.zeros(len(rows), dtype=np.int64)
+    else:
+        distinct, inverse = np.unique(rows.view(kind).ravel(), return_inverse=True)
+    blob = distinct.tobytes()
+    step = rows.shape[1]
+    texts = np.empty(len(distinct), dtype=object)
+    texts[:] = [_jsonable(blob[at + 1 : at + 1 + blob[at]]) for at in range(0, len(blob), step)]
+    return cast("list[Any]", texts[inverse.reshape(-1)].tolist())
 
 
 def decode_content_header(payload: bytes) -> dict[str, Any]:
