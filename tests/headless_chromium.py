@@ -90,9 +90,10 @@ class _DevTools:
 
 
 def visit(page: Path, profile: Path, *, width: int = 1280, height: int = 2400,
-          scripts: tuple[str, ...] = ()) -> PageVisit:
-    """Open `page` (a file) at width x height CSS pixels, wait for its load event, then evaluate
-    each of `scripts` (JavaScript expressions, by value) and take the DOM and a PNG screenshot."""
+          scripts: tuple[str, ...] = (), media: str = "screen") -> PageVisit:
+    """Open `page` (a file) at width x height CSS pixels, as CSS `media` ("screen" or "print")
+    shows it, wait for its load event, then evaluate each of `scripts` (JavaScript expressions, by
+    value) and take the DOM and a PNG screenshot."""
     assert CHROMIUM is not None
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
@@ -123,6 +124,7 @@ def visit(page: Path, profile: Path, *, width: int = 1280, height: int = 2400,
             tools.send(method, session=session)
         tools.send("Emulation.setDeviceMetricsOverride",
                    {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
+        tools.send("Emulation.setEmulatedMedia", {"media": media}, session=session)
         tools.send("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
         tools.wait_event("Page.loadEventFired")
         for script in scripts:

@@ -128,6 +128,20 @@ def test_summary_table_and_plots_are_in_the_page(busy_report, busy):
     assert "frames and FIN/RST segments around the end" in text and "TCP RST" in text
 
 
+def test_the_summary_fragment_for_the_notebook_is_the_reports_summary(busy, busy_report):
+    from analyzer.api import analyze_file
+    from analyzer.render.html import summary_html
+    from analyzer.render.summary import CaptureOverview
+
+    analysis = analyze_file(busy)
+    fragment = summary_html(analysis.summary, CaptureOverview.of(analysis.connections))
+    html5lib.HTMLParser(strict=True).parseFragment(fragment)
+    assert fragment.startswith('<div class="amqphb"><style>') and "8 of 19 connections need attention" in fragment
+    inner = fragment.split('<div class="summary" id="amqphb-summary">')[1]
+    page = busy_report.read_text(encoding="utf-8").split('<div class="summary" id="summary-0">')[1]
+    assert inner.split("</div>")[0] == page.split("</div>")[0]  # the same block as the report's
+
+
 # ---- in a real browser ----------------------------------------------------------------------------
 
 
@@ -168,6 +182,22 @@ def test_chromium_renders_the_report_with_no_request_and_a_working_table(busy_re
     shot = tmp_path / "report.png"
     shot.write_bytes(seen.screenshot)
     _assert_not_blank(shot)
+
+
+PRINT_LAYOUT = """(() => {
+  const wide = Array.from(document.querySelectorAll("table, figure, p")).filter(e => e.scrollWidth > 720 + 1);
+  const sections = Array.from(document.querySelectorAll("section.connection"));
+  return [wide.map(e => e.tagName + "." + e.className), sections.map(s => getComputedStyle(s).breakBefore)];
+})()"""
+
+
+@needs_chromium
+def test_printed_the_page_fits_a4_and_starts_each_problem_connection_on_a_new_page(busy_report, tmp_path):
+    """A4 at 96 dpi is 794 px wide, about 720 px inside the printer's margins."""
+    seen = visit(busy_report, tmp_path / "profile", width=720, height=1000, media="print", scripts=(PRINT_LAYOUT,))
+    too_wide, breaks = seen.evaluated[0]
+    assert too_wide == [] and breaks == ["page"] * 8
+    assert seen.requests == [busy_report.resolve().as_uri()]
 
 
 def _assert_not_blank(png: Path) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from analyzer.api import FileAnalysis
 from analyzer.diagnosis.results import Diagnosis
+from analyzer.records import CaptureSummary
 from analyzer.render.summary import (
     ATTENTION_GROUPS,
     CaptureOverview,
@@ -38,6 +39,7 @@ from analyzer.render.summary import (
 from analyzer.render.text import VERDICT_COLOURS, connection_facts
 
 if TYPE_CHECKING:
+    import jinja2
     from matplotlib.figure import Figure, SubFigure
 
 # A page stays a few MB and opens in a second with 1,000 connections: plots (about 60 KB of SVG
@@ -202,30 +204,53 @@ def _compact(args: Mapping[str, Any]) -> str:
 
 def report_html(captures: Sequence[CaptureReport], *, version: str, generated: datetime | None = None) -> ReportPage:
     """The page of `captures`: one section each (summary, table, details), and their metadata."""
+    from markupsafe import Markup
+
+    env = _environment()
+    script = _template_text("report.js")
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    generated = generated or datetime.now(UTC)
+    html = env.get_template("report.html.j2").render(
+        captures=captures, version=version, generated=generated.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        script=Markup(script), style=Markup(_template_text("summary.css") + _template_text("report.css")),
+        max_plots=MAX_PLOTS, max_details=MAX_DETAILS,
+        csp=f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; img-src data:")
+    return ReportPage(html, sum(c.overview.connections for c in captures),
+                      sum(c.overview.need_attention for c in captures),
+                      sum(1 for c in captures for detail in c.details if detail.plot_svg is not None))
+
+
+def summary_html(capture: CaptureSummary, overview: CaptureOverview) -> str:
+    """One capture's summary as an HTML fragment with its own scoped style: the report's summary
+    block, for the notebook's Analysis._repr_html_ (pair it with by_attention for the rows)."""
+    from markupsafe import Markup
+
+    fragment = _environment().get_template("summary.html.j2").render(o=overview, capture=capture,
+                                                                      summary_id="amqphb-summary")
+    return str(Markup('<div class="amqphb"><style>{}</style>{}</div>').format(
+        Markup(_template_text("summary.css")), Markup(fragment)))
+
+
+def _template_text(name: str) -> str:
+    return (resources.files("analyzer.render") / "templates" / name).read_text(encoding="utf-8")
+
+
+def _environment() -> jinja2.Environment:
+    """The templates' environment: autoescaped, strict about undefined names, with the wording
+    helpers the templates call (the text report's and render.summary's own)."""
     import jinja2
     from markupsafe import Markup
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("analyzer.render", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"], default=True),
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    script = (resources.files("analyzer.render") / "templates" / "report.js").read_text(encoding="utf-8")
-    style = (resources.files("analyzer.render") / "templates" / "report.css").read_text(encoding="utf-8")
-    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
-    generated = generated or datetime.now(UTC)
-    helpers = {  # what the template calls: the text report's and the summary's own wording
+    env.globals.update({
         "markup": Markup, "facts": connection_facts, "auth": auth_text, "attention": attention,
-        "group_names": ATTENTION_GROUPS,
-        "span": capture_span, "client_label": client_label, "heartbeat_label": heartbeat_label,
-        "heartbeat_words": heartbeat_words, "verdict_class": _verdict_class,
+        "group_names": ATTENTION_GROUPS, "span": capture_span, "client_label": client_label,
+        "heartbeat_label": heartbeat_label, "heartbeat_words": heartbeat_words, "verdict_class": _verdict_class,
         "link_type_name": lambda lt: f"{LINK_TYPE_NAMES.get(lt, 'link type')} ({lt})",
-    }
-    html = env.get_template("report.html.j2").render(
-        captures=captures, version=version, generated=generated.isoformat(timespec="seconds").replace("+00:00", "Z"),
-        script=Markup(script), style=Markup(style), max_plots=MAX_PLOTS, max_details=MAX_DETAILS,
-        csp=f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; img-src data:", **helpers)
-    return ReportPage(html, sum(c.overview.connections for c in captures),
-                      sum(c.overview.need_attention for c in captures),
-                      sum(1 for c in captures for detail in c.details if detail.plot_svg is not None))
+    })
+    return env
 
 
 def _verdict_class(verdict: str) -> str:
