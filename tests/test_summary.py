@@ -147,6 +147,18 @@ def test_json_summary_counts_what_the_connections_say(busy):
     assert [c["id"] for c in connections] == [r["id"] for r in _rows(busy)]  # JSON keeps the start order
 
 
+def test_the_streamed_cli_report_is_the_whole_analysis_report(busy):
+    """The CLI renders connections as they close and sorts them at the end; render.text's
+    analysis_report does the same from a whole FileAnalysis: one layout, one order."""
+    from analyzer.api import analyze_file
+    from analyzer.render.text import analysis_report
+
+    analysis = analyze_file(busy)
+    for extra, full in (((), False), (("--all",), True)):
+        status, out, _ = run("analyze", busy, *extra)
+        assert status == ExitStatus.OK and out == analysis_report(analysis, full=full)
+
+
 def test_connection_positions_stay_in_start_order_and_a_chosen_connection_is_shown_in_full(busy):
     rows = _rows(busy)
     healthy_first = rows[0]  # threaded-worker's consumer: graceful, no finding
