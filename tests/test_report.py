@@ -123,6 +123,9 @@ def test_summary_table_and_plots_are_in_the_page(busy_report, busy):
     assert "8 of 19 connections need attention: 3 closed by the broker for missed client heartbeats" in text
     table = text.split('<table class="sortable connections" id="connections-0">')[1].split("</table>")[0]
     assert table.count("<tr class=") == 19 and all(cid.replace(">", "&gt;") in table for cid in ids)
+    # each row's # is its --connection position: the CSV's (start) order
+    pairs = re.findall(r'<td class="num">(\d+)</td>\s*<td class="id">(?:<a href="#[^"]*">)?([^<]*)<', table)
+    assert len(pairs) == 19 and all(ids[int(pos)] == cid.replace("&gt;", ">") for pos, cid in pairs)
     assert text.count('<figure class="plot"><svg') == 8 and text.count('<section class="connection"') == 8
     assert "Ethernet (1)" in text and "amqp-hb 0.1.0" in text and "2026-01-01T00:00:19.560Z" in text
     assert "frames and FIN/RST segments around the end" in text and "TCP RST" in text

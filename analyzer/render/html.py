@@ -37,6 +37,7 @@ from analyzer.render.summary import (
     needs_attention,
 )
 from analyzer.render.text import VERDICT_COLOURS, connection_facts
+from analyzer.timeline import timeline_order
 
 if TYPE_CHECKING:
     import jinja2
@@ -79,6 +80,7 @@ class CaptureReport:
     link_types: list[int]
     overview: CaptureOverview
     ordered: list[Diagnosis]  # every connection, in the reports' order
+    positions: dict[int, int]  # timeline number -> position in start order (what --connection N names)
     details: list[ConnectionDetail] = field(default_factory=list)
     plots_left_out: int = 0
     details_left_out: int = 0
@@ -101,7 +103,9 @@ def capture_report(analysis: FileAnalysis, *, link_types: Sequence[int], index: 
     and segments (the notebook's tables) for the rows around the teardown. `plots_drawn` counts
     the page's earlier captures' plots against MAX_PLOTS."""
     ordered = by_attention(analysis.connections)
-    report = CaptureReport(analysis, list(link_types), CaptureOverview.of(ordered), ordered)
+    in_start_order = sorted(analysis.connections, key=lambda d: timeline_order(d.timeline))
+    positions = {d.timeline.number: i for i, d in enumerate(in_start_order)}
+    report = CaptureReport(analysis, list(link_types), CaptureOverview.of(ordered), ordered, positions)
     problems = [d for d in ordered if needs_attention(d)]
     for number, d in enumerate(problems):
         if number >= MAX_DETAILS:
