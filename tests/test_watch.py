@@ -29,6 +29,7 @@ from analyzer.records import ACK, C2S, PSH, RST, S2C, RawPacket
 from analyzer.sources.pcap import open_capture
 from analyzer.watch import AT_RISK, OPENED, RECOVERED, STILL_OPEN, TEARDOWN, Watch, at_risk_from
 from tests import synth
+from tests.fixtures_broker import live_children
 
 CAPTURES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "captures", "*.pcap")))
 HEARTBEAT = pytest.importorskip("pamqp.heartbeat").Heartbeat().marshal()
@@ -307,6 +308,22 @@ def test_no_capture_privilege_is_one_line():
     assert done.returncode == 2
     assert done.stderr.decode().splitlines() == [
         "amqp-hb: capturing needs root or CAP_NET_RAW (try sudo, or setcap cap_net_raw+eip on the tool)"]
+
+
+def test_a_capture_tool_that_dies_is_a_warning_final_states_and_exit_2():
+    proc = subprocess.Popen([sys.executable, "-m", "analyzer", "watch", "-i", "lo", "--port", "9", "--format",
+                             "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr.readline().startswith("watching lo (tcpdump)")
+        children = live_children(proc.pid)
+        (tool,) = [pid for pid, cmd in children if cmd.startswith("tcpdump")] or [children]
+        os.kill(tool, signal.SIGKILL)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, err
+    assert [json.loads(line)["message"] for line in out.splitlines()] == ["lo: tcpdump was killed by SIGKILL"], err
 
 
 def test_an_unknown_interface_is_one_line():

@@ -310,8 +310,10 @@ class LiveCapture:
         if proc is None or proc.poll() is None:
             return None
         lines = [ln for ln in self._stderr if ln.strip() and "listening on" not in ln and "packets" not in ln]
-        detail = lines[-1] if lines else "no message"
-        return f"{self.backend} exited with status {proc.returncode}: {detail}"
+        detail = f": {lines[-1]}" if lines else ""
+        if proc.returncode < 0:
+            return f"{self.backend} was killed by {signal.Signals(-proc.returncode).name}{detail}"
+        return f"{self.backend} exited with status {proc.returncode}{detail}"
 
     def _parse_stats(self, text: str) -> None:
         if self.backend == "tcpdump":
