@@ -27,6 +27,7 @@ from analyzer.amqp.arguments import decode_method_arguments_columns
 from analyzer.amqp.frames import FRAME_HEADER_SIZE, kept_payload_size
 from analyzer.api import decodes_arguments, frame_arguments, method_name
 from analyzer.engine import PacketRun
+from analyzer.engine.files import no_cyclic_gc
 from analyzer.errors import UsageError
 from analyzer.records import (
     ACK,
@@ -124,55 +125,84 @@ class Vocabulary:
         return code
 
 
+class _Group:
+    """The payloads of one (type, method ids), back to back, with their lengths and codes."""
+
+    __slots__ = ("codes", "lengths", "pieces")
+
+    def __init__(self) -> None:
+        self.codes: list[np.ndarray] = []
+        self.lengths: list[np.ndarray] = []
+        self.pieces: list[bytes] = []
+
+
 class _Arguments:
     """The payloads of the frames whose `args` are decoded, grouped by (type, method ids), each with
     a code: decoded a group at a time when the frames table is built. A payload seen before gets its
-    earlier code when the caller asks for that (`shared`: payloads a run repeats, such as publishes
-    and content headers); a run's distinct payloads (deliveries, acks: each delivery tag once) are
-    simply appended, as looking them up would cost more than decoding a rare repeat twice."""
+    earlier code when the caller asks for that (`shared`: what a run repeats, a publisher's publishes
+    and content headers); rows of distinct payloads (deliveries, acks: one delivery tag each) are
+    appended as they come, since looking them up would cost more than decoding a rare repeat twice."""
 
     def __init__(self) -> None:
         self.count = 0
         self.index: dict[tuple[int, int, bytes], int] = {}
-        self.groups: dict[tuple[int, int], tuple[list[int], list[bytes]]] = {}  # (type, ids) -> codes, payloads
+        self.groups: dict[tuple[int, int], _Group] = {}
 
-    def codes(self, frame_type: int, ids: int, payloads: list[bytes], shared: bool = True) -> _I64:
-        """The code of each payload of frames of one type and method."""
-        codes, kept = self.groups.setdefault((frame_type, ids), ([], []))
-        if not shared:
-            first = self.count
-            self.count += len(payloads)
-            codes.extend(range(first, self.count))
-            kept.extend(payloads)
-            return np.arange(first, self.count, dtype=np.int64)
+    def _new_codes(self, n: int) -> _I64:
+        first = self.count
+        self.count += n
+        return np.arange(first, self.count, dtype=np.int64)
+
+    def shared(self, frame_type: int, ids: int, payloads: list[bytes]) -> _I64:
+        """The code of each payload: an earlier one's for bytes seen before."""
+        group = self.groups.setdefault((frame_type, ids), _Group())
         index = self.index
         out = np.empty(len(payloads), dtype=np.int64)
         for k, payload in enumerate(payloads):
             key = (frame_type, ids, payload)
             code = index.get(key)
             if code is None:
-                code = index[key] = self.count
-                self.count += 1
-                codes.append(code)
-                kept.append(payload)
+                code = index[key] = int(self._new_codes(1)[0])
+                group.codes.append(np.array([code]))
+                group.lengths.append(np.array([len(payload)]))
+                group.pieces.append(payload)
             out[k] = code
         return out
+
+    def rows(self, frame_type: int, ids: int, payloads: np.ndarray) -> _I64:
+        """A new code for each row of `payloads` (rows x width bytes)."""
+        group = self.groups.setdefault((frame_type, ids), _Group())
+        codes = self._new_codes(len(payloads))
+        group.codes.append(codes)
+        group.lengths.append(np.full(len(payloads), payloads.shape[1], dtype=np.int64))
+        group.pieces.append(payloads.tobytes())
+        return codes
 
     def decoded(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The `args` of each code, and the KEY_ARGUMENTS of each code (object arrays, None where
         absent). Methods of one kind are walked together by column (decode_method_arguments_columns);
         the rest, and what the walk leaves, one by one (frame_arguments)."""
         decoded = np.full(self.count, None, dtype=object)
-        keys = {name: np.full(self.count, None, dtype=object) for name in KEY_ARGUMENTS}
+        keys: dict[str, np.ndarray] = {}  # only the key arguments some frame has
+
+        def key(name: str) -> np.ndarray:
+            column = keys.get(name)
+            if column is None:
+                column = keys[name] = np.full(self.count, None, dtype=object)
+            return column
+
         wanted = frozenset(KEY_ARGUMENTS)
-        for (frame_type, ids), (codes, payloads) in self.groups.items():
+        for (frame_type, ids), group in self.groups.items():
+            codes = np.concatenate(group.codes)
+            lengths = np.concatenate(group.lengths)
+            joined = b"".join(group.pieces)
             class_id, method_id = (ids >> 16, ids & 0xFFFF) if ids >= 0 else (None, None)
             walked = np.zeros(len(codes), dtype=bool)
             if class_id is not None and method_id is not None:
-                columns, decoded_rows = decode_method_arguments_columns(class_id, method_id, payloads)
+                columns, decoded_rows = decode_method_arguments_columns(class_id, method_id, joined, lengths)
                 walked[:] = decoded_rows
                 if walked.any():
-                    done = np.array(codes, dtype=np.int64)[walked]
+                    done = codes[walked]
                     names = list(columns)
                     rows = zip(*columns.values(), strict=True) if columns else [()] * len(codes)
                     dicts = np.empty(len(codes), dtype=object)
@@ -181,13 +211,15 @@ class _Arguments:
                     for name in wanted.intersection(names):
                         values = np.empty(len(codes), dtype=object)
                         values[:] = columns[name]
-                        keys[name][done] = values[walked]
+                        key(name)[done] = values[walked]
+            ends = np.cumsum(lengths)
             for k in np.flatnonzero(~walked).tolist():
-                code = codes[k]
-                found = decoded[code] = frame_arguments(frame_type, class_id, method_id, payloads[k])
+                code = int(codes[k])
+                payload = joined[ends[k] - lengths[k] : ends[k]]
+                found = decoded[code] = frame_arguments(frame_type, class_id, method_id, payload)
                 if found is not None:
                     for name in wanted.intersection(found):
-                        keys[name][code] = found[name]
+                        key(name)[code] = found[name]
         return decoded, keys
 
 
@@ -275,7 +307,7 @@ class TableCollector:
             if self._frames is not None:
                 method = event.class_id is not None and event.method_id is not None
                 ids = event.class_id << 16 | event.method_id if method else -1
-                args = int(self.arguments.codes(event.type, ids, [event.payload])[0]) \
+                args = int(self.arguments.shared(event.type, ids, [event.payload])[0]) \
                     if decodes_arguments(event.type, event.class_id, True) else -1
                 self._frames.rows.append((event.timestamp, self.connections.code(cid),
                                           self.directions.code(event.direction), event.channel, event.type, ids,
@@ -340,29 +372,26 @@ class TableCollector:
                 method = int(ids[members[0]])
                 width = kept_payload_size(value & 0xFF, group & 0xFFFFFFFF, 0)
                 start = position[members] + FRAME_HEADER_SIZE
-                if width > _WIDEST_COMPARED:  # rare (a large content header): one slice each
-                    codes[members] = self.arguments.codes(value & 0xFF, method,
-                                                          [buf[a : a + width] for a in start.tolist()])
+                if not width or width > _WIDEST_COMPARED:  # rare (an empty or a large payload): one slice each
+                    codes[members] = self.arguments.shared(value & 0xFF, method,
+                                                           [buf[a : a + width] for a in start.tolist()])
                     continue
-                payloads = np.lib.stride_tricks.sliding_window_view(data, width)[start] if width \
-                    else np.zeros((len(members), 0), dtype=np.uint8)
-                if (payloads == payloads[:1]).all():  # the common case: one payload repeated (publishes)
-                    distinct, index = payloads[:1], np.zeros(len(members), dtype=np.int64)
+                payloads = np.lib.stride_tricks.sliding_window_view(data, width)[start]  # a copy: rows x width
+                repeats = (payloads == payloads[:1]).all(axis=1)
+                if repeats.all():  # the common case for publishes and content headers: one payload
+                    codes[members] = self.arguments.shared(value & 0xFF, method, [payloads[0].tobytes()])[0]
+                elif repeats.mean() < 0.5:  # deliveries, acks: (nearly) every payload its own
+                    codes[members] = self.arguments.rows(value & 0xFF, method, payloads)
                 else:
                     distinct, index = np.unique(payloads.view(np.dtype((np.void, width))).ravel(),
                                                 return_inverse=True)
-                blob = distinct.tobytes()
-                distinct_codes = self.arguments.codes(
-                    value & 0xFF, method, [blob[k : k + width] for k in range(0, width * len(distinct), width)]
-                    if width else [b""] * len(distinct), shared=len(distinct) <= _SHARED_UP_TO)
-                codes[members] = distinct_codes[index.reshape(-1)]
+                    blob = distinct.tobytes()
+                    distinct_codes = self.arguments.shared(value & 0xFF, method,
+                                                           [blob[k : k + width] for k in range(0, len(blob), width)])
+                    codes[members] = distinct_codes[index.reshape(-1)]
         return codes
 
 
-# A run's distinct payloads of one method and size are looked up among the earlier ones when there
-# are this few (a publish, a content header: the same bytes every time); more are deliveries or
-# acks, distinct by their delivery tags.
-_SHARED_UP_TO = 16
 # Payloads up to this many bytes are compared as numpy rows (a basic.deliver is about 60): wider
 # ones would make a rows x width matrix for few frames.
 _WIDEST_COMPARED = 512
@@ -389,7 +418,8 @@ class Tables:
         """The table as a pandas DataFrame (columns TABLES[name], dtypes DTYPES[name])."""
         table = self.built.get(name)
         if table is None:
-            table = self.built[name] = _BUILDERS[name](self, self.collector.chunks.pop(name).columns())
+            with no_cyclic_gc():  # a million args dicts would trigger full collections, each longer than the last
+                table = self.built[name] = _BUILDERS[name](self, self.collector.chunks.pop(name).columns())
             if name == "frames":
                 self.collector.arguments = _Arguments()  # decoded into the table: the payloads can go
         return table
@@ -411,13 +441,21 @@ class Tables:
                     "type": _named(frame_type, frame_type_name),
                     "method": _named(ids, lambda k: method_name(k >> 16, k & 0xFFFF) if k >= 0 else None),
                     "size": size, "packet": packet, "offset": offset}
-        for name, values in keys.items():
-            if DTYPES["frames"][name] == _NULLABLE_INT:
-                columns[name] = pd.array(values, dtype=_NULLABLE_INT).take(args, allow_fill=True)
+        for name in KEY_ARGUMENTS:
+            values = keys.get(name)
+            if values is None:  # no frame has it
+                values = np.full(1, None, dtype=object)
+                at = np.zeros(len(args), dtype=np.int64)
             else:
-                category = pd.Categorical(values)
-                codes = np.append(category.codes.astype(np.int64), -1)  # code -1 (no args) is missing too
-                columns[name] = _categorical(codes[args], list(category.categories))
+                values = np.append(values, np.full(1, None, dtype=object))  # code -1 (no args) is None too
+                at = args
+            if DTYPES["frames"][name] == _NULLABLE_INT:
+                absent = values == None  # noqa: E711 (elementwise on an object array)
+                numbers = np.where(absent, 0, values).astype(np.int64)
+                columns[name] = pd.arrays.IntegerArray(numbers[at], absent[at])
+            else:
+                codes, categories = pd.factorize(values)
+                columns[name] = _categorical(codes[at], list(categories))
         shared = np.empty(len(decoded) + 1, dtype=object)
         shared[:-1] = decoded  # the last slot (code -1) stays None
         columns["args"] = shared[args]

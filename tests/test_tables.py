@@ -26,7 +26,7 @@ from analyzer.amqp.arguments import ArgumentDecodeError, decode_method_arguments
 from analyzer.api import analyze_file, frame_record, read_keylog
 from analyzer.errors import UsageError
 from analyzer.notebook import load
-from analyzer.records import DecodeError, Frame, Gap, SegmentEvent, TlsRecord
+from analyzer.records import ACK, C2S, PSH, S2C, DecodeError, Frame, Gap, SegmentEvent, TlsRecord
 from analyzer.tables import DTYPES, KEY_ARGUMENTS, TABLES, flags_text, is_ack_only, is_ack_only_columns
 from tests import mutations, synth
 from tests.conftest import CAPTURES
@@ -148,12 +148,36 @@ def test_one_connection(runs):
         assert_same_tables(load(path, connection=cid, progress=False), row_built(path, connection=cid))
 
 
+def deliveries_capture(count: int = 400) -> bytes:
+    """A consumer's connection: deliveries with distinct delivery tags (each payload its own), a
+    few per segment, acked; publishes alternating between two routing keys (a few distinct payloads)."""
+    from pamqp import body, header
+
+    steps = [*synth.handshake_steps(10), (0.01, C2S, PSH | ACK, synth.method_frame(commands.Channel.Open(), 1)),
+             (0.011, S2C, PSH | ACK, synth.method_frame(commands.Channel.OpenOk(), 1))]
+    content = pamqp_frame.marshal(header.ContentHeader(0, 8, commands.Basic.Properties()), 1) + \
+        pamqp_frame.marshal(body.ContentBody(b"x" * 8), 1)
+    t, tag = 0.02, 1
+    while tag <= count:
+        batch = b""
+        for _ in range(3):
+            batch += pamqp_frame.marshal(commands.Basic.Deliver(consumer_tag="ctag", delivery_tag=tag,
+                                                                exchange="", routing_key="q"), 1) + content
+            tag += 1
+        publish = pamqp_frame.marshal(commands.Basic.Publish(exchange="", routing_key=f"q{tag % 2}"), 1) + content
+        steps += [(t, S2C, PSH | ACK, batch),
+                  (t + 0.0002, C2S, PSH | ACK, pamqp_frame.marshal(commands.Basic.Ack(delivery_tag=tag - 1), 1)
+                   + publish)]
+        t += 0.001
+    return synth.pcap_bytes(synth.scripted_conversation(steps).packets())
+
+
 def _hostile_inputs() -> dict[str, bytes]:
     """Damaged captures, each kind of tests/test_hostile_inputs.py and tests/mutations.py, seeded."""
     blocked = (CAPTURES / "blocked-callback.pcap").read_bytes()
     proxy = (CAPTURES / "proxy.pcap").read_bytes()
     busy = synth.pcap_bytes(busy_conversation().packets())
-    cases = {"busy": busy, "secrets": _secret_capture(), "snapped-60": snapped(blocked, 60),
+    cases = {"busy": busy, "deliveries": deliveries_capture(), "secrets": _secret_capture(), "snapped-60": snapped(blocked, 60),
              "snapped-96": snapped(proxy, 96), "cut-in-half": blocked[: len(blocked) // 2],
              "pcapng": mutations.to_pcapng(proxy)}
     for mutation in mutations.MUTATIONS:
@@ -178,6 +202,28 @@ def test_hostile_inputs(tmp_path, name, runs):
             load(path, progress=False)
         return
     assert_same_tables(load(path, progress=False), reference)
+
+
+def test_each_way_of_coding_arguments_is_taken(tmp_path, monkeypatch):
+    """In the deliveries capture's runs: one repeated payload (content headers), every payload its
+    own (deliveries, acks), and a few distinct ones (publishes to two queues)."""
+    from analyzer import tables
+
+    monkeypatch.setattr("analyzer.sources.pcap.CHUNK_SIZE", 8000)  # blocks of some 40 packets, each a run
+    monkeypatch.setattr("analyzer.engine.engine.MIN_RUN", 1)
+    taken = []
+    for way in ("shared", "rows"):
+        original = getattr(tables._Arguments, way)
+        monkeypatch.setattr(tables._Arguments, way, lambda self, t, i, p, _o=original, _w=way:
+                            (taken.append((_w, len(p))), _o(self, t, i, p))[1])
+    path = tmp_path / "deliveries.pcap"
+    path.write_bytes(HOSTILE["deliveries"])
+    frames = load(path, progress=False).frames
+    assert ("rows", 1) not in taken and any(way == "rows" and n > 10 for way, n in taken)
+    assert ("shared", 1) in taken and ("shared", 2) in taken  # one repeated payload; two publishes
+    deliver = frames[frames["method"] == "basic.deliver"]
+    assert deliver["delivery_tag"].tolist() == list(range(1, len(deliver) + 1))
+    assert set(frames.loc[frames["method"] == "basic.publish", "routing_key"]) == {"q0", "q1"}
 
 
 def test_the_hostile_inputs_reach_every_table(tmp_path):
@@ -316,7 +362,8 @@ def test_decode_method_arguments_columns(edits, kind):
             flipped[at % len(payload)] ^= 0xFF
             payload = bytes(flipped)
         payloads.append(payload)
-    columns, decoded = decode_method_arguments_columns(class_id, method_id, payloads)
+    columns, decoded = decode_method_arguments_columns(class_id, method_id, b"".join(payloads),
+                                                       [len(p) for p in payloads])
     has_table = isinstance(command, commands.Basic.Consume)  # its `arguments` is a field table
     for k, payload in enumerate(payloads):
         expected = _one(class_id, method_id, payload)
@@ -330,7 +377,8 @@ def test_the_column_walk_answers_for_the_busy_methods():
     payloads = [_payload(c) for c in BASIC[:3]]
     for command, payload in zip(BASIC[:3], payloads, strict=True):
         class_id, method_id = command.index >> 16, command.index & 0xFFFF
-        columns, decoded = decode_method_arguments_columns(class_id, method_id, [payload, payload[:-1]])
+        columns, decoded = decode_method_arguments_columns(class_id, method_id, payload + payload[:-1],
+                                                           [len(payload), len(payload) - 1])
         assert decoded == [True, False]
         assert {name: values[0] for name, values in columns.items()} == decode_method_arguments(class_id, method_id,
                                                                                               payload)

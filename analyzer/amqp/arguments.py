@@ -108,24 +108,24 @@ _COLUMN_SIGNED = {"longlong"}
 _SHORTSTR_MAX = 255  # a shortstr's length is one octet
 
 
-def decode_method_arguments_columns(class_id: int, method_id: int,
-                                    payloads: Sequence[bytes]) -> tuple[dict[str, list[Any]], list[bool]]:
-    """decode_method_arguments of many payloads of one method, walked by column: each field of
-    every payload at once (a busy capture's basic.publish, deliver and ack). Returns
-    ({argument: a value per payload}, whether each payload was decoded). Not decoded, its values
-    junk: a payload whose walk fails (cut, trailing bytes, wrong ids), and every payload of a
-    method with a table, longstr or timestamp argument or with a secret; decode_method_arguments
-    decodes it, or says why not. tests/test_tables.py holds the two equal."""
+def decode_method_arguments_columns(class_id: int, method_id: int, joined: bytes,
+                                    lengths: Sequence[int] | np.ndarray) -> tuple[dict[str, list[Any]], list[bool]]:
+    """decode_method_arguments of many payloads of one method, back to back in `joined` (`lengths`
+    long each), walked by column: each field of every payload at once (a busy capture's
+    basic.publish, deliver and ack). Returns ({argument: a value per payload}, whether each payload
+    was decoded). Not decoded, its values junk: a payload whose walk fails (cut, trailing bytes,
+    wrong ids), and every payload of a method with a table, longstr or timestamp argument or with a
+    secret; decode_method_arguments decodes it, or says why not. tests/test_tables.py holds the two
+    equal."""
     key = (class_id, method_id)
     fields = _ARGUMENTS.get(key)
-    n = len(payloads)
+    n = len(lengths)
     if (fields is None or key in (_START_OK, _SECURE_OK, _UPDATE_SECRET) or not n
             or any(kind not in _COLUMN_WIDTHS and kind not in ("shortstr", "bit") for _, kind in fields)):
         return {}, [False] * n
-    joined = b"".join(payloads)
     # Spare bytes after the last payload: a cut one's gathers read zeros, not past the buffer.
     data = np.frombuffer(joined + bytes(_SHORTSTR_MAX + 8), dtype=np.uint8)
-    lengths = np.fromiter((len(p) for p in payloads), dtype=np.int64, count=n)
+    lengths = np.asarray(lengths, dtype=np.int64)
     ends = np.cumsum(lengths)
     starts = ends - lengths
     last = len(data) - 1
