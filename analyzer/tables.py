@@ -332,9 +332,11 @@ class TableCollector:
 
     def run(self, run: PacketRun) -> None:
         sides = run.frames.sides
-        side_connection = np.array([self.connections.code(s.info.id) for s in sides], dtype=np.int64)
-        side_direction = np.array([self.directions.code(s.direction) for s in sides], dtype=np.int64)
         mine = None if self.only is None else np.array([s.info.id == self.only for s in sides], dtype=bool)
+        # Codes for the connections kept only: another connection's id is no category of the tables.
+        side_connection = np.array([self.connections.code(s.info.id) if mine is None or mine[k] else -1
+                                    for k, s in enumerate(sides)], dtype=np.int64)
+        side_direction = np.array([self.directions.code(s.direction) for s in sides], dtype=np.int64)
         if self._segments is not None:
             seg = run.segments()
             keep = slice(None) if mine is None else mine[seg.side]

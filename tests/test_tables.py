@@ -145,7 +145,9 @@ def test_one_connection(runs):
     ids = load(path, tables=()).connections["id"].tolist()
     assert len(ids) == 3
     for cid in ids:
-        assert_same_tables(load(path, connection=cid, progress=False), row_built(path, connection=cid))
+        one = load(path, connection=cid, progress=False)
+        assert_same_tables(one, row_built(path, connection=cid))
+        assert list(one.frames["connection"].cat.categories) == [cid]
 
 
 def deliveries_capture(count: int = 400) -> bytes:
