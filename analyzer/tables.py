@@ -202,16 +202,16 @@ class _Arguments:
                 columns, decoded_rows = decode_method_arguments_columns(class_id, method_id, joined, lengths)
                 walked[:] = decoded_rows
                 if walked.any():
-                    done = codes[walked]
+                    every = walked.all()
+                    done = codes if every else codes[walked]
                     names = list(columns)
                     rows = zip(*columns.values(), strict=True) if columns else [()] * len(codes)
-                    dicts = np.empty(len(codes), dtype=object)
-                    dicts[:] = list(map(dict, map(zip, repeat(names), rows)))  # the loop in C: 2x faster
-                    decoded[done] = dicts[walked]
+                    # map, not a comprehension: the loop runs in C (twice as fast over 300,000 deliveries)
+                    dicts = np.fromiter(map(dict, map(zip, repeat(names), rows)), dtype=object, count=len(codes))
+                    decoded[done] = dicts if every else dicts[walked]
                     for name in wanted.intersection(names):
-                        values = np.empty(len(codes), dtype=object)
-                        values[:] = columns[name]
-                        key(name)[done] = values[walked]
+                        values = np.fromiter(columns[name], dtype=object, count=len(codes))
+                        key(name)[done] = values if every else values[walked]
             ends = np.cumsum(lengths)
             for k in np.flatnonzero(~walked).tolist():
                 code = int(codes[k])

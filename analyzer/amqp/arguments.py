@@ -131,10 +131,9 @@ def decode_method_arguments_columns(class_id: int, method_id: int, joined: bytes
     last = len(data) - 1
 
     def number(at: np.ndarray, width: int) -> np.ndarray:
-        value = np.zeros(n, dtype=np.uint64)
-        for k in range(width):
-            value = value << np.uint64(8) | data[np.minimum(at + k, last)].astype(np.uint64)
-        return value
+        """The big-endian unsigned `width`-byte number at each of `at` (junk where past the end)."""
+        window = np.lib.stride_tricks.sliding_window_view(data, width)[np.minimum(at, len(data) - width)]
+        return np.ascontiguousarray(window).view(f">u{width}").ravel().astype(np.uint64)
 
     ok = (lengths >= 4) & (number(starts, 4) == np.uint64(class_id << 16 | method_id))
     pos = starts + 4
