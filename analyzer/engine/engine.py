@@ -83,7 +83,10 @@ class Engine:
         if not n:
             return
         self._started(float(block.timestamp[0]))
-        plan = Plan(block, self._side_for_key, keep_frames=self.observer is not None) if self.batch else None
+        # A block shorter than MIN_RUN holds no run: its plan's fixed numpy cost would buy nothing (a
+        # live watch feeds slices of a few packets).
+        plan = (Plan(block, self._side_for_key, keep_frames=self.observer is not None)
+                if self.batch and n >= MIN_RUN else None)
         records = None
         i = 0
         while i < n:
