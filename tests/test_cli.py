@@ -376,3 +376,14 @@ def test_numbers_out_of_range_are_one_line_argument_errors(conversation_pcap, ar
     option, value = argv[-2:]
     assert err.count("\n") == 1 and f"amqp-hb {argv[0]}: error: argument {option}" in err.replace("-j/", "")
     assert value in err
+
+
+def test_analyze_reads_a_pipe():
+    """`tcpdump -w - | amqp-hb analyze /dev/stdin`: a pipe cannot tell its position, which the progress
+    line asks for every PROGRESS_EVERY packets (40,000 packets here)."""
+    out = io.BytesIO()
+    synth.short_connections_pcap(out, 5000)
+    done = subprocess.run([sys.executable, "-m", "analyzer", "analyze", "/dev/stdin", "--format", "csv"],
+                          input=out.getvalue(), capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.decode().splitlines()) == 1 + 5000

@@ -38,7 +38,7 @@ def run_capture(fileobj: BinaryIO, engine: Engine, *, progress: ProgressCallback
             engine.feed_block(block)
             if progress is not None and engine.last_index >= next_progress:
                 next_progress = engine.last_index + PROGRESS_EVERY
-                progress(engine.last_index, fileobj.tell())
+                progress(engine.last_index, _bytes_read(fileobj))
             yield
             engine.advance(engine.last_time)
     finally:
@@ -48,6 +48,14 @@ def run_capture(fileobj: BinaryIO, engine: Engine, *, progress: ProgressCallback
             summary.end_epoch = engine.last_time
     engine.finish()
     yield
+
+
+def _bytes_read(fileobj: BinaryIO) -> int:
+    """How far into the file the reader is; 0 for a pipe (`analyze /dev/stdin`), which cannot tell."""
+    try:
+        return fileobj.tell()
+    except OSError:
+        return 0
 
 
 @contextmanager
