@@ -191,3 +191,20 @@ def test_no_acks_at_all_is_peer_unreachable(tmp_path):
     assert d.verdict == "missed-client-heartbeats"
     kinds = {f.kind for f in d.findings}
     assert "peer-unreachable" in kinds and "client-app-blocked" not in kinds
+
+
+@pytest.mark.parametrize("product, code, error", [
+    ("py-amqp", 0, False),  # py-amqp's own Channel.close() sends reply code 0 (its normal close)
+    ("Pika Python Client Library", 0, True),  # pika's is 200: a 0 from pika is not its normal close
+    ("py-amqp", 200, False),
+    ("py-amqp", 406, True),
+])
+def test_a_clients_own_normal_channel_close_is_no_channel_error(tmp_path, product, code, error):
+    steps = synth.handshake_steps(60, client_properties={"product": product, "version": "5.4.2"})
+    steps += [(1.0, C2S, PSH | ACK, synth.method_frame(commands.Channel.Close(
+        reply_code=code, reply_text="", class_id=0, method_id=0), 1))]
+    d = only(analyze_file(write(tmp_path, steps)))
+    findings = [f for f in d.findings if f.kind == "channel-error"]
+    assert bool(findings) == error
+    if findings:
+        assert findings[0].detail == f"client closed channel 1: {code}"  # no trailing space without a text

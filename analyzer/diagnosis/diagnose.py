@@ -331,13 +331,17 @@ def _hidden_close(d: Diagnosis) -> None:
 
 
 def _normal_close_code(d: Diagnosis) -> bool:
-    """A connection.close with reply-success, or with the code the client's library sends on its
-    own normal close (py-amqp and php-amqplib send 0). 0 is no AMQP error code: from a client not
-    identified it is read as a normal close too."""
-    code, close = d.close.reply_code, d.close
+    """The connection.close was a normal one (`_normal_reply`)."""
+    return _normal_reply(d, d.close.reply_code, d.close.initiator == "client")
+
+
+def _normal_reply(d: Diagnosis, code: int | None, from_client: bool) -> bool:
+    """A close (connection or channel) with reply-success, or from the client with the code its
+    library sends on its own normal close (py-amqp and php-amqplib send 0). 0 is no AMQP error
+    code: from a client not identified it is read as a normal close too."""
     if code in (None, REPLY_SUCCESS):
         return True
-    if close.initiator != "client":
+    if not from_client:
         return False
     return code == d.profile.normal_close_code or (code == 0 and d.client.library == "unknown")
 
@@ -466,7 +470,7 @@ def _findings(d: Diagnosis) -> Iterator[Finding]:
                           "non-zero channel (accepted, but not what the 0-9-1 spec says)")
     for close in tl.channel_closes:
         code, text = close.args.get("reply_code"), close.args.get("reply_text") or ""
-        if code == REPLY_SUCCESS:
+        if _normal_reply(d, code, close.direction == C2S):
             continue
         who = "broker" if close.direction != C2S else "client"
         if code == PRECONDITION_FAILED and "delivery acknowledgement" in text:
@@ -475,7 +479,7 @@ def _findings(d: Diagnosis) -> Iterator[Finding]:
                           "ack sooner or raise consumer_timeout)")
         else:
             yield Finding(d.rel(close.time), "channel-error", close.channel,
-                          f"{who} closed channel {close.channel}: {code} {text}")
+                          f"{who} closed channel {close.channel}: {code} {text}".rstrip())
     if d.close.initiator == "client" and d.close.how in ("fin", "rst") and d.close.time is not None:
         blocked = _blocked_at(d, d.close.time)
         if blocked is not None:
