@@ -71,6 +71,7 @@ class Risk:
     at_risk_from: float  # from then on the close is certain unless a byte comes
     predicted_close: float
     prediction: Prediction
+    heartbeat_source: str  # "negotiated", or "inferred" from the broker's cadence (handshake not captured)
 
     @property
     def silent_peer(self) -> str:
@@ -125,6 +126,7 @@ class ConnectionStatus:
     next_broker_look: float | None  # RabbitMQ's next look at the client's bytes
     risk: Risk | None  # the earliest pending close (announced first)
     verdict: str | None = None  # torn-down: analyze's verdict
+    closed_at: float | None = None  # closing or torn down: when its close began (silence ends there)
 
     @property
     def urgency(self) -> tuple[int, float]:
@@ -226,15 +228,16 @@ class Watch:
             d = event.diagnosis
             tl = d.timeline
             rows.append(ConnectionStatus(event.connection, "torn-down", d.heartbeat.effective, d.heartbeat.source,
-                                         d.client.name, tl.c2s.last_payload, tl.s2c.last_payload, None,
-                                         event.risk, d.verdict))
+                                         client_name(d), tl.c2s.last_payload, tl.s2c.last_payload, None,
+                                         event.risk, d.verdict, closed_at=event.time))
         rows.sort(key=lambda row: (*row.urgency, row.connection))
         return rows
 
     def _status(self, watched: WatchedConnection) -> ConnectionStatus:
         tl = watched.timeline
         state: State
-        if tl.teardown is not None:
+        closed_at = closing_since(tl)
+        if closed_at is not None:
             state = "closing"
         elif watched.announced:
             state = "at-risk"
@@ -252,7 +255,7 @@ class Watch:
             p = broker.prediction
             next_look = p.anchor + max(1, int(np.ceil((self.now - p.anchor) / p.period))) * p.period
         return ConnectionStatus(tl.info.id, state, watched.heartbeat, watched.heartbeat_source, watched.client,
-                                tl.c2s.last_payload, tl.s2c.last_payload, next_look, risk)
+                                tl.c2s.last_payload, tl.s2c.last_payload, next_look, risk, closed_at=closed_at)
 
     # ---- the clock --------------------------------------------------------------------------------
 
@@ -309,11 +312,11 @@ class Watch:
     def _check_recovery(self, watched: WatchedConnection) -> None:
         tl = watched.timeline
         recovered = False
+        if closing_since(tl) is not None:
+            return  # bytes of a close handshake, or after a FIN or RST, are no recovery
         for closer, risk in list(watched.announced.items()):
             side = tl.c2s if closer == "broker" else tl.s2c
             if side.last_payload is not None and side.last_payload > risk.last_byte:
-                if tl.teardown is not None and tl.teardown <= side.last_payload:
-                    continue  # bytes of the teardown itself (a close handshake) are no recovery
                 del watched.announced[closer]
                 self._events.append(WatchEvent(RECOVERED, side.last_payload, tl.info.id, risk=risk))
                 recovered = True
@@ -328,7 +331,7 @@ class Watch:
         pending = pending_closes(tl, 0.0, self.now)  # t0 = 0: the models answer in epoch seconds
         d = pending.diagnosis
         watched.heartbeat, watched.heartbeat_source = d.heartbeat.effective, d.heartbeat.source
-        watched.client = d.client.name
+        watched.client = client_name(d)
         if d.close.how != "open":
             watched.risks = {}
             self._schedule(watched, None)  # closing: the engine retires it
@@ -340,7 +343,7 @@ class Watch:
             if prediction is None:
                 continue
             risk = Risk(closer, prediction.decider, prediction.last_byte,
-                        at_risk_from(prediction), prediction.predicted, prediction)
+                        at_risk_from(prediction), prediction.predicted, prediction, d.heartbeat.source)
             risks[closer] = risk
             if closer in watched.announced:
                 continue
@@ -375,7 +378,9 @@ class Watch:
     def _report_end(self, d: Diagnosis, watched: WatchedConnection | None, kind: EventKind) -> None:
         risk = None
         if watched is not None:
-            pending = watched.announced or watched.risks
+            # A connection still open is reported with the close it was warned of, if any: a close
+            # merely pending from its last bytes is no news.
+            pending = watched.announced if kind == STILL_OPEN else watched.announced or watched.risks
             closer: Closer | None = _CLOSERS.get(d.close.initiator or "")
             if closer is not None and closer in pending:
                 risk = pending[closer]  # the warning this teardown fulfilled
@@ -391,6 +396,20 @@ class Watch:
     def _take(self) -> list[WatchEvent]:
         events, self._events = self._events, []
         return events
+
+
+def closing_since(timeline: ConnectionTimeline) -> float | None:
+    """When the connection began to close (a connection.close sent, or a FIN or RST), if it did: from
+    then on no heartbeat timer decides anything."""
+    starts = [t for t in (timeline.teardown,
+                          timeline.connection_close.time if timeline.connection_close is not None else None)
+              if t is not None]
+    return min(starts) if starts else None
+
+
+def client_name(d: Diagnosis) -> str:
+    """The client library as the table names it."""
+    return d.client.name if d.client.library != "unknown" else "unknown"
 
 
 def _count_at_or_before(times: np.ndarray, due: float, ordered: bool) -> int:

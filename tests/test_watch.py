@@ -222,8 +222,46 @@ def test_exit_on():
     assert events_of(done.stdout)[-1]["event"] == AT_RISK
     done = run_cli("-r", os.path.join(captures, "threaded-worker.pcap"), "--exit-on", "at-risk")
     assert done.returncode == 3
+    # teardown: one that needs attention; the graceful close of the capture's publisher does not count.
     done = run_cli("-r", os.path.join(captures, "blocked-callback.pcap"), "--exit-on", "teardown")
-    assert done.returncode == 0 and events_of(done.stdout)[-1]["event"] == TEARDOWN
+    assert done.returncode == 0
+    teardowns = [e for e in events_of(done.stdout) if e["event"] == TEARDOWN]
+    assert [e["verdict"] for e in teardowns] == ["graceful", "missed-client-heartbeats"]
+    assert events_of(done.stdout)[-1] == teardowns[-1]
+    done = run_cli("-r", os.path.join(captures, "long-heartbeat.pcap"), "--exit-on", "teardown")
+    assert done.returncode == 3
+
+
+def test_late_packets_are_waited_for_not_taken_for_silence():
+    """A capture tool that buffers (tcpdump without --immediate-mode): every packet reaches the watch
+    0.6 s after its timestamp, and the client's heartbeat comes 0.2 s before each of RabbitMQ's
+    looks. Judged on time, each look would find silence; the watch waits as long as packets lag."""
+    start = time.time() + 0.5
+    steps = synth.handshake_steps(2)
+    for k in range(1, 6):
+        steps.append((round(0.007 + 2 * k - 0.2, 6), C2S, PSH | ACK, HEARTBEAT))
+    for k in range(1, 11):  # the broker's, every T/2
+        steps.append((round(0.007 + k, 6), S2C, PSH | ACK, HEARTBEAT))
+    steps.sort(key=lambda step: step[0])
+    packets = synth.scripted_conversation(steps, start=start).packets()
+    proc = subprocess.Popen([sys.executable, "-m", "analyzer", "watch", "-r", "-", "--format", "jsonl"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(synth.pcap_header(packets[0][1]))
+        for timestamp, _, frame in packets:
+            time.sleep(max(0.0, timestamp + 0.6 - time.time()))
+            proc.stdin.write(synth.pcap_record(timestamp, frame))
+            proc.stdin.flush()
+        time.sleep(1.0)  # the last look (10.007 s) is judged with the lag's wait before the input ends
+        out, err = proc.communicate(b"", timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    events = events_of(out)
+    assert not [e for e in events if e["event"] == AT_RISK], events
+    (warning,) = [e for e in events if e["event"] == "warning"]
+    assert warning["message"].startswith("standard input: packets arrive up to 0.6")
+    assert "--immediate-mode" in warning["message"]
 
 
 def test_follow_reads_a_file_as_it_grows(tmp_path):
@@ -331,6 +369,14 @@ def test_an_unknown_interface_is_one_line():
     assert done.returncode == 2
     lines = done.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("amqp-hb: ") and "no-such-if0" in lines[0]
+
+
+def test_a_directory_and_a_lonely_metrics_address_are_one_line(tmp_path):
+    done = run_cli("-r", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.decode().splitlines() == [f"amqp-hb: {tmp_path}: is a directory, not a capture file"]
+    done = run_cli("-r", CAPTURES[0], "--metrics-address", "0.0.0.0")
+    assert done.returncode == 2 and done.stderr.decode() == "amqp-hb: --metrics-address goes with --metrics-port\n"
 
 
 def test_follow_needs_a_file():

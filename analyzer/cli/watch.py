@@ -21,6 +21,7 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 from analyzer.cli.options import port_number
@@ -42,6 +43,13 @@ IDLE_WAKE = 0.5
 LIVE_SKEW = 5.0
 FOLLOW_POLL = 0.2  # how often a followed file is looked at for new bytes
 STATS_EVERY = 60.0  # how often tcpdump is asked for its drop count
+METRICS_ADDRESS = "127.0.0.1"
+# Packets that reach us later than this after their timestamps (a capture tool buffering: tcpdump
+# without --immediate-mode hands them over up to a second late) make the wait before each judgement
+# grow to the lag seen, up to MAX_GRACE, and are reported once.
+LAG_WARNING = 0.25
+MAX_GRACE = 5.0
+LAG_MEMORY = 64  # blocks the lag is remembered over
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -51,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                     "RabbitMQ's first look that finds the client silent, it closes at its next look unless the "
                     "client sends a byte. Events: connection-opened, at-risk, recovered, teardown (with the "
                     "verdict analyze gives), still-open (at the end of the input), warning.",
-        epilog="Examples: amqp-hb watch -i lo;  tcpdump -U -w - -i eth0 'tcp port 5672' | amqp-hb watch -r - "
+        epilog="Examples: amqp-hb watch -i lo;  tcpdump --immediate-mode -U -w - -i eth0 'tcp port 5672' | "
+               "amqp-hb watch -r - "
                "--format jsonl;  amqp-hb watch -r growing.pcap --follow --exit-on at-risk")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("-i", "--interface", metavar="IFACE", help="capture live on IFACE (needs root or CAP_NET_RAW)")
@@ -73,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                         "ended first")
     p.add_argument("--metrics-port", type=port_number, metavar="N",
                    help="serve Prometheus metrics on 127.0.0.1:N (--metrics-address to change; the watch extra)")
-    p.add_argument("--metrics-address", default="127.0.0.1", metavar="ADDR", help="address for --metrics-port")
+    p.add_argument("--metrics-address", default=METRICS_ADDRESS, metavar="ADDR", help="address for --metrics-port")
     p.set_defaults(handler=run_watch)
 
 
@@ -107,6 +116,7 @@ class _Source:
     def __init__(self, args: argparse.Namespace, stdin: BinaryIO | None) -> None:
         self.stop = threading.Event()
         self.capture: LiveCapture | None = None
+        self.reported_drops = 0  # the kernel drop count last reported as a warning
         self.name = args.read or args.interface
         self.live = args.interface is not None
         if args.interface is not None:
@@ -196,7 +206,9 @@ class _Table:
         from rich.live import Live
 
         self.drawn = 0.0
-        self.console = Console(file=stdout)
+        # Not a terminal (a file, a pipe): rich would draw 80 columns; COLUMNS still wins when set.
+        width = None if getattr(stdout, "isatty", lambda: False)() or os.environ.get("COLUMNS") else 200
+        self.console = Console(file=stdout, width=width)
         self.source = source
         self.live = Live(console=self.console, auto_refresh=False, transient=False)
         self.live.start()
@@ -266,9 +278,13 @@ class _Metrics:
                 self.teardowns.labels(event.diagnosis.verdict).inc()
 
     def refresh(self, watch: Watch, now: float, dropped: int | None) -> None:
+        from analyzer.watch import closing_since
+
         current: set[str] = set()
         for connection in watch.connections.values():
             tl = connection.timeline
+            if closing_since(tl) is not None:
+                continue  # closing: no longer open, its teardown is counted when its verdict is final
             cid = tl.info.id
             current.add(cid)
             for peer, t in (("client", tl.c2s.last_payload), ("broker", tl.s2c.last_payload)):
@@ -301,20 +317,22 @@ def run_watch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, stdin: B
 
     if args.follow and (args.read is None or args.read == "-"):
         raise UsageError("--follow goes with -r FILE (a file being written), not with -i or -r -")
+    if args.metrics_address != METRICS_ADDRESS and args.metrics_port is None:
+        raise UsageError("--metrics-address goes with --metrics-port")
+    if args.read is not None and args.read != "-" and os.path.isdir(args.read):
+        raise UsageError(f"{args.read}: is a directory, not a capture file")
     fmt = args.format or ("table" if getattr(stdout, "isatty", lambda: False)() else "jsonl")
     metrics = None
-    if fmt == "table" or args.metrics_port is not None:
-        try:
-            import prometheus_client  # noqa: F401
-            import rich  # noqa: F401
-        except ImportError as exc:
-            if args.format is None and args.metrics_port is None:
-                stderr.write(f"amqp-hb: the live table needs the `watch` extra ({exc.name} is missing): "
-                             f"{WATCH_EXTRA_HINT}; writing text lines instead\n")
-                fmt = "text"
-            else:
-                raise EnvironmentProblem(f"{'--metrics-port' if fmt != 'table' else 'the live table'} needs the "
-                                         f"`watch` extra ({exc.name} is missing): {WATCH_EXTRA_HINT}") from None
+    if fmt == "table" and not _importable("rich"):
+        if args.format is None:
+            stderr.write(f"amqp-hb: the live table needs the `watch` extra (rich is missing): {WATCH_EXTRA_HINT}; "
+                         "writing text lines instead\n")
+            fmt = "text"
+        else:
+            raise EnvironmentProblem(f"the live table needs the `watch` extra (rich is missing): {WATCH_EXTRA_HINT}")
+    if args.metrics_port is not None and not _importable("prometheus_client"):
+        raise EnvironmentProblem(f"--metrics-port needs the `watch` extra (prometheus_client is missing): "
+                                 f"{WATCH_EXTRA_HINT}")
     keys = None
     if args.tls_keylog is not None:
         from analyzer.api import read_keylog
@@ -352,7 +370,7 @@ def _loop(args: argparse.Namespace, watch: Watch, source: _Source, output: _Line
 
     def emit(events: list[WatchEvent]) -> bool:
         """Output the events; True (and nothing after it) at the --exit-on event."""
-        awaited = next((i for i, e in enumerate(events) if e.kind == args.exit_on), None)
+        awaited = next((i for i, e in enumerate(events) if _awaited(e, args.exit_on)), None)
         if awaited is not None:
             events = events[: awaited + 1]
         output.events(events)
@@ -370,7 +388,9 @@ def _loop(args: argparse.Namespace, watch: Watch, source: _Source, output: _Line
                 kind, item = "tick", None
             if kind == "block":
                 events = watch.feed_block(item)
-                clock.fed(watch, item)
+                lag = clock.fed(watch, item)
+                if lag is not None:
+                    events += _judge_later(watch, clock, lag, source)
             elif kind == "secrets":
                 watch.add_tls_secrets(KeyLog.parse(item))
                 continue
@@ -396,21 +416,54 @@ def _loop(args: argparse.Namespace, watch: Watch, source: _Source, output: _Line
                 metrics.refresh(watch, now, None if stats is None else stats.dropped)
             if source.capture is not None and time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + STATS_EVERY
-                _report_drops(watch, source)
+                emit(_report_drops(watch, source))
     except KeyboardInterrupt:
         status = ExitStatus.INTERRUPTED
     if source.capture is not None:
         source.capture.stop(settle=False)
-        _report_drops(watch, source, final=True)
+        emit(_report_drops(watch, source, final=True))
+    output.refresh(watch, clock.now(watch), force=True)  # the last table before the final states
     if emit(watch.finish()):
         seen_exit_event = True
-    output.refresh(watch, clock.now(watch), force=True)
     if status == ExitStatus.OK and args.exit_on is not None and not seen_exit_event:
         status = ExitStatus.EVENT_NOT_SEEN
     return status
 
 
-def _report_drops(watch: Watch, source: _Source, *, final: bool = False) -> None:
+def _judge_later(watch: Watch, clock: _Clock, lag: float, source: _Source) -> list[WatchEvent]:
+    """Wait as long before judging a look as packets take to reach us (the largest recent lag), so
+    that a byte stamped before a look is in when it is judged; say so once when that is long."""
+    clock.lags.append(lag)
+    watch.grace = min(MAX_GRACE, max(LIVE_GRACE, max(clock.lags) + LIVE_GRACE))
+    if lag <= LAG_WARNING or clock.lag_reported:
+        return []
+    clock.lag_reported = True
+    return [_warning(watch, f"{source.name}: packets arrive up to {lag:.2f} s after their timestamps (a capture tool "
+                            "buffering: tcpdump needs --immediate-mode -U); each look is judged that much later")]
+
+
+def _warning(watch: Watch, message: str) -> WatchEvent:
+    from analyzer.watch import WARNING, WatchEvent
+
+    return WatchEvent(WARNING, watch.now, "", message=message)
+
+
+def _awaited(event: WatchEvent, exit_on: str | None) -> bool:
+    """--exit-on: at-risk, or a teardown that needs attention (not a graceful close)."""
+    from analyzer.diagnosis.results import GRACEFUL
+
+    if event.kind != exit_on:
+        return False
+    return event.kind != "teardown" or (event.diagnosis is not None and event.diagnosis.verdict != GRACEFUL)
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _report_drops(watch: Watch, source: _Source, *, final: bool = False) -> list[WatchEvent]:
     """Capture loss is a warning, never silence: tcpdump's kernel drop count, asked for now and then."""
     capture = source.capture
     assert capture is not None
@@ -418,11 +471,12 @@ def _report_drops(watch: Watch, source: _Source, *, final: bool = False) -> None
     if not final:
         capture.request_stats()  # the answer is read at the next report
     dropped = stats.dropped or 0
-    reported = getattr(source, "reported_drops", 0)
-    if dropped > reported:
-        source.reported_drops = dropped  # type: ignore[attr-defined]
-        watch.summary.warnings.append(f"{capture.backend} reported {dropped} packets dropped by the kernel so far: "
-                                      "connections may show capture gaps")
+    reported = source.reported_drops
+    if dropped <= reported:
+        return []
+    source.reported_drops = dropped
+    return [_warning(watch, f"{capture.backend} reported {dropped} packets dropped by the kernel so far: "
+                            "connections may show capture gaps")]
 
 
 class _Clock:
@@ -434,12 +488,17 @@ class _Clock:
         self.live = False
         self.fed_at = 0.0  # monotonic
         self.fed_capture = 0.0
+        self.lags: deque[float] = deque(maxlen=LAG_MEMORY)
+        self.lag_reported = False
 
-    def fed(self, watch: Watch, block: Any) -> None:
+    def fed(self, watch: Watch, block: Any) -> float | None:
+        """A block was fed; for live packets, how late the newest one reached us (seconds)."""
         self.started = True
         self.fed_at = time.monotonic()
         self.fed_capture = watch.now
-        self.live = abs(time.time() - watch.now) < LIVE_SKEW
+        lag = time.time() - float(block.timestamp.max())
+        self.live = abs(lag) < LIVE_SKEW
+        return max(0.0, lag) if self.live else None
 
     def now(self, watch: Watch) -> float:
         if not self.started:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from analyzer.diagnosis.results import Diagnosis
+from analyzer.flows import RETIRE_AFTER
 from analyzer.watch import AT_RISK, OPENED, RECOVERED, STILL_OPEN, TEARDOWN, WARNING, ConnectionStatus, Risk, WatchEvent
 
 SCHEMA = "amqp-hb/watch/1"
@@ -44,10 +45,16 @@ def event_fields(event: WatchEvent) -> dict[str, object]:
     return fields
 
 
+def _seconds(value: float | None) -> float | int | None:
+    """A heartbeat as the wire carries it (whole seconds) when it is one, even when inferred."""
+    return int(value) if value is not None and value == int(value) else value
+
+
 def _risk_fields(risk: Risk) -> dict[str, object]:
     p = risk.prediction
     return {"closer": risk.closer, "decider": risk.peer, "model": p.model, "silent_peer": risk.silent_peer,
-            "heartbeat": p.timeout, "last_byte": round(risk.last_byte, TIME_DIGITS),
+            "heartbeat": _seconds(p.timeout), "heartbeat_source": risk.heartbeat_source,
+            "last_byte": round(risk.last_byte, TIME_DIGITS),
             "at_risk_from": round(risk.at_risk_from, TIME_DIGITS),
             "predicted_close": round(risk.predicted_close, TIME_DIGITS), "exact": p.exact,
             "window": [round(p.window[0], TIME_DIGITS), round(p.window[1], TIME_DIGITS)]}
@@ -56,8 +63,8 @@ def _risk_fields(risk: Risk) -> dict[str, object]:
 def _diagnosis_fields(d: Diagnosis) -> dict[str, object]:
     close = d.close
     fields: dict[str, object] = {
-        "verdict": d.verdict, "client_library": d.client.library,
-        "heartbeat": d.heartbeat.effective, "heartbeat_source": d.heartbeat.source,
+        "verdict": d.verdict, "client_library": d.client.library, "handshake_seen": d.timeline.handshake_seen,
+        "heartbeat": _seconds(d.heartbeat.effective), "heartbeat_source": d.heartbeat.source,
         "close": {"time": None if close.time is None else round(d.t0 + close.time, TIME_DIGITS),
                   "how": close.how, "initiator": close.initiator, "reply_code": close.reply_code,
                   "reply_text": close.reply_text, "inferred": close.inferred},
@@ -93,7 +100,7 @@ def event_line(event: WatchEvent) -> str:
     what = "teardown" if event.kind == TEARDOWN else "still open"
     head = f"{at}  {what:<11}  {event.connection}: {d.verdict}"
     if event.kind == STILL_OPEN and event.risk is not None:
-        head += f"; {risk_sentence(event.risk, event.connection)}"
+        head += f" (at risk: {risk_sentence(event.risk, event.connection)})"
     body = "".join(f"\n             {line}" for line in d.explanation.splitlines() if line.strip())
     return head + body
 
@@ -105,14 +112,18 @@ STATE_WORDS = {"at-risk": "AT RISK", "healthy": "healthy", "no-heartbeat": "no h
 def status_cells(row: ConnectionStatus, now: float) -> tuple[str, ...]:
     """The live table's cells: connection, state, T, client, silence per side, the broker's next look,
     the pending close and its countdown (or, torn down, the verdict)."""
-    def since(t: float | None) -> str:  # silence so far (a torn-down connection's is over)
-        return "-" if t is None or row.state == "torn-down" else f"{max(0.0, now - t):.1f} s"
+    until = now if row.closed_at is None else row.closed_at  # a closing connection's silence ended there
+
+    def since(t: float | None) -> str:
+        return "-" if t is None or row.state == "torn-down" else f"{max(0.0, until - t):.1f} s"
 
     heartbeat = "?" if row.heartbeat is None else f"{row.heartbeat:g} s"
     if row.heartbeat_source == "inferred":
         heartbeat += " (inferred)"
     if row.state == "torn-down":
         pending = row.verdict or ""
+    elif row.state == "closing":
+        pending = f"verdict {RETIRE_AFTER:g} s after the close"
     elif row.risk is not None and row.state == "at-risk":
         pending = (f"{row.risk.peer} closes at {clock(row.risk.predicted_close)} "
                    f"(in {max(0.0, row.risk.predicted_close - now):.1f} s)")
