@@ -253,7 +253,7 @@ def test_late_packets_are_waited_for_not_taken_for_silence():
             proc.stdin.write(synth.pcap_record(timestamp, frame))
             proc.stdin.flush()
         time.sleep(1.0)  # the last look (10.007 s) is judged with the lag's wait before the input ends
-        out, err = proc.communicate(b"", timeout=30)
+        out, _ = proc.communicate(b"", timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
