@@ -126,14 +126,34 @@ class Vocabulary:
 
 
 class _Group:
-    """The payloads of one (type, method ids), back to back, with their lengths and codes."""
+    """The payloads of one (type, method ids), back to back, with their lengths and codes (single
+    payloads gather in lists, turned into an array when rows come or at the end)."""
 
-    __slots__ = ("codes", "lengths", "pieces")
+    __slots__ = ("codes", "lengths", "pieces", "single_codes", "single_lengths")
 
     def __init__(self) -> None:
         self.codes: list[np.ndarray] = []
         self.lengths: list[np.ndarray] = []
         self.pieces: list[bytes] = []
+        self.single_codes: list[int] = []
+        self.single_lengths: list[int] = []
+
+    def add(self, code: int, payload: bytes) -> None:
+        self.single_codes.append(code)
+        self.single_lengths.append(len(payload))
+        self.pieces.append(payload)
+
+    def add_rows(self, codes: np.ndarray, payloads: np.ndarray) -> None:
+        self.flush()
+        self.codes.append(codes)
+        self.lengths.append(np.full(len(payloads), payloads.shape[1], dtype=np.int64))
+        self.pieces.append(payloads.tobytes())
+
+    def flush(self) -> None:
+        if self.single_codes:
+            self.codes.append(np.array(self.single_codes, dtype=np.int64))
+            self.lengths.append(np.array(self.single_lengths, dtype=np.int64))
+            self.single_codes, self.single_lengths = [], []
 
 
 class _Arguments:
@@ -155,27 +175,24 @@ class _Arguments:
 
     def shared(self, frame_type: int, ids: int, payloads: list[bytes]) -> _I64:
         """The code of each payload: an earlier one's for bytes seen before."""
-        group = self.groups.setdefault((frame_type, ids), _Group())
-        index = self.index
-        out = np.empty(len(payloads), dtype=np.int64)
-        for k, payload in enumerate(payloads):
-            key = (frame_type, ids, payload)
-            code = index.get(key)
-            if code is None:
-                code = index[key] = int(self._new_codes(1)[0])
-                group.codes.append(np.array([code]))
-                group.lengths.append(np.array([len(payload)]))
-                group.pieces.append(payload)
-            out[k] = code
-        return out
+        return np.array([self.one(frame_type, ids, payload) for payload in payloads], dtype=np.int64)
+
+    def one(self, frame_type: int, ids: int, payload: bytes) -> int:
+        key = (frame_type, ids, payload)
+        code = self.index.get(key)
+        if code is None:
+            code = self.index[key] = self.count
+            self.count += 1
+            group = self.groups.get(key[:2])
+            if group is None:
+                group = self.groups[key[:2]] = _Group()
+            group.add(code, payload)
+        return code
 
     def rows(self, frame_type: int, ids: int, payloads: np.ndarray) -> _I64:
         """A new code for each row of `payloads` (rows x width bytes)."""
-        group = self.groups.setdefault((frame_type, ids), _Group())
         codes = self._new_codes(len(payloads))
-        group.codes.append(codes)
-        group.lengths.append(np.full(len(payloads), payloads.shape[1], dtype=np.int64))
-        group.pieces.append(payloads.tobytes())
+        self.groups.setdefault((frame_type, ids), _Group()).add_rows(codes, payloads)
         return codes
 
     def decoded(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -193,6 +210,7 @@ class _Arguments:
 
         wanted = frozenset(KEY_ARGUMENTS)
         for (frame_type, ids), group in self.groups.items():
+            group.flush()
             codes = np.concatenate(group.codes)
             lengths = np.concatenate(group.lengths)
             joined = b"".join(group.pieces)
@@ -307,7 +325,7 @@ class TableCollector:
             if self._frames is not None:
                 method = event.class_id is not None and event.method_id is not None
                 ids = event.class_id << 16 | event.method_id if method else -1
-                args = int(self.arguments.shared(event.type, ids, [event.payload])[0]) \
+                args = self.arguments.one(event.type, ids, event.payload) \
                     if decodes_arguments(event.type, event.class_id, True) else -1
                 self._frames.rows.append((event.timestamp, self.connections.code(cid),
                                           self.directions.code(event.direction), event.channel, event.type, ids,
