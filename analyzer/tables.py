@@ -17,6 +17,7 @@ names, and how arguments decode are api.py's and records.py's rules, called once
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
+from functools import cache
 from itertools import repeat
 from typing import Any
 
@@ -71,7 +72,7 @@ DTYPES: dict[str, dict[str, str]] = {
                "channel": _NULLABLE_INT, "type": _CATEGORY, "method": _CATEGORY, "size": "int64", "packet": "int64",
                "offset": "int64", "heartbeat": _NULLABLE_INT, "reply_code": _NULLABLE_INT, "reply_text": _CATEGORY,
                "delivery_tag": _NULLABLE_INT, "consumer_tag": _CATEGORY, "exchange": _CATEGORY,
-               "routing_key": _CATEGORY, "queue": _CATEGORY, "args": "object"},
+               "routing_key": _CATEGORY, "queue": _CATEGORY, "args": "amqp-args"},
     "segments": {"t": "float64", "epoch": "float64", "connection": _CATEGORY, "direction": _CATEGORY,
                  "packet": "int64", "flags": _CATEGORY, "seq": "int64", "ack": "int64", "payload_len": "int64",
                  "ack_only": "bool", "retransmission": "bool", "missing": "int64"},
@@ -195,10 +196,11 @@ class _Arguments:
         self.groups.setdefault((frame_type, ids), _Group()).add_rows(codes, payloads)
         return codes
 
-    def decoded(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def decoded(self, dicts: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The `args` of each code, and the KEY_ARGUMENTS of each code (object arrays, None where
         absent). Methods of one kind are walked together by column (decode_method_arguments_columns);
-        the rest, and what the walk leaves, one by one (frame_arguments)."""
+        the rest, and what the walk leaves, one by one (frame_arguments). Without `dicts`, only the
+        key arguments (the `args` of the frames the column walk decoded stay None)."""
         decoded = np.full(self.count, None, dtype=object)
         keys: dict[str, np.ndarray] = {}  # only the key arguments some frame has
 
@@ -223,10 +225,11 @@ class _Arguments:
                     every = walked.all()
                     done = codes if every else codes[walked]
                     names = list(columns)
-                    rows = zip(*columns.values(), strict=True) if columns else [()] * len(codes)
-                    # map, not a comprehension: the loop runs in C (twice as fast over 300,000 deliveries)
-                    dicts = np.fromiter(map(dict, map(zip, repeat(names), rows)), dtype=object, count=len(codes))
-                    decoded[done] = dicts if every else dicts[walked]
+                    if dicts:
+                        rows = zip(*columns.values(), strict=True) if columns else [()] * len(codes)
+                        # map, not a comprehension: the loop runs in C (twice as fast over 300,000 deliveries)
+                        made = np.fromiter(map(dict, map(zip, repeat(names), rows)), dtype=object, count=len(codes))
+                        decoded[done] = made if every else made[walked]
                     for name in wanted.intersection(names):
                         values = np.fromiter(columns[name], dtype=object, count=len(codes))
                         key(name)[done] = values if every else values[walked]
@@ -441,7 +444,7 @@ class Tables:
             with no_cyclic_gc():  # a million args dicts would trigger full collections, each longer than the last
                 table = self.built[name] = _BUILDERS[name](self, self.collector.chunks.pop(name).columns())
             if name == "frames":
-                self.collector.arguments = _Arguments()  # decoded into the table: the payloads can go
+                self.collector.arguments = _Arguments()  # the args column holds them until it is read
         return table
 
     # ---- building ---------------------------------------------------------------------------------
@@ -456,7 +459,8 @@ class Tables:
 
         epoch, connection, direction, channel, frame_type, ids, size, packet, offset, args = raw
         columns = self._common(epoch, connection, direction)
-        decoded, keys = self.collector.arguments.decoded()
+        arguments = self.collector.arguments
+        _, keys = arguments.decoded(dicts=False)
         columns |= {"channel": pd.array(channel, dtype=_NULLABLE_INT),
                     "type": _named(frame_type, frame_type_name),
                     "method": _named(ids, lambda k: method_name(k >> 16, k & 0xFFFF) if k >= 0 else None),
@@ -476,9 +480,7 @@ class Tables:
             else:
                 codes, categories = pd.factorize(values)
                 columns[name] = _categorical(codes[at], list(categories))
-        shared = np.empty(len(decoded) + 1, dtype=object)
-        shared[:-1] = decoded  # the last slot (code -1) stays None
-        columns["args"] = shared[args]
+        columns["args"] = _arguments_array()(args.astype(np.int64), _Decoded(arguments))
         return pd.DataFrame(columns, copy=False)
 
     def _segments(self, raw: list[np.ndarray]):
@@ -522,6 +524,102 @@ class Tables:
                     "guess": _categorical(guess, texts["guess"].values),
                     "decrypted": decrypted}
         return pd.DataFrame(columns, copy=False)
+
+
+class _Decoded:
+    """The `args` dicts of every code, decoded on first use (then the payloads can go); index -1 is None."""
+
+    def __init__(self, arguments: _Arguments) -> None:
+        self.arguments: _Arguments | None = arguments
+        self.values: np.ndarray | None = None
+
+    def __call__(self) -> np.ndarray:
+        if self.values is None:
+            assert self.arguments is not None
+            with no_cyclic_gc():
+                decoded, _ = self.arguments.decoded()
+            self.values = np.append(decoded, np.full(1, None, dtype=object))
+            self.arguments = None
+        return self.values
+
+
+@cache
+def _arguments_array() -> Any:
+    """The array type of the frames' `args` column (made on first use: pandas is imported only when
+    a table is built). Each row is a code into the decoded dicts, which are made only when a row is
+    looked at (2.1 M frames of a busy capture are 600,000 distinct deliveries and acks: 200 MB of
+    dicts nobody may read); any access (a cell, `.tolist()`, `astype(object)`, display, JSON) sees
+    the dicts, and rows with the same payload share one."""
+    from pandas.api.extensions import ExtensionArray, ExtensionDtype, take  # type: ignore[import-untyped]
+    from pandas.api.indexers import check_array_indexer  # type: ignore[import-untyped]
+
+    class ArgumentsDtype(ExtensionDtype):
+        name = "amqp-args"
+        type = dict
+        kind = "O"
+        na_value = None
+
+        @classmethod
+        def construct_array_type(cls) -> Any:
+            return FrameArguments
+
+    class FrameArguments(ExtensionArray):
+        def __init__(self, codes: np.ndarray, values: Callable[[], np.ndarray]) -> None:
+            self._codes = codes
+            self._values = values
+
+        @classmethod
+        def _from_sequence(cls, scalars, *, dtype=None, copy=False):
+            items = list(scalars)
+            if not all(x is None or isinstance(x, dict) for x in items):
+                # e.g. what Series.map returned: pandas then keeps it in an ordinary column
+                raise TypeError("an args column holds dicts or None")
+            values = np.empty(len(items) + 1, dtype=object)
+            values[:-1] = items
+            codes = np.arange(len(items), dtype=np.int64)
+            codes[[x is None for x in items]] = -1
+            return cls(codes, lambda: values)
+
+        @classmethod
+        def _concat_same_type(cls, to_concat):
+            first = to_concat[0]._values
+            if all(a._values is first for a in to_concat):
+                return cls(np.concatenate([a._codes for a in to_concat]), first)
+            return cls._from_sequence([x for a in to_concat for x in np.asarray(a)])
+
+        @property
+        def dtype(self):
+            return ArgumentsDtype()
+
+        @property
+        def nbytes(self) -> int:
+            return int(self._codes.nbytes)
+
+        def __len__(self) -> int:
+            return len(self._codes)
+
+        def __getitem__(self, item):
+            if isinstance(item, (int, np.integer)):
+                return self._values()[self._codes[item]]
+            return type(self)(self._codes[check_array_indexer(self, item)], self._values)
+
+        def __array__(self, dtype=None, copy=None):
+            return self._values()[self._codes]
+
+        def __eq__(self, other):
+            return np.asarray(self) == (np.asarray(other, dtype=object) if isinstance(other, (list, np.ndarray,
+                                                                                          ExtensionArray)) else other)
+
+        def isna(self) -> np.ndarray:
+            return self._codes < 0
+
+        def take(self, indices, *, allow_fill=False, fill_value=None):
+            return type(self)(take(self._codes, indices, allow_fill=allow_fill, fill_value=-1), self._values)
+
+        def copy(self):
+            return type(self)(self._codes.copy(), self._values)
+
+    return FrameArguments
 
 
 _BUILDERS = {"frames": Tables._frames, "segments": Tables._segments, "gaps": Tables._gaps,

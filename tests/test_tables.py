@@ -289,6 +289,23 @@ print('pandas' in sys.modules, sorted(a.tables.built), n, sorted(a.tables.collec
     assert after == f"True ['frames'] {len(frames)} ['decode_errors', 'gaps', 'segments', 'tls_records']"
 
 
+def test_the_args_dicts_are_made_when_first_read(tmp_path):
+    path = tmp_path / "deliveries.pcap"
+    path.write_bytes(HOSTILE["deliveries"])
+    frames = load(path, progress=False).frames
+    decoded = frames["args"].array._values
+    assert decoded.values is None  # the table exists, its key columns are filled, no dict is made yet
+    assert frames["delivery_tag"].notna().sum() > 300
+    deliver = frames[frames["method"] == "basic.deliver"].reset_index(drop=True)
+    assert deliver["args"].iloc[0] == {"consumer_tag": "ctag", "delivery_tag": 1, "redelivered": False,
+                                       "exchange": "", "routing_key": "q"}
+    assert decoded.values is not None and decoded.arguments is None  # made once, for every row; payloads gone
+    assert frames["args"].isna().tolist() == (frames["type"].isin(["body", "heartbeat"])).tolist()
+    assert [a["delivery_tag"] for a in deliver["args"]] == deliver["delivery_tag"].tolist()
+    assert frames["args"].map(lambda a: a is not None and "delivery_tag" in a).sum() == \
+        frames["delivery_tag"].notna().sum()
+
+
 def test_shared_vocabularies_make_the_tables_comparable():
     a = load(CAPTURES / "proxy.pcap", progress=False)
     assert list(a.frames["connection"].cat.categories) == list(a.segments["connection"].cat.categories)
