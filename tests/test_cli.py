@@ -387,3 +387,11 @@ def test_analyze_reads_a_pipe():
                           input=out.getvalue(), capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.decode().splitlines()) == 1 + 5000
+
+
+def test_csv_spells_booleans_as_json_does():
+    status, out, _ = run("analyze", str(REPO / "captures" / "blocked-callback.pcap"), "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert status == ExitStatus.OK and len(rows) == 2
+    assert {row["handshake_seen"] for row in rows} == {"true"} and {row["close_inferred"] for row in rows} == {"false"}
+    assert "True" not in out and "False" not in out

@@ -107,7 +107,7 @@ def test_teardown_carries_analyzes_verdict(watched):
     event = teardowns[0][1]
     assert event["verdict"] == victim.verdict == "missed-client-heartbeats"
     assert event["close"]["how"] == "rst" and event["close"]["initiator"] == "server"
-    assert event["close"]["time"] == pytest.approx(victim.t0 + victim.close.time, abs=1e-5)
+    assert event["close"]["epoch"] == pytest.approx(victim.t0 + victim.close.time, abs=1e-5)
     assert event["prediction"]["fits"] is True
 
 

@@ -364,8 +364,10 @@ def _pairs(args: argparse.Namespace, seen_in: Mapping[str, list[str]], stdout: T
 
 
 def _csv_line(row: Mapping[str, object], columns: list[str]) -> str:
+    """One CSV row; booleans spelled as in JSON (true/false: pandas and DuckDB read them as booleans)."""
     line = io.StringIO()
-    csv.DictWriter(line, fieldnames=columns).writerow(row)
+    spelled = {k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in row.items()}
+    csv.DictWriter(line, fieldnames=columns).writerow(spelled)
     return line.getvalue()
 
 

@@ -1,5 +1,6 @@
 """`amqp-hb watch` output: each WatchEvent as a JSON object (jsonl, for alerting systems) or as a
-line of text, and the live table's cells. Times are epoch seconds in JSON and local wall-clock time
+line of text, and the live table's cells. Times are epoch seconds in JSON (the event's own time is
+`epoch`, as in `frames`; the stream has no first packet to count from) and local wall-clock time
 (HH:MM:SS.mmm, as tcpdump prints them) in text.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ def risk_sentence(risk: Risk, connection: str) -> str:
 
 def event_fields(event: WatchEvent) -> dict[str, object]:
     """One event as the jsonl stream writes it."""
-    fields: dict[str, object] = {"schema": SCHEMA, "event": event.kind, "time": round(event.time, TIME_DIGITS)}
+    fields: dict[str, object] = {"schema": SCHEMA, "event": event.kind, "epoch": round(event.time, TIME_DIGITS)}
     if event.kind == WARNING:
         fields["message"] = event.message
         return fields
@@ -65,10 +66,10 @@ def _diagnosis_fields(d: Diagnosis) -> dict[str, object]:
     fields: dict[str, object] = {
         "verdict": d.verdict, "client_library": d.client.library, "handshake_seen": d.timeline.handshake_seen,
         "heartbeat": _seconds(d.heartbeat.effective), "heartbeat_source": d.heartbeat.source,
-        "close": {"time": None if close.time is None else round(d.t0 + close.time, TIME_DIGITS),
+        "close": {"epoch": None if close.time is None else round(d.t0 + close.time, TIME_DIGITS),
                   "how": close.how, "initiator": close.initiator, "reply_code": close.reply_code,
                   "reply_text": close.reply_text, "inferred": close.inferred},
-        "findings": [{"time": round(d.t0 + f.time, TIME_DIGITS), "kind": f.kind, "detail": f.detail}
+        "findings": [{"epoch": round(d.t0 + f.time, TIME_DIGITS), "kind": f.kind, "detail": f.detail}
                      for f in d.findings],
         "explanation": d.explanation,
     }
