@@ -328,7 +328,10 @@ class Connection:
         return df[df["id"] == self.id].iloc[0]
 
     def plot(self, *, ax=None, xlim: tuple[float, float] | None = None, checks: str = "auto"):
-        """The heartbeat timeline as a matplotlib Figure (see analyzer.render.plot.plot_connection)."""
+        """The heartbeat timeline (see analyzer.render.plot.plot_connection). Without `ax`, a Figure
+        of its own (not pyplot's: Jupyter shows it once, as the cell's result). With `ax`, like
+        pandas' plot: drawn into the caller's Axes and that Axes returned, so the caller's figure
+        (pyplot's, if they made it with plt.subplots) is shown once, by pyplot or plt.show()."""
         _display_figures_in_ipython()
         from analyzer.render.plot import plot_connection
 
@@ -338,7 +341,8 @@ class Connection:
             records = self.tls_records
             kind = records["guess"].map(lambda g: "heartbeat" if g == HEARTBEAT else "tls record")
             frames = records.assign(type=kind)
-        return plot_connection(self.diagnosis, frames, self.segments, self.gaps, ax=ax, xlim=xlim, checks=checks)
+        fig = plot_connection(self.diagnosis, frames, self.segments, self.gaps, ax=ax, xlim=xlim, checks=checks)
+        return fig if ax is None else ax
 
     def __repr__(self) -> str:
         return f"<Connection {self.id}: {self.verdict}>"
