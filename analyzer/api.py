@@ -8,10 +8,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import cast
+from typing import BinaryIO, cast
 
 import numpy as np
 
@@ -36,6 +38,7 @@ from analyzer.engine import (
 from analyzer.errors import AmqpHbError, CaptureFileError, UsageError
 from analyzer.pairing import PairCollector, PairReport, pair
 from analyzer.records import FRAME_BODY, FRAME_HEADER, FRAME_METHOD, FRAME_TYPE_NAMES, CaptureSummary, Event, Frame
+from analyzer.sources.series import SeriesReader
 from analyzer.timeline import ConnectionTimeline
 from analyzer.tls.keylog import KeyLog
 from analyzer.tls.session import DECRYPTED, NOT_ATTEMPTED
@@ -115,9 +118,30 @@ def _ports(connection_id: str) -> tuple[str, ...]:
     return tuple(side.rpartition(":")[2] for side in connection_id.split("->"))
 
 
-def open_file(path: str | os.PathLike):
-    """Open a capture for reading, turning OS errors into one-line CaptureFileErrors."""
-    return _open(path, "a capture file", CaptureFileError)
+Capture = str | os.PathLike | Sequence[str | os.PathLike]  # one file, or a series read as one
+
+
+def capture_paths(capture: Capture) -> list[str]:
+    """The file paths of a capture: one, or a series' in time order as given."""
+    if isinstance(capture, str | os.PathLike):
+        return [os.fspath(capture)]
+    return [os.fspath(p) for p in capture]
+
+
+def capture_name(capture: Capture) -> str:
+    """How messages and reports name a capture: its file, or a series' first file."""
+    return capture_paths(capture)[0]
+
+
+@contextmanager
+def open_file(capture: Capture) -> Iterator[BinaryIO | SeriesReader]:
+    """Open a capture for reading, turning OS errors into one-line CaptureFileErrors: the file, or for
+    a series (several paths, in time order, as sources.series.group_series orders them) one reader
+    over all its files (sources.series.SeriesReader)."""
+    paths = capture_paths(capture)
+    with contextlib.ExitStack() as stack:
+        fileobjs = [stack.enter_context(_open(path, "a capture file", CaptureFileError)) for path in paths]
+        yield fileobjs[0] if len(paths) == 1 else SeriesReader(paths, fileobjs)
 
 
 def _open(path: str | os.PathLike, what: str, error: type[AmqpHbError]):
@@ -383,9 +407,9 @@ def analyze_file(
         timelines = [t for t in timelines if t.info.id == connection]
         if not timelines:
             raise UsageError(f"{path}: no AMQP connection {connection!r} in this capture")
-    diagnoses = [diagnose(t, t0, summary.end_epoch) for t in timelines]
+    diagnoses = [diagnose(t, t0, summary.end_epoch, summary.outages) for t in timelines]
     summary.warnings.extend(keylog_warnings(diagnoses))
-    return FileAnalysis(str(path), summary, diagnoses)
+    return FileAnalysis(capture_name(path), summary, diagnoses)
 
 
 def _engine_observer(observer: Callable[[Event], None] | Observer | None) -> Observer | None:
@@ -412,7 +436,7 @@ def _analyze_streaming(path, summary: CaptureSummary, *, ports, connection, show
         nonlocal found
         if connection is None or timeline.info.id == connection:
             found += 1
-            d = diagnose(timeline, summary.start_epoch or 0.0, summary.end_epoch)
+            d = diagnose(timeline, summary.start_epoch or 0.0, summary.end_epoch, summary.outages)
             summary.warnings.extend(keylog_warnings([d]))
             on_connection(d)
 
@@ -423,4 +447,4 @@ def _analyze_streaming(path, summary: CaptureSummary, *, ports, connection, show
         hand_over(timeline)
     if connection is not None and not found:
         raise UsageError(f"{path}: no AMQP connection {connection!r} in this capture")
-    return FileAnalysis(str(path), summary, [])
+    return FileAnalysis(capture_name(path), summary, [])

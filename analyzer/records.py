@@ -239,6 +239,10 @@ class CaptureSummary:
     malformed: int = 0
     tls_not_decrypted: int = 0  # TLS connections analyzed from record sizes only (no key opened them)
     warnings: list[str] = field(default_factory=list)
+    # A series of rotated files read as one: the files, and the pauses between them the capture did
+    # not see (epoch start, end, where), never to be read as silence.
+    files: list[str] = field(default_factory=list)
+    outages: list[tuple[float, float, str]] = field(default_factory=list)
 
     @property
     def duration(self) -> float:

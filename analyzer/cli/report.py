@@ -95,11 +95,11 @@ def _link_types(path: str) -> list[int]:
     import numpy as np
 
     from analyzer.api import open_file
-    from analyzer.sources.pcap import open_capture
+    from analyzer.sources.pcap import CaptureReader, open_capture
 
     seen: dict[int, None] = {}
     with open_file(path) as f:
-        for block in open_capture(f).blocks():
+        for block in (f if isinstance(f, CaptureReader) else open_capture(f)).blocks():
             for linktype in np.unique(block.linktype).tolist() if isinstance(block.linktype, np.ndarray) \
                     else [block.linktype]:
                 seen.setdefault(int(linktype))

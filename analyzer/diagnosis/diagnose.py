@@ -7,7 +7,7 @@ The plain-language explanation is written by analyzer.diagnosis.explain from the
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from analyzer.diagnosis.explain import explain
@@ -71,11 +71,16 @@ REPLY_SUCCESS = 200
 PRECONDITION_FAILED = 406
 
 
-def diagnose(timeline: ConnectionTimeline, t0: float, capture_end: float | None = None) -> Diagnosis:
+def diagnose(timeline: ConnectionTimeline, t0: float, capture_end: float | None = None,
+             outages: Sequence[tuple[float, float, str]] = ()) -> Diagnosis:
     """`capture_end`: the epoch of the capture's last packet (of any connection), when known: the
     silence of a connection still open can be judged up to there, not only to its own last packet
-    (a closed one ends with its teardown, and is the same handed over early or at the end)."""
+    (a closed one ends with its teardown, and is the same handed over early or at the end).
+    `outages`: pauses the capture did not see (epoch start, end, where: between two files of a
+    series), which are never silence."""
     d = Diagnosis(timeline, t0, _heartbeat(timeline), _close(timeline, t0))
+    d.outages = [(start - t0, end - t0, where) for start, end, where in outages
+                 if end >= timeline.first_seen and (timeline.teardown is None or start <= timeline.teardown)]
     d.capture_end = d.rel(timeline.last_seen)
     if capture_end is not None and timeline.teardown is None:
         d.capture_end = max(d.capture_end, d.rel(capture_end))
@@ -368,6 +373,7 @@ def _gap_sensitivity(d: Diagnosis, silent_side: Direction, last: float, timeout:
     were sent before the loss became visible (the ACK or segment that revealed the hole), so its
     real last byte may be that late. Ask the model again with that bound."""
     seen = [d.rel(g.timestamp) for g in silent_side.gaps if g.reason != "snapped"]
+    seen += [end for start, end, _ in d.outages if start >= last]  # it may have spoken while nothing was captured
     later = [t for t in seen if last < t <= close + WINDOW_EARLY_TOLERANCE]
     if not later:
         return
@@ -453,6 +459,10 @@ def _findings(d: Diagnosis) -> Iterator[Finding]:
     for side, peer, kind in ((tl.c2s, tl.s2c, "client"), (tl.s2c, tl.c2s, "broker")):
         # Without heartbeats a silent side is normal: only the peer retransmitting into it says something.
         yield from _silence_findings(d, side, peer, kind, end, timeout or 0.0)
+    for start, stop, where in d.outages:
+        yield Finding(start, "capture-gap", None,
+                      f"nothing captured for {stop - start:.3f} s ({where}): whatever either peer sent then, the "
+                      "capture cannot show")
     for direction, side in ((C2S, tl.c2s), (S2C, tl.s2c)):
         for gap in side.gaps:
             yield Finding(d.rel(gap.timestamp), "capture-gap", None,

@@ -137,6 +137,8 @@ class Diagnosis:
     client: ClientIdentity = UNKNOWN_CLIENT
     tls: TlsSummary | None = None  # set for a TLS connection
     capture_end: float = 0.0  # the capture's last packet (relative), or this connection's when unknown
+    # Pauses between the files of a series during this connection (relative start, end, where).
+    outages: list[tuple[float, float, str]] = field(default_factory=list)
 
     def timer_anchors(self) -> dict[TimerStart, float]:
         """The captured (relative) times of the handshake steps a client starts its timers at; a

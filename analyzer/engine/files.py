@@ -13,7 +13,7 @@ from typing import BinaryIO
 from analyzer.engine.engine import DEFAULT_PORTS, Engine, EventObserver, Observer
 from analyzer.engine.runs import FrameColumns, PacketRun
 from analyzer.records import CaptureSummary, Event, Frame
-from analyzer.sources.pcap import open_capture
+from analyzer.sources.pcap import CaptureReader, open_capture
 from analyzer.timeline import ConnectionTimeline
 from analyzer.tls.keylog import KeyLog
 
@@ -22,13 +22,16 @@ ProgressCallback = Callable[[int, int], None]  # (packets read, file bytes read)
 PROGRESS_EVERY = 1 << 15
 
 
-def run_capture(fileobj: BinaryIO, engine: Engine, *, progress: ProgressCallback | None = None
+def run_capture(source: BinaryIO | CaptureReader, engine: Engine, *, progress: ProgressCallback | None = None
                 ) -> Iterator[None]:
-    """Feed every block of the file to `engine`, advancing its clock after each; yields after each
-    block (so a listener can hand on what the block produced) and once more after `finish`."""
-    reader = open_capture(fileobj)
+    """Feed every block of the file (or of a series' reader) to `engine`, advancing its clock after
+    each; yields after each block (so a listener can hand on what the block produced) and once more
+    after `finish`."""
+    reader = source if isinstance(source, CaptureReader) else open_capture(source)
     summary = engine.summary
     summary.format = reader.format
+    summary.outages = reader.outages  # the same list: a series adds each pause as it reads on
+    summary.files = reader.files
     next_progress = PROGRESS_EVERY
     try:
         for block in reader.blocks():
@@ -38,7 +41,7 @@ def run_capture(fileobj: BinaryIO, engine: Engine, *, progress: ProgressCallback
             engine.feed_block(block)
             if progress is not None and engine.last_index >= next_progress:
                 next_progress = engine.last_index + PROGRESS_EVERY
-                progress(engine.last_index, _bytes_read(fileobj))
+                progress(engine.last_index, _bytes_read(source))
             yield
             engine.advance(engine.last_time)
     finally:
@@ -50,10 +53,11 @@ def run_capture(fileobj: BinaryIO, engine: Engine, *, progress: ProgressCallback
     yield
 
 
-def _bytes_read(fileobj: BinaryIO) -> int:
-    """How far into the file the reader is; 0 for a pipe (`analyze /dev/stdin`), which cannot tell."""
+def _bytes_read(source: BinaryIO | CaptureReader) -> int:
+    """How far into the file (or series) the reader is; 0 for a pipe (`analyze /dev/stdin`), which
+    cannot tell."""
     try:
-        return fileobj.tell()
+        return source.tell()
     except OSError:
         return 0
 
@@ -73,7 +77,8 @@ def no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def analyze_timelines(fileobj: BinaryIO, summary: CaptureSummary, *, ports: Iterable[int] = DEFAULT_PORTS,
+def analyze_timelines(fileobj: BinaryIO | CaptureReader, summary: CaptureSummary, *,
+                      ports: Iterable[int] = DEFAULT_PORTS,
                       show_secrets: bool = False, progress: ProgressCallback | None = None,
                       on_retire: Callable[[ConnectionTimeline], None] | None = None,
                       observer: Observer | None = None, batch: bool = True,
@@ -104,7 +109,7 @@ class _FrameCollector:
         self.items.append(run.frames)
 
 
-def iter_frames(fileobj: BinaryIO, summary: CaptureSummary, *, ports: Iterable[int] = DEFAULT_PORTS,
+def iter_frames(fileobj: BinaryIO | CaptureReader, summary: CaptureSummary, *, ports: Iterable[int] = DEFAULT_PORTS,
                 progress: ProgressCallback | None = None,
                 tls_keys: KeyLog | None = None) -> Iterator[Frame | FrameColumns]:
     """Every AMQP frame, in capture order: a Frame for each frame of a packet taken one by one, a
@@ -129,7 +134,7 @@ class _EventCollector(EventObserver):
         self.items.append(event)
 
 
-def iter_events(fileobj: BinaryIO, summary: CaptureSummary, *, ports: Iterable[int] = DEFAULT_PORTS,
+def iter_events(fileobj: BinaryIO | CaptureReader, summary: CaptureSummary, *, ports: Iterable[int] = DEFAULT_PORTS,
                 payload_bytes: int = 0, progress: ProgressCallback | None = None,
                 batch: bool = True, tls_keys: KeyLog | None = None) -> Iterator[Event]:
     """Every event (SegmentEvent, Frame, ProtocolHeader, DecodeError, Gap, TlsRecord, TlsError) in capture order (a flow

@@ -146,6 +146,10 @@ class CaptureReader:
         self.warnings: list[str] = []
         # pcapng Decryption Secrets Blocks' key logs, as read; the reader of them empties the list.
         self.tls_secrets: list[bytes] = []
+        # Pauses the capture did not see (epoch start, end, where): between the files of a series
+        # (series.SeriesReader); a single file has none.
+        self.outages: list[tuple[float, float, str]] = []
+        self.files: list[str] = []  # a series' files (a single file's reader leaves it empty)
 
     def __iter__(self) -> Iterator[RawPacket]:
         return starmap(RawPacket, self.records())
@@ -157,6 +161,10 @@ class CaptureReader:
 
     def blocks(self) -> Iterator[RecordBlock]:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def tell(self) -> int:
+        """Bytes read so far, for a progress line (a series sums its files; 0 where unknown)."""
+        return 0
 
 
 class PcapReader(CaptureReader):
