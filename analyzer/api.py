@@ -38,7 +38,7 @@ from analyzer.engine import (
 from analyzer.errors import AmqpHbError, CaptureFileError, UsageError
 from analyzer.pairing import PairCollector, PairReport, pair
 from analyzer.records import FRAME_BODY, FRAME_HEADER, FRAME_METHOD, FRAME_TYPE_NAMES, CaptureSummary, Event, Frame
-from analyzer.sources.series import SeriesReader
+from analyzer.sources.series import Series, SeriesReader
 from analyzer.timeline import ConnectionTimeline
 from analyzer.tls.keylog import KeyLog
 from analyzer.tls.session import DECRYPTED, NOT_ATTEMPTED
@@ -123,6 +123,8 @@ Capture = str | os.PathLike | Sequence[str | os.PathLike]  # one file, or a seri
 
 def capture_paths(capture: Capture) -> list[str]:
     """The file paths of a capture: one, or a series' in time order as given."""
+    if isinstance(capture, Series):
+        return list(capture.paths)
     if isinstance(capture, str | os.PathLike):
         return [os.fspath(capture)]
     return [os.fspath(p) for p in capture]

@@ -28,10 +28,12 @@ from analyzer.cli.options import (
     check_input_files,
     file_error,
     format_choice,
+    group_input_files,
     ignore_sigint,
     input_files,
     int_in_range,
     port_number,
+    series_options,
 )
 from analyzer.cli.plot import register as register_plot
 from analyzer.cli.report import register as register_report
@@ -79,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "Secrets Blocks are used without it. Without keys, TLS timing is inferred")
         p.add_argument("-q", "--quiet", action="store_true",
                        help="no progress line on stderr (it is shown only on a terminal, for files taking over 1 s)")
+        series_options(p)
 
     frames = sub.add_parser(
         "frames", help="list every AMQP frame, one line each",
@@ -201,6 +204,7 @@ def run_frames(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exit
 
     status = ExitStatus.OK
     writer = None
+    group_input_files(args, stderr)  # rotated files that continue each other: one capture
     several = len(args.files) > 1
     _tls_keys(args)  # a bad key log stops here, once, before any file
     for path in args.files:
@@ -263,6 +267,7 @@ def run_analyze(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exi
     status = ExitStatus.OK
     colour = args.format == "text" and stdout.isatty() and not os.environ.get("NO_COLOR")
     _tls_keys(args)  # a bad key log stops here, once, before any file
+    group_input_files(args, stderr)  # rotated files that continue each other: one capture
     if args.pair and len(set(args.files)) < 2:
         raise UsageError("--pair joins a connection seen in two captures: give two files (the client host's and "
                          "the broker host's)")

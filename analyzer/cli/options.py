@@ -9,7 +9,7 @@ import argparse
 import importlib
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from analyzer.errors import AmqpHbError, EnvironmentProblem, UsageError
 
@@ -143,3 +143,47 @@ def ignore_sigint() -> None:
 __all__ = ["CONNECTION_EXAMPLES", "CONNECTION_HELP", "CommandParser", "check_input_files", "file_error",
            "format_choice", "ignore_sigint", "input_files", "int_in_range", "output_file", "port_number",
            "require_extra"]
+
+
+def series_options(p: argparse.ArgumentParser) -> None:
+    """--series / --separate: how files that continue each other (rotated captures) are read."""
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--series", action="store_true",
+                     help="read the files as one capture, in time order, even with pauses between them (each "
+                          "pause is a capture gap); default: files that continue each other (same link type and "
+                          "snap length, each starting within 10 s of the previous one's last packet, as tcpdump -G/-C "
+                          "and dumpcap -b leave them) are read as one, the others one by one")
+    how.add_argument("--separate", action="store_true", help="analyze every file on its own")
+
+
+def group_input_files(args: argparse.Namespace, stderr: TextIO) -> None:
+    """Replace args.files with what is analyzed: each file, or a series (sources.series.Series, a str
+    naming its first file) for files that continue each other; one note a series or near miss."""
+    from analyzer.errors import CaptureFileError
+    from analyzer.sources.series import Series, group_series, series_facts
+
+    if args.separate or len(args.files) < 2:
+        return
+    facts, unreadable = [], set()
+    for path in args.files:
+        try:
+            facts.append(series_facts(path))
+        except CaptureFileError:
+            unreadable.add(path)  # analyzed (and reported by name) on its own
+    grouping = group_series(facts, force=args.series)
+    unit_of: dict[str, str] = {}  # path -> the unit it is read in (itself, or its Series)
+    for unit in grouping.units:
+        paths = [f.path for f in unit]
+        named = Series(paths) if len(paths) > 1 else paths[0]
+        unit_of.update((path, named) for path in paths)
+        if len(paths) > 1:
+            stderr.write(f"amqp-hb: note: {len(paths)} files read as one capture, a rotated series in time "
+                         f"order: {', '.join(paths)} (--separate to analyze them one by one)\n")
+    for note in grouping.notes:
+        stderr.write(f"amqp-hb: note: {note}\n")
+    units: list[str] = []
+    for path in args.files:  # each unit where its first file is on the command line
+        named = unit_of.get(path, path)
+        if not (isinstance(named, Series) and any(named is u for u in units)):  # (a file given twice: twice)
+            units.append(named)
+    args.files = units

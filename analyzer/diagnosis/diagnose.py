@@ -660,6 +660,9 @@ def _silence_findings(d: Diagnosis, side: Direction, peer: Direction, kind: str,
     if side.last_payload is None:
         return
     last = d.rel(side.last_payload)
+    # Silence is only what the capture saw: after a pause it did not see (between the files of a
+    # series), it counts from the pause's end.
+    last = max([last, *(stop for start, stop, _ in d.outages if last <= start < end)])
     silence = end - last
     if timeout and silence <= timeout:
         return

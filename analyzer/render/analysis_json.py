@@ -32,6 +32,7 @@ def analysis_document(analysis: FileAnalysis, overview: CaptureOverview | None =
     return {
         "schema": SCHEMA,
         "file": analysis.path,
+        **({"files": list(summary.files)} if summary.files else {}),  # a rotated series read as one
         "format": summary.format,
         "packets": summary.packets,
         "start_epoch": summary.start_epoch,

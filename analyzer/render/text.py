@@ -53,8 +53,9 @@ def report_head(analysis: FileAnalysis, overview: CaptureOverview, *, colour: bo
     report goes on to show when not all (--problems, --connection)."""
     s = analysis.summary
     connections = overview.connections
-    lines = [_paint(f"{analysis.path}", "1", colour) + f"  ({s.format}, {s.packets} packets, {s.duration:.3f} s, "
-             f"{connections} AMQP connection{'s' if connections != 1 else ''})"]
+    series = f"a series of {len(s.files)} files read as one, to {s.files[-1]}; " if s.files else ""
+    lines = [_paint(f"{analysis.path}", "1", colour) + f"  ({series}{s.format}, {s.packets} packets, "
+             f"{s.duration:.3f} s, {connections} AMQP connection{'s' if connections != 1 else ''})"]
     if not connections:
         lines.extend(_paint(f"warning: {warning}", "33", colour) for warning in s.warnings)
         lines.append("no AMQP 0-9-1 connection found (try --port N if the broker listens elsewhere)")

@@ -34,6 +34,21 @@ SERIES_MAX_GAP = 10.0
 OUTAGE_AFTER = SERIES_MAX_GAP
 
 
+class Series(str):
+    """Files read as one capture (a rotated series), named, as a str, by its first file: what the
+    command line hands on where it would hand a path. `paths` in time order."""
+
+    paths: tuple[str, ...]
+
+    def __new__(cls, paths: Sequence[str]) -> Series:
+        series = super().__new__(cls, paths[0])
+        series.paths = tuple(paths)
+        return series
+
+    def __reduce__(self) -> tuple[type[Series], tuple[tuple[str, ...]]]:  # to worker processes whole
+        return (Series, (self.paths,))
+
+
 @dataclass(frozen=True, slots=True)
 class CaptureFacts:
     """What says whether two capture files continue each other."""
@@ -97,7 +112,7 @@ def group_series(files: Sequence[CaptureFacts], *, force: bool = False) -> Group
         if previous is not None and why_not is None:
             series[-1].append(facts)
             continue
-        if previous is not None and (force or _close_in_time(previous, facts)):
+        if previous is not None:
             grouping.notes.append(f"{facts.path} is analyzed on its own, not as the continuation of "
                                   f"{previous.path}: {why_not}")
         series.append([facts])
@@ -105,11 +120,6 @@ def group_series(files: Sequence[CaptureFacts], *, force: bool = False) -> Group
     position = {f.path: i for i, f in enumerate(files)}
     grouping.units = sorted(series, key=lambda unit: min(position[f.path] for f in unit))
     return grouping
-
-
-def _close_in_time(previous: CaptureFacts, facts: CaptureFacts) -> bool:
-    assert previous.last is not None and facts.first is not None
-    return facts.first - previous.last <= SERIES_MAX_GAP
 
 
 def _why_not_continued(previous: CaptureFacts, facts: CaptureFacts, force: bool) -> str | None:
@@ -162,9 +172,10 @@ class SeriesReader(CaptureReader):
                 reader.tls_secrets.clear()
                 in_file = block.first_index + len(block.timestamp)
                 if first_of_file and last is not None and float(block.timestamp[0]) - last > OUTAGE_AFTER:
-                    self.outages.append((last, float(block.timestamp[0]),
-                                         f"between {os.path.basename(self.paths[i - 1])} and "
-                                         f"{os.path.basename(path)}"))
+                    where = f"between {os.path.basename(self.paths[i - 1])} and {os.path.basename(path)}"
+                    self.outages.append((last, float(block.timestamp[0]), where))
+                    self.warnings.append(f"nothing captured for {float(block.timestamp[0]) - last:.3f} s {where} "
+                                         "(a file of the series missing, or the capture stopped): a capture gap")
                 first_of_file = False
                 yield block._replace(first_index=numbered + block.first_index)
                 last = float(block.timestamp[-1])

@@ -1,0 +1,169 @@
+"""Rotated captures read as one (issue 17 §1): a connection that crosses a file boundary stays whole.
+
+- A real capture split at every packet boundary into two files gives the whole file's verdicts,
+  predictions, explanations, findings and frame listing (packet numbers too).
+- On the command line, in any order: one note, the whole file's report; files that do not continue
+  each other (another link type, overlapping times) are analyzed on their own with a note saying why.
+- A pause between two files joined with --series is a capture gap (warning and finding, with its
+  duration) and never silence: the verdict says it depends on the gap.
+- tcpdump's own rotation (-G) during a scenario run gives the verdicts and predictions of one
+  capture of the same run.
+"""
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from analyzer.api import analyze_file, read_frames
+from analyzer.lab.scenarios.runner import run_scenario
+from analyzer.sources.series import SERIES_MAX_GAP, Series, group_series, series_facts
+from tests.conftest import CAPTURES
+
+PCAP_HEADER = 24
+
+
+def pcap_records(path) -> tuple[bytes, list[bytearray]]:
+    """A little-endian classic pcap's file header and its records (header and data each)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos, records = PCAP_HEADER, []
+    while pos + 16 <= len(data):
+        incl = struct.unpack_from("<I", data, pos + 8)[0]
+        records.append(bytearray(data[pos : pos + 16 + incl]))
+        pos += 16 + incl
+    return data[:PCAP_HEADER], records
+
+
+def write_parts(tmp_path, path, cuts, *, shift_after: float = 0.0) -> list[str]:
+    """The capture cut before each record index in `cuts`, as files part-0.pcap, part-1.pcap, ...;
+    with `shift_after`, every part after the first is that many seconds later (a pause)."""
+    head, records = pcap_records(path)
+    bounds = [0, *cuts, len(records)]
+    paths = []
+    for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        part = [bytearray(r) for r in records[lo:hi]]
+        if i and shift_after:
+            for r in part:
+                struct.pack_into("<I", r, 0, struct.unpack_from("<I", r, 0)[0] + int(shift_after))
+        out = tmp_path / f"part-{i}.pcap"
+        out.write_bytes(head + b"".join(part))
+        paths.append(str(out))
+    return paths
+
+
+def analysis_key(analysis):
+    return [(d.timeline.info.id, d.verdict, d.explanation, d.prediction and round(d.prediction.predicted, 6),
+             [(f.time, f.kind, f.detail) for f in d.findings]) for d in analysis.connections]
+
+
+def frame_key(capture):
+    return [(f.t, f.epoch, f.connection, f.direction, f.channel, f.method, f.packet) for f in read_frames(capture)]
+
+
+@pytest.mark.parametrize("name", ["blocked-callback", "partition-client", "consumer-timeout"])
+def test_split_at_every_packet_boundary_is_the_whole_capture(tmp_path, name):
+    path = str(CAPTURES / f"{name}.pcap")
+    whole, whole_frames = analysis_key(analyze_file(path)), frame_key(path)
+    _, records = pcap_records(path)
+    for k in range(1, len(records)):
+        a, b = write_parts(tmp_path, path, [k])
+        series = Series([a, b])
+        assert analysis_key(analyze_file(series)) == whole, k
+        assert frame_key(series) == whole_frames, k
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "analyzer", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_command_line_in_any_order_reads_one_capture(tmp_path):
+    path = str(CAPTURES / "blocked-callback.pcap")
+    parts = write_parts(tmp_path, path, [20, 45])
+    shuffled = parts[:]
+    random.Random(17).shuffle(shuffled)
+    done = run_cli("analyze", "--format", "json", *shuffled)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (f"amqp-hb: note: 3 files read as one capture, a rotated series in time order: "
+                           f"{', '.join(parts)} (--separate to analyze them one by one)\n")
+    document = json.loads(done.stdout)
+    whole = json.loads(run_cli("analyze", "--format", "json", path).stdout)
+    assert document["file"] == parts[0] and document["files"] == parts
+    for key in ("file", "files"):
+        document.pop(key, None)
+        whole.pop(key, None)
+    assert document == whole
+    frames = run_cli("frames", "--format", "jsonl", *shuffled)
+    assert frames.stdout.splitlines() == run_cli("frames", "--format", "jsonl", path).stdout.splitlines()
+    separate = run_cli("analyze", "--format", "json", "--separate", *parts)
+    assert separate.stderr == "" and separate.stdout.count('"schema"') == 3
+
+
+def test_files_that_do_not_continue_each_other_stay_apart(tmp_path):
+    ethernet = str(CAPTURES / "blocked-callback.pcap")
+    other_link = str(CAPTURES / "blocked-callback-ipv6-any.pcap")  # Linux cooked capture (-i any)
+    assert series_facts(ethernet).linktypes != series_facts(other_link).linktypes
+    done = run_cli("analyze", "--format", "json", "--series", ethernet, other_link)
+    assert done.returncode == 0 and done.stdout.count('"schema"') == 2
+    assert "link type" in done.stderr and "analyzed on its own" in done.stderr
+    twice = run_cli("analyze", "--format", "json", ethernet, ethernet)
+    assert twice.stdout.count('"schema"') == 2  # the same capture twice: overlapping times
+    grouping = group_series([series_facts(ethernet), series_facts(ethernet)], force=True)
+    assert len(grouping.units) == 2 and "overlap" in grouping.notes[0]
+
+
+def test_a_pause_between_files_is_a_capture_gap_never_silence(tmp_path):
+    path = str(CAPTURES / "blocked-callback.pcap")
+    first, second = write_parts(tmp_path, path, [40], shift_after=30)  # the capture stopped for 30 s
+    apart = run_cli("analyze", "--format", "json", first, second)
+    assert apart.stdout.count('"schema"') == 2 and "--series" in apart.stderr  # 30 s > SERIES_MAX_GAP
+    assert SERIES_MAX_GAP < 30
+    analysis = analyze_file(Series([first, second]))
+    (warning,) = [w for w in analysis.summary.warnings if "nothing captured" in w]
+    assert warning.startswith("nothing captured for 30.000 s between part-0.pcap and part-1.pcap")
+    victim = analysis.connections[0]
+    gaps = [f for f in victim.findings if f.kind == "capture-gap"]
+    assert gaps and "30.000 s" in gaps[0].detail
+    # The client's silence runs through the pause: the verdict must not rest on it.
+    assert victim.verdict != "missed-client-heartbeats"
+    assert victim.gap_last is not None and "depends on what the capture lost" in victim.explanation
+    assert all(not (f.kind.endswith("app-blocked") and f.time < victim.gap_last) for f in victim.findings)
+
+
+def test_tcpdump_rotation_during_a_scenario_run(broker, tmp_path):
+    """tcpdump -G 2 next to the scenario's own capture: the rotated files, given in any order, are
+    the scenario's capture."""
+    pattern = str(tmp_path / "rotated-%s.pcap")
+    rotating = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-n", "-s", "65550", "-Z", "root",
+                                 "-G", "2", "-w", pattern, f"tcp port {broker.port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert b"listening on" in rotating.stderr.readline()
+        run = run_scenario("blocked-callback", out_dir=str(tmp_path), broker=broker, basename="whole",
+                           heartbeat=2, work=6.5)
+        time.sleep(0.5)
+    finally:
+        os.killpg(rotating.pid, signal.SIGINT)
+        rotating.wait(10)
+    files = sorted(glob.glob(str(tmp_path / "rotated-*.pcap")))
+    assert len(files) >= 4, files
+    shuffled = files[:]
+    random.Random(4).shuffle(shuffled)
+    done = run_cli("analyze", "--format", "json", *shuffled)
+    assert done.returncode == 0 and "rotated series" in done.stderr, done.stderr
+    rotated = {c["id"]: c for c in json.loads(done.stdout)["connections"]}
+    whole = {d.timeline.info.id: d for d in analyze_file(run.pcap).connections}
+    assert set(rotated) == set(whole)
+    for cid, d in whole.items():
+        assert rotated[cid]["verdict"] == d.verdict
+        if d.prediction is not None:
+            assert rotated[cid]["prediction"]["predicted"] == pytest.approx(d.prediction.predicted, abs=0.002)
