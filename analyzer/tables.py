@@ -9,10 +9,13 @@ a table is first asked for (`Tables.frame`), then the chunks are dropped.
 
 What the rows cost: text columns are pandas categoricals over vocabularies shared by all tables (a
 connection id, a direction, a frame type, a method name or a flag string is stored once; each row
-holds a small integer code). A frame's `args` are decoded once per distinct (type, method, payload
-bytes) — a busy capture repeats its publish and content-header payloads — and the rows carrying the
-same bytes share that one dict (read it, do not modify it). Which frames have `args`, method and type
-names, and how arguments decode are api.py's and records.py's rules, called once per distinct value.
+holds a small integer code). A frame's payload is kept once per distinct (type, method, payload
+bytes) where a run repeats it (publishes, content headers), else as rows of a numpy matrix
+(deliveries, acks: a delivery tag each); the key argument columns are decoded by column when the
+frames table is built, and the `args` dicts only when that column is first read (an extension array
+of codes: rows carrying the same bytes share one dict; read it, do not modify it). Which frames have
+`args`, method and type names, and how arguments decode are api.py's, records.py's and
+amqp/arguments.py's rules, called once per distinct value or by their column twins.
 """
 from __future__ import annotations
 
