@@ -200,7 +200,7 @@ def pair_files(paths: Sequence[str | os.PathLike], *, ports: Iterable[int] = DEF
 
 
 def read_frames(
-    path: str | os.PathLike,
+    path: Capture,
     *,
     ports: Iterable[int] = DEFAULT_PORTS,
     connection: str | None = None,
@@ -229,7 +229,7 @@ def read_frames(
 
 
 def read_frame_batches(
-    path: str | os.PathLike,
+    path: Capture,
     *,
     ports: Iterable[int] = DEFAULT_PORTS,
     connection: str | None = None,
@@ -371,7 +371,7 @@ def _printable(data: bytes) -> str:
 
 
 def analyze_file(
-    path: str | os.PathLike,
+    path: Capture,
     *,
     ports: Iterable[int] = DEFAULT_PORTS,
     connection: str | None = None,

@@ -26,7 +26,7 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from analyzer.api import FileAnalysis, analyze_file, find_connection, read_keylog
+from analyzer.api import Capture, FileAnalysis, analyze_file, capture_paths, find_connection, read_keylog
 from analyzer.diagnosis.diagnose import Diagnosis
 from analyzer.engine import DEFAULT_PORTS
 from analyzer.errors import UsageError
@@ -57,10 +57,11 @@ _NULLABLE_INTS = {"heartbeat", "reply_code", "delivery_tag", "channel", "heartbe
 PROGRESS_AFTER = 1.0  # seconds
 
 
-def load(path: str | os.PathLike, *, ports: Iterable[int] = DEFAULT_PORTS, connection: str | None = None,
+def load(path: Capture, *, ports: Iterable[int] = DEFAULT_PORTS, connection: str | None = None,
          tls_keylog: str | os.PathLike | None = None, tables: Collection[str] = tuple(TABLES),
          progress: bool = True) -> Analysis:
-    """Analyze a capture and tabulate it: `frames`, `segments`, `gaps`, `decode_errors`,
+    """Analyze a capture (a file, or a list of files that continue each other, in time order: a
+    rotated series read as one) and tabulate it: `frames`, `segments`, `gaps`, `decode_errors`,
     `tls_records`, `connections`, `findings` (pandas DataFrames), plus one `Connection` view per
     connection.
 
@@ -74,7 +75,9 @@ def load(path: str | os.PathLike, *, ports: Iterable[int] = DEFAULT_PORTS, conne
     """
     keys = read_keylog(tls_keylog) if tls_keylog is not None else None
     collector = TableCollector(tables, connection)
-    bar = _ProgressBar(os.path.getsize(path)) if progress and os.path.isfile(path) else None
+    files = capture_paths(path)  # a list of paths: a rotated series, read as one capture (in time order)
+    bar = (_ProgressBar(sum(os.path.getsize(f) for f in files))
+           if progress and all(os.path.isfile(f) for f in files) else None)
     try:
         result = analyze_file(path, ports=tuple(ports), connection=connection,
                               observer=collector if collector.chunks else None, tls_keys=keys,

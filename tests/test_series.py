@@ -167,3 +167,13 @@ def test_tcpdump_rotation_during_a_scenario_run(broker, tmp_path):
         assert rotated[cid]["verdict"] == d.verdict
         if d.prediction is not None:
             assert rotated[cid]["prediction"]["predicted"] == pytest.approx(d.prediction.predicted, abs=0.002)
+
+
+def test_the_notebook_loads_a_series(tmp_path):
+    import analyzer
+
+    path = str(CAPTURES / "blocked-callback.pcap")
+    parts = write_parts(tmp_path, path, [25, 50])
+    series, whole = analyzer.load(parts, progress=False), analyzer.load(path, progress=False)
+    assert series.frames.equals(whole.frames) and series.segments.equals(whole.segments)
+    assert list(series.connections["verdict"]) == list(whole.connections["verdict"])
