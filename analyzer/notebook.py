@@ -30,6 +30,7 @@ from analyzer.api import Capture, FileAnalysis, analyze_file, capture_paths, fin
 from analyzer.diagnosis.diagnose import Diagnosis
 from analyzer.engine import DEFAULT_PORTS
 from analyzer.errors import UsageError
+from analyzer.render.summary import CaptureOverview, by_attention
 from analyzer.tables import (
     DECODE_ERROR_COLUMNS,
     FRAME_COLUMNS,
@@ -270,12 +271,19 @@ class Analysis:
         head = (f"<p><b>{html.escape(str(self.path))}</b> · {html.escape(s.format)} · {s.packets} packets · "
                 f"{s.duration:.3f} s · {len(self)} AMQP connection{'s' if len(self) != 1 else ''} · "
                 f"{self._frames_shown()}</p>")
-        warnings = "".join(f"<p style='color:#a60'>warning: {html.escape(w)}</p>" for w in s.warnings)
+        # The reports' summary block and order (render.summary: problems first), when jinja2 is here
+        # (the notebook extra); else the warnings alone above the table.
+        try:
+            from analyzer.render.html import summary_html
+
+            overview = summary_html(s, CaptureOverview.of(self.diagnoses))
+        except ImportError:
+            overview = "".join(f"<p style='color:#a60'>warning: {html.escape(w)}</p>" for w in s.warnings)
         rows = "".join(
             "<tr>" + "".join(f"<td style='text-align:left'>{cell}</td>" for cell in _summary_cells(d)) + "</tr>"
-            for d in self.diagnoses)
+            for d in by_attention(self.diagnoses))
         header = "".join(f"<th style='text-align:left'>{h}</th>" for h in SUMMARY_HEADERS)
-        return f"{head}{warnings}<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
+        return f"{head}{overview}<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
 
 
 @dataclass(eq=False)
