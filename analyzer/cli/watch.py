@@ -44,6 +44,7 @@ LIVE_SKEW = 5.0
 FOLLOW_POLL = 0.2  # how often a followed file is looked at for new bytes
 STATS_EVERY = 60.0  # how often tcpdump is asked for its drop count
 METRICS_ADDRESS = "127.0.0.1"
+METRICS_EVERY = 1.0  # seconds between metric refreshes (each walks every open connection)
 # Packets that reach us later than this after their timestamps (a capture tool buffering: tcpdump
 # without --immediate-mode hands them over up to a second late) make the wait before each judgement
 # grow to the lag seen, up to MAX_GRACE, and are reported once.
@@ -296,6 +297,9 @@ class _Metrics:
                 risk = announced or connection.risks.get(closer)
                 if risk is not None:
                     self.seconds_left.labels(cid, closer).set(risk.predicted_close - now)
+                else:
+                    with contextlib.suppress(KeyError):  # no pending close now (monitor paused, say)
+                        self.seconds_left.remove(cid, closer)
         for gone in self.labelled - current:
             for gauge, labels in ((self.silence, ("client", "broker")), (self.at_risk, ("broker", "client")),
                                   (self.seconds_left, ("broker", "client"))):
@@ -367,6 +371,7 @@ def _loop(args: argparse.Namespace, watch: Watch, source: _Source, output: _Line
     status = ExitStatus.OK
     seen_exit_event = False
     next_stats = time.monotonic() + STATS_EVERY
+    next_metrics = 0.0
 
     def emit(events: list[WatchEvent]) -> bool:
         """Output the events; True (and nothing after it) at the --exit-on event."""
@@ -411,7 +416,8 @@ def _loop(args: argparse.Namespace, watch: Watch, source: _Source, output: _Line
                 return ExitStatus.OK
             now = clock.now(watch)
             output.refresh(watch, now)
-            if metrics is not None:
+            if metrics is not None and time.monotonic() >= next_metrics:  # a scrape every few s needs no more
+                next_metrics = time.monotonic() + METRICS_EVERY
                 stats = source.capture.poll_stats() if source.capture is not None else None
                 metrics.refresh(watch, now, None if stats is None else stats.dropped)
             if source.capture is not None and time.monotonic() >= next_stats:
