@@ -16,11 +16,13 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
 from analyzer import __version__
+from analyzer.cli.archive import distributed_outcomes
+from analyzer.cli.archive import register as register_archive
 from analyzer.cli.options import (
     CONNECTION_EXAMPLES,
     CONNECTION_HELP,
@@ -119,13 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="join connections seen in two of the files (captures on the client's and the broker's "
                               "host): clock offset, one-way delay, segments lost on the way (automatic when two "
                               "files share a connection id)")
-    analyze.add_argument("-j", "--jobs", type=int_in_range(1), default=1, metavar="N",
-                         help="analyze N files at once in N processes (output stays in argument order)")
+    analyze.add_argument("-j", "--jobs", type=int_in_range(1), default=None, metavar="N",
+                         help="analyze N files at once in N processes (output stays in argument order; default 1; "
+                              "with --engine dask the LocalCluster's workers)")
     analyze.add_argument("--problems", action="store_true",
                          help="only the connections that need attention: a teardown verdict (missed heartbeats, "
                               "reset, closed with an error) or a finding (every format; the summary still counts all)")
     analyze.add_argument("--all", action="store_true",
                          help="text: the connections that need no attention in full too (default: one line each)")
+    register_archive(analyze)  # --engine dask, --scheduler, --output-dir, --frames
     analyze.set_defaults(handler=run_analyze)
 
     register_scenarios(sub)  # capture, scenario
@@ -481,10 +485,17 @@ def _analyses(args: argparse.Namespace, stderr: TextIO, render: Callable[[str], 
     file at a time, connections are rendered as they close and kept on a temporary file (memory
     follows the connections open at once); with --jobs N, files in parallel, each process sending
     its whole result back. Every connection is rendered: --connection is resolved (select) once a
-    file's list is complete. Text lists them in the reports' order (problems first)."""
+    file's list is complete. Text lists them in the reports' order (problems first). With --engine dask,
+    files are analyzed on the workers of a Dask cluster (analyzer/cli/archive.py), whole results sent back."""
     ports = _ports(args)
     by_attention = args.format == "text"
-    if args.jobs == 1 or len(args.files) == 1:
+    distributed = distributed_outcomes(args, ports, _tls_keys(args))  # None: the local engine
+    if distributed is not None:
+        with contextlib.closing(distributed):  # a Ctrl-C stops the cluster's work and closes it
+            yield from _rendered(distributed, render, by_attention)
+        return
+    jobs = args.jobs or 1
+    if jobs == 1 or len(args.files) == 1:
         for path in args.files:
             connections = _RenderedConnections(render(path), by_attention=by_attention)
             outcome = _analyze_one(path, ports, args.show_secrets, _progress(args, path, stderr),
@@ -497,20 +508,27 @@ def _analyses(args: argparse.Namespace, stderr: TextIO, render: Callable[[str], 
     # back. map() hands them over in argument order, whichever finishes first. The workers ignore
     # SIGINT: a Ctrl-C is the parent's alone to report (main), and it stops them (_stop_workers).
     count = len(args.files)
-    pool = ProcessPoolExecutor(max_workers=min(args.jobs, count), initializer=ignore_sigint)
+    pool = ProcessPoolExecutor(max_workers=min(jobs, count), initializer=ignore_sigint)
     try:
         outcomes = pool.map(_analyze_one, args.files, [ports] * count, [args.show_secrets] * count,
                             [None] * count, [None] * count, [_tls_keys(args)] * count)
-        for path, outcome in zip(args.files, outcomes, strict=True):
-            connections = _RenderedConnections(render(path), by_attention=by_attention)
-            for d in outcome.connections if not isinstance(outcome, CaptureFileError) else ():
-                connections.add(d)
-            yield path, outcome, connections
+        yield from _rendered(zip(args.files, outcomes, strict=True), render, by_attention)
     except BaseException:  # KeyboardInterrupt, or GeneratorExit when the caller stopped early
         _stop_workers(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _rendered(outcomes: Iterable[tuple[str, FileAnalysis | CaptureFileError]], render: Callable[[str], Render],
+              by_attention: bool) -> Iterator[tuple[str, FileAnalysis | CaptureFileError, _RenderedConnections]]:
+    """Whole results from other processes (the pool's, the Dask workers'), rendered as _analyses
+    hands a file over."""
+    for path, outcome in outcomes:
+        connections = _RenderedConnections(render(path), by_attention=by_attention)
+        for d in outcome.connections if not isinstance(outcome, CaptureFileError) else ():
+            connections.add(d)
+        yield path, outcome, connections
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
