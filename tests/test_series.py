@@ -177,3 +177,17 @@ def test_the_notebook_loads_a_series(tmp_path):
     series, whole = analyzer.load(parts, progress=False), analyzer.load(path, progress=False)
     assert series.frames.equals(whole.frames) and series.segments.equals(whole.segments)
     assert list(series.connections["verdict"]) == list(whole.connections["verdict"])
+
+
+def test_report_reads_a_series_and_empty_files_are_noted(tmp_path):
+    path = str(CAPTURES / "blocked-callback.pcap")
+    parts = write_parts(tmp_path, path, [30])
+    empty = tmp_path / "after.pcap"  # a ring buffer's file after the traffic stopped
+    empty.write_bytes(pcap_records(path)[0])
+    done = run_cli("report", "-o", str(tmp_path / "r.html"), *parts, str(empty))
+    assert done.returncode == 0, done.stderr
+    assert f"amqp-hb: note: no packets in {empty}: nothing to analyze there" in done.stderr
+    assert "2 files read as one capture" in done.stderr
+    assert "2 connections, 1 needing attention, 1 plot" in done.stdout
+    analyzed = run_cli("analyze", "--format", "json", *parts, str(empty))
+    assert analyzed.stdout.count('"schema"') == 1

@@ -170,6 +170,11 @@ def group_input_files(args: argparse.Namespace, stderr: TextIO) -> None:
             facts.append(series_facts(path))
         except CaptureFileError:
             unreadable.add(path)  # analyzed (and reported by name) on its own
+    empty = [f.path for f in facts if f.first is None]
+    if empty and len(empty) < len(facts):  # (a ring buffer's files after the traffic stopped, say)
+        stderr.write(f"amqp-hb: note: no packets in {', '.join(empty)}: nothing to analyze there\n")
+        facts = [f for f in facts if f.first is not None]
+        args.files = [path for path in args.files if path not in empty]
     grouping = group_series(facts, force=args.series)
     unit_of: dict[str, str] = {}  # path -> the unit it is read in (itself, or its Series)
     for unit in grouping.units:

@@ -10,7 +10,15 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any, TextIO
 
-from analyzer.cli.options import file_error, input_files, output_file, port_number, require_extra
+from analyzer.cli.options import (
+    file_error,
+    group_input_files,
+    input_files,
+    output_file,
+    port_number,
+    require_extra,
+    series_options,
+)
 from analyzer.errors import CaptureFileError, ExitStatus, UsageError
 
 if TYPE_CHECKING:
@@ -27,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                     "and the frames around its teardown. It loads nothing from the network and prints well.")
     input_files(p, "pcap or pcapng capture files")
     p.add_argument("-o", "--output", required=True, metavar="OUT.html", help="the HTML file to write")
+    series_options(p)
     p.add_argument("--port", type=port_number, action="append", metavar="N",
                    help="TCP port carrying AMQP (repeatable; default 5672 and 5671; other ports are auto-detected)")
     p.add_argument("--tls-keylog", metavar="FILE", help="NSS key log (SSLKEYLOGFILE) to decrypt TLS connections with")
@@ -43,6 +52,7 @@ def run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> Exit
     from analyzer.render.html import report_html
 
     ports = tuple(args.port) if args.port else DEFAULT_PORTS
+    group_input_files(args, stderr)  # rotated files that continue each other: one capture
     captures: list[CaptureReport] = []
     status = ExitStatus.OK
     for path in args.files:
