@@ -210,7 +210,9 @@ def test_partition_drops_what_the_client_sent(fault_runs):
     head = max({r["seq"] for r in retransmitted}, key=[r["seq"] for r in retransmitted].count)
     assert sum(r["seq"] == head for r in retransmitted) >= 4
     assert at_client["last"] > cut + 2 and at_client["packets"] > at_broker["packets"]
-    assert at_broker["last"] < cut and not at_broker["retransmissions"]
+    # Nothing after the cut reached the broker (before it, a loaded machine may retransmit too: seen
+    # once in CI, a trickle segment again 5 ms after its original, 38 ms before the cut).
+    assert at_broker["last"] < cut and not [r for r in at_broker["retransmissions"] if r["t"] > cut]
 
 
 def test_partition_broker_backs_off_then_resets(fault_runs):
