@@ -206,22 +206,24 @@ def distributed_results(client: Client, units: Sequence[list[str]], options: Uni
     early (an error downstream, Ctrl-C) cancels the units still running."""
     from distributed import as_completed
 
-    futures: dict[object, int] = {}  # future key -> unit index
-    submitted: list[Any] = []
-    waiting: dict[int, UnitResult] = {}
+    pending: dict[object, tuple[int, Any]] = {}  # future key -> (unit index, future): submitted, not yet back
+    waiting: dict[int, UnitResult] = {}  # back before an earlier unit
     handed = 0
 
     def submit(index: int) -> Any:
         future = client.submit(analyze_unit, units[index], options, index, pure=False)
-        futures[future.key] = index
-        submitted.append(future)
+        pending[future.key] = (index, future)
         return future
 
-    # (given its client's loop: without it, as_completed looks for a default client, and ours is not one)
-    completed = as_completed([submit(index) for index in range(min(ahead, len(units)))], loop=client.loop)
+    # with_results: the client's loop fetches each result as soon as its unit completes, while this
+    # thread renders the one before (future.result() would be one round trip after another). The
+    # loop is given: without it, as_completed looks for a default client, and ours is not one.
+    completed = as_completed([submit(index) for index in range(min(ahead, len(units)))], loop=client.loop,
+                             with_results=True)
     try:
-        for future in completed:
-            waiting[futures.pop(future.key)] = future.result()
+        for future, result in completed:
+            index, _ = pending.pop(future.key)
+            waiting[index] = result
             future.release()  # the worker may forget it: the result is here now
             while handed in waiting:
                 yield waiting.pop(handed)
@@ -229,7 +231,7 @@ def distributed_results(client: Client, units: Sequence[list[str]], options: Uni
                 if handed + ahead - 1 < len(units):
                     completed.add(submit(handed + ahead - 1))
     finally:
-        client.cancel([f for f in submitted if not f.done()])
+        client.cancel([future for _, future in pending.values()])
 
 
 def workers_ahead(client: Client) -> int:
