@@ -127,11 +127,11 @@ def test_parquet_datasets_read_back_as_the_csv_output(scheduler, files, tmp_path
     assert list(connections.columns) == CSV_COLUMNS
     assert {c: str(t) for c, t in connections.dtypes.items()} == {
         c: NULLABLE[CONNECTION_TYPES[c]] if c in CONNECTION_TYPES else "string" for c in CSV_COLUMNS}
-    from_csv = pd.read_csv(io.StringIO(csv_text), float_precision="round_trip", dtype_backend="numpy_nullable")
+    from_csv = pd.read_csv(io.StringIO(csv_text), dtype_backend="numpy_nullable")
     text = [c for c in CSV_COLUMNS if c not in CONNECTION_TYPES]
     from_csv[text] = from_csv[text].astype("string").fillna("")
     connections[text] = connections[text].fillna("")
-    pd.testing.assert_frame_equal(connections, from_csv.astype(connections.dtypes.to_dict()))
+    pd.testing.assert_frame_equal(connections, from_csv.astype(connections.dtypes.to_dict()), check_exact=True)
     assert connections["handshake_seen"].any() and connections["close_reply_code"].isna().any()  # (both kinds seen)
 
     # Verdicts: those of analyze_file in this process, file by file.
@@ -153,9 +153,9 @@ def test_parquet_datasets_read_back_as_the_csv_output(scheduler, files, tmp_path
     _, frames_csv, _ = run("frames", *good, "--format", "csv")
     frames = read_parquet(out / "frames")
     assert list(frames.columns) == FRAME_COLUMNS
-    listed = pd.read_csv(io.StringIO(frames_csv), float_precision="round_trip", dtype_backend="numpy_nullable",
+    listed = pd.read_csv(io.StringIO(frames_csv), dtype_backend="numpy_nullable",
                          keep_default_na=False, na_values={"method": [""], "args": [""]})
-    pd.testing.assert_frame_equal(frames, listed.astype(frames.dtypes.to_dict()))
+    pd.testing.assert_frame_equal(frames, listed.astype(frames.dtypes.to_dict()), check_exact=True)
 
 
 def _json_documents(text: str) -> list[str]:
