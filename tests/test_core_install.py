@@ -72,6 +72,7 @@ def test_core_analyzes_and_lists_every_shipped_capture(clone, capture):
     (["report", "CAPTURE", "-o", "OUT.html"], "report"),
     (["watch", "-r", "CAPTURE", "--format", "table"], "watch"),
     (["scenario", "run", "blocked-callback"], "lab"),
+    (["analyze", "CAPTURE", "--engine", "dask"], "archive"),
 ])
 def test_a_command_without_its_extra_names_it_in_one_line(clone, tmp_path, command, extra):
     path, _ = clone

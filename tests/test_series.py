@@ -191,3 +191,33 @@ def test_report_reads_a_series_and_empty_files_are_noted(tmp_path):
     assert "2 connections, 1 needing attention, 1 plot" in done.stdout
     analyzed = run_cli("analyze", "--format", "json", *parts, str(empty))
     assert analyzed.stdout.count('"schema"') == 1
+
+
+def test_captures_of_different_things_are_never_joined_unasked(tmp_path):
+    """Two scenario recordings one after the other look like a rotation in time, not in name."""
+    from analyzer.sources.series import rotation_name
+
+    assert rotation_name("/x/ring_00002_20261202031841.pcapng") == rotation_name("ring_00003_20261202031845.pcapng")
+    assert rotation_name("amqp.pcap") == rotation_name("amqp.pcap17")  # tcpdump -C
+    assert rotation_name("cap-20261202-0310.pcap") == rotation_name("cap-20261202-0410.pcap")  # tcpdump -G
+    assert rotation_name("consumer-timeout.pcap") != rotation_name("proxy.pcap")
+    first, second = (str(CAPTURES / f"{name}.pcap") for name in ("consumer-timeout", "proxy"))
+    facts = [series_facts(first), series_facts(second)]
+    assert 0 <= facts[1].first - facts[0].last <= SERIES_MAX_GAP  # recorded one after the other
+    done = run_cli("analyze", "--format", "json", first, second)
+    assert done.stderr == "" and done.stdout.count('"schema"') == 2
+    assert len(group_series(facts, force=True).units) == 1  # --series still joins them
+
+
+def test_a_pipe_among_the_files_is_read_once_by_the_analysis(tmp_path):
+    path = str(CAPTURES / "blocked-callback.pcap")
+    fifo = tmp_path / "live.pcap"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "analyzer", "analyze", "--format", "csv", str(fifo), path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(fifo, "wb") as writer, open(path, "rb") as capture:
+        writer.write(capture.read())
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    files = [line.split(",")[0] for line in out.splitlines()[1:]]
+    assert files == [str(fifo)] * 2 + [path] * 2

@@ -164,12 +164,14 @@ def group_input_files(args: argparse.Namespace, stderr: TextIO) -> None:
 
     if args.separate or len(args.files) < 2:
         return
-    facts, unreadable = [], set()
+    facts = []
     for path in args.files:
+        if not os.path.isfile(path):
+            continue  # a pipe (/dev/stdin, <(tcpdump ...)) is read once, by the analysis: on its own
         try:
             facts.append(series_facts(path))
         except CaptureFileError:
-            unreadable.add(path)  # analyzed (and reported by name) on its own
+            continue  # analyzed (and reported by name) on its own
     empty = [f.path for f in facts if f.first is None]
     if empty and len(empty) < len(facts):  # (a ring buffer's files after the traffic stopped, say)
         stderr.write(f"amqp-hb: note: no packets in {', '.join(empty)}: nothing to analyze there\n")

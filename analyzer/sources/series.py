@@ -1,13 +1,13 @@
 """Rotated captures as one: which files continue each other, and a reader that reads them as one.
 
 Long captures are rotated (`tcpdump -G 3600 -w cap-%H.pcap`, `tcpdump -C 100 -W 20`, `dumpcap -b
-filesize:...`): a connection then spans files. Files continue each other when they share their link
-type(s) and snap length and each starts at or after the previous one's last packet, within
-SERIES_MAX_GAP of it, as rotation leaves them (tcpdump and dumpcap open the next file and go on
-capturing: nothing is lost between them). They are then read as one capture: packets numbered on
-across files, connections intact. A longer pause between two files of a series (a file missing, or
-files joined with `--series` though the capture stopped between them) is a capture outage: the
-capture saw nothing then, which the diagnosis must never read as silence.
+filesize:...`): a connection then spans files. Files continue each other when their names differ only
+in digits (`rotation_name`), they share their link type(s) and snap length, and each starts at or
+after the previous one's last packet, within SERIES_MAX_GAP of it, as rotation leaves them (tcpdump
+and dumpcap open the next file and go on capturing: nothing is lost between them). They are then read
+as one capture: packets numbered on across files, connections intact. A longer pause between two
+files of a series (a file missing, or files joined with `--series` though the capture stopped between
+them) is a capture outage: the capture saw nothing then, which the diagnosis must never read as silence.
 
 `series_facts` reads what grouping needs from each file (one pass over its record headers, the
 reader's fast path); `group_series` is pure; `SeriesReader` reads a group.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -108,6 +109,9 @@ def group_series(files: Sequence[CaptureFacts], *, force: bool = False) -> Group
     series: list[list[CaptureFacts]] = []
     for facts in timed:
         previous = series[-1][-1] if series else None
+        if previous is not None and not force and rotation_name(previous.path) != rotation_name(facts.path):
+            series.append([facts])  # captures of something else (another scenario, another host): no note
+            continue
         why_not = None if previous is None else _why_not_continued(previous, facts, force)
         if previous is not None and why_not is None:
             series[-1].append(facts)
@@ -120,6 +124,14 @@ def group_series(files: Sequence[CaptureFacts], *, force: bool = False) -> Group
     position = {f.path: i for i, f in enumerate(files)}
     grouping.units = sorted(series, key=lambda unit: min(position[f.path] for f in unit))
     return grouping
+
+
+def rotation_name(path: str) -> str:
+    """A file's name with its digits taken out: what the files of one rotation share (tcpdump -G's
+    strftime names, -C's and -W's numbers, dumpcap -b's `_NNNNN_YYYYMMDDhhmmss`). Files whose names
+    differ in more than digits are captures of different things, however close in time (two scenario
+    recordings one after the other), and are joined only with --series."""
+    return re.sub(r"\d+", "", os.path.basename(path))
 
 
 def _why_not_continued(previous: CaptureFacts, facts: CaptureFacts, force: bool) -> str | None:
