@@ -60,10 +60,18 @@ def live_children(parent: int) -> list[tuple[int, str]]:
     return found
 
 
+# multiprocessing's resource tracker: started by the first multiprocessing lock or semaphore in the
+# test process (a Dask LocalCluster, a ProcessPoolExecutor) and kept until the interpreter exits, by
+# design: Python's own helper, not something a run left behind.
+INTERPRETER_HELPERS = ("multiprocessing.resource_tracker",)
+
+
 def leftover_children(node: LocalBroker) -> list[tuple[int, str]]:
-    """Live children of this process other than the session broker's node and epmd: what a run left behind."""
+    """Live children of this process other than the session broker's node and epmd and the
+    interpreter's own helpers: what a run left behind."""
     ours = {p.pid for p in (node.proc, node.epmd) if p is not None}
-    return [(pid, cmd) for pid, cmd in live_children(os.getpid()) if pid not in ours]
+    return [(pid, cmd) for pid, cmd in live_children(os.getpid())
+            if pid not in ours and not any(helper in cmd for helper in INTERPRETER_HELPERS)]
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,7 @@ from analyzer.lab.broker import free_port  # noqa: E402
 from analyzer.render.analysis_json import CSV_COLUMNS  # noqa: E402
 from tests import synth  # noqa: E402
 from tests.conftest import CAPTURES, REPO  # noqa: E402
-from tests.fixtures_broker import live_children  # noqa: E402
+from tests.fixtures_broker import INTERPRETER_HELPERS, live_children  # noqa: E402
 
 # A spread of the shipped captures: both heartbeat teardowns, resets, a partition, TLS without keys
 # (timing inferred), IPv6, every AMQP method, heartbeats off, many connections (proxy).
@@ -61,7 +61,7 @@ def run(*argv: str) -> tuple[int, str, str]:
 def our_children() -> set[int]:
     """Live child processes of this test process, but multiprocessing's resource tracker: the first
     process spawned starts it, and it stays for the life of the process by design."""
-    return {pid for pid, cmd in live_children(os.getpid()) if "resource_tracker" not in cmd}
+    return {pid for pid, cmd in live_children(os.getpid()) if not any(h in cmd for h in INTERPRETER_HELPERS)}
 
 
 @pytest.fixture(scope="module")

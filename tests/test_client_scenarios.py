@@ -15,7 +15,7 @@ import pytest
 
 from analyzer.api import analyze_file
 from analyzer.lab.scenarios import catalog, runner
-from tests.fixtures_broker import live_children
+from tests.fixtures_broker import leftover_children
 from tests.fixtures_clients import BLOCK, BLOCKED_TIMEOUT, CLIENT_TIMINGS, HEALTHY, T
 from tests.scenario_wire import connection_close, methods, summarize
 from tests.test_scenarios import by_role, events, wire  # the same wire and event-log helpers
@@ -223,6 +223,5 @@ def test_nothing_left_running(client_runs, broker):
             client_runs(name)
         except pytest.skip.Exception:
             continue
-    leftovers = [(pid, cmd) for pid, cmd in live_children(os.getpid())
-                 if pid != broker.proc.pid and (broker.epmd is None or pid != broker.epmd.pid)]
+    leftovers = leftover_children(broker)
     assert not leftovers, leftovers

@@ -12,7 +12,7 @@ import pytest
 from analyzer.api import analyze_file
 from analyzer.lab.scenarios import catalog
 from analyzer.lab.scenarios.runner import run_scenario
-from tests.fixtures_broker import live_children
+from tests.fixtures_broker import leftover_children
 from tests.fixtures_clients import CLIENT_TIMINGS
 from tests.scenario_wire import summarize
 
@@ -207,8 +207,7 @@ def test_nothing_left_running(runs, broker):
     """No client, capture tool or proxy thread outlives its run (the session broker is our only child)."""
     for name in TIMINGS:
         runs(name)
-    leftovers = [(pid, cmd) for pid, cmd in live_children(os.getpid())
-                 if pid != broker.proc.pid and (broker.epmd is None or pid != broker.epmd.pid)]
+    leftovers = leftover_children(broker)
     assert not leftovers, leftovers
 
 
