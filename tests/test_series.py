@@ -182,7 +182,7 @@ def test_the_notebook_loads_a_series(tmp_path):
 def test_report_reads_a_series_and_empty_files_are_noted(tmp_path):
     path = str(CAPTURES / "blocked-callback.pcap")
     parts = write_parts(tmp_path, path, [30])
-    empty = tmp_path / "after.pcap"  # a ring buffer's file after the traffic stopped
+    empty = tmp_path / "part-9.pcap"  # a ring buffer's file after the traffic stopped
     empty.write_bytes(pcap_records(path)[0])
     done = run_cli("report", "-o", str(tmp_path / "r.html"), *parts, str(empty))
     assert done.returncode == 0, done.stderr

@@ -159,15 +159,21 @@ def series_options(p: argparse.ArgumentParser) -> None:
 def group_input_files(args: argparse.Namespace, stderr: TextIO) -> None:
     """Replace args.files with what is analyzed: each file, or a series (sources.series.Series, a str
     naming its first file) for files that continue each other; one note a series or near miss."""
+    from collections import Counter
+
     from analyzer.errors import CaptureFileError
-    from analyzer.sources.series import Series, group_series, series_facts
+    from analyzer.sources.series import Series, group_series, rotation_name, series_facts
 
     if args.separate or len(args.files) < 2:
         return
+    # Reading a file's facts is a pass over it: only for files that may continue another one.
+    names = Counter(rotation_name(path) for path in args.files)
     facts = []
     for path in args.files:
         if not os.path.isfile(path):
             continue  # a pipe (/dev/stdin, <(tcpdump ...)) is read once, by the analysis: on its own
+        if not args.series and names[rotation_name(path)] < 2:
+            continue  # no other file of its rotation: read once, by the analysis
         try:
             facts.append(series_facts(path))
         except CaptureFileError:
