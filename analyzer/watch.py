@@ -30,7 +30,7 @@ from typing import Final, Literal
 
 import numpy as np
 
-from analyzer.diagnosis.diagnose import Diagnosis, diagnose, pending_closes
+from analyzer.diagnosis.diagnose import Diagnosis, close_of, diagnose, pending_closes
 from analyzer.diagnosis.models.common import Prediction
 from analyzer.diagnosis.results import OPEN
 from analyzer.engine import DEFAULT_PORTS, Engine
@@ -399,12 +399,9 @@ class Watch:
 
 
 def closing_since(timeline: ConnectionTimeline) -> float | None:
-    """When the connection began to close (a connection.close sent, or a FIN or RST), if it did: from
-    then on no heartbeat timer decides anything."""
-    starts = [t for t in (timeline.teardown,
-                          timeline.connection_close.time if timeline.connection_close is not None else None)
-              if t is not None]
-    return min(starts) if starts else None
+    """When the connection began to close (diagnose's close rule: a connection.close, or a FIN or
+    RST), if it did: from then on no heartbeat timer decides anything."""
+    return close_of(timeline, 0.0).time  # t0 = 0: epoch seconds
 
 
 def client_name(d: Diagnosis) -> str:

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from analyzer.cli.options import port_number
 from analyzer.errors import AmqpHbError, EnvironmentProblem, ExitStatus, UsageError
@@ -114,7 +114,7 @@ class _Following:
 class _Source:
     """Where the pcap bytes come from, and how to stop it."""
 
-    def __init__(self, args: argparse.Namespace, stdin: BinaryIO | None) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
         self.stop = threading.Event()
         self.capture: LiveCapture | None = None
         self.reported_drops = 0  # the kernel drop count last reported as a warning
@@ -131,7 +131,7 @@ class _Source:
         elif args.read == "-":
             self.name = "standard input"
             # raw: read(n) returns what the pipe holds instead of waiting for n bytes
-            self.stream = stdin if stdin is not None else getattr(sys.stdin.buffer, "raw", sys.stdin.buffer)
+            self.stream = getattr(sys.stdin.buffer, "raw", sys.stdin.buffer)
         else:
             if not os.path.exists(args.read):
                 raise UsageError(f"{args.read}: no such file")
@@ -315,7 +315,7 @@ class _Metrics:
 # ---- the loop ------------------------------------------------------------------------------------
 
 
-def run_watch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, stdin: BinaryIO | None = None) -> ExitStatus:
+def run_watch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> ExitStatus:
     from analyzer.lab.scenarios.cli import sigterm_as_interrupt
     from analyzer.watch import Watch
 
@@ -345,7 +345,7 @@ def run_watch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO, stdin: B
     watch = Watch(ports=tuple(args.port) if args.port else (5672, 5671), tls_keys=keys,
                   grace=LIVE_GRACE if args.interface is not None or args.read == "-" or args.follow else 0.0)
     with sigterm_as_interrupt():
-        source = _Source(args, stdin)
+        source = _Source(args)
         if args.interface is not None:
             stderr.write(f"watching {args.interface} ({source.capture.backend if source.capture else ''}); "
                          "Ctrl-C to stop\n")

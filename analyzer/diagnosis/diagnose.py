@@ -56,6 +56,7 @@ __all__ = [
     "Finding",
     "Heartbeat",
     "PendingCloses",
+    "close_of",
     "diagnose",
     "pending_closes",
 ]
@@ -170,6 +171,12 @@ def _tls_summary(d: Diagnosis) -> TlsSummary | None:
 
 
 # ---- teardown -------------------------------------------------------------------------------------
+
+
+def close_of(tl: ConnectionTimeline, t0: float) -> Close:
+    """How the connection ended so far (times relative to `t0`): the one rule diagnose and a live watch
+    read a close by."""
+    return _close(tl, t0)
 
 
 def _close(tl: ConnectionTimeline, t0: float) -> Close:

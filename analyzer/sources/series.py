@@ -161,10 +161,10 @@ class SeriesReader(CaptureReader):
 
     def __init__(self, paths: Sequence[str], fileobjs: Sequence[BinaryIO]) -> None:
         super().__init__()
-        self.paths = self.files = list(paths)
+        self.files = list(paths)
         self.fileobjs = list(fileobjs)
         self.readers: list[CaptureReader] = []
-        for path, fileobj in zip(self.paths, self.fileobjs, strict=True):
+        for path, fileobj in zip(self.files, self.fileobjs, strict=True):
             try:
                 self.readers.append(open_capture(fileobj))
             except CaptureFileError as exc:
@@ -175,7 +175,7 @@ class SeriesReader(CaptureReader):
     def blocks(self) -> Iterator[RecordBlock]:
         numbered = 0
         last: float | None = None
-        for i, (path, reader) in enumerate(zip(self.paths, self.readers, strict=True)):
+        for i, (path, reader) in enumerate(zip(self.files, self.readers, strict=True)):
             self.current = i
             first_of_file = True
             in_file = 0  # records of this file numbered so far
@@ -184,7 +184,7 @@ class SeriesReader(CaptureReader):
                 reader.tls_secrets.clear()
                 in_file = block.first_index + len(block.timestamp)
                 if first_of_file and last is not None and float(block.timestamp[0]) - last > OUTAGE_AFTER:
-                    where = f"between {os.path.basename(self.paths[i - 1])} and {os.path.basename(path)}"
+                    where = f"between {os.path.basename(self.files[i - 1])} and {os.path.basename(path)}"
                     self.outages.append((last, float(block.timestamp[0]), where))
                     self.warnings.append(f"nothing captured for {float(block.timestamp[0]) - last:.3f} s {where} "
                                          "(a file of the series missing, or the capture stopped): a capture gap")
